@@ -1,0 +1,1 @@
+"""Meter protocols and register maps: drivers produce canonical channel values, know no clouds."""

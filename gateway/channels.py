@@ -1,0 +1,51 @@
+"""The one channel vocabulary every driver writes and every uplink reads.
+
+Units are normalised at the driver boundary so that no uplink ever converts twice:
+V, A, W, var, VA, Hz, Wh, varh, dimensionless power factor. A meter register in kWh is
+multiplied by 1000 by its register map's scale; an uplink that wants kWh divides.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PHASES: Final = ("l1", "l2", "l3")
+
+#: channel name -> unit. Per-phase names end in _l1/_l2/_l3; totals have no suffix.
+CHANNEL_UNITS: Final[dict[str, str]] = {
+    **{f"voltage_{p}": "V" for p in PHASES},
+    "voltage_l1_l2": "V",
+    "voltage_l2_l3": "V",
+    "voltage_l3_l1": "V",
+    **{f"current_{p}": "A" for p in PHASES},
+    "current_n": "A",
+    "current": "A",
+    **{f"power_active_{p}": "W" for p in PHASES},
+    "power_active": "W",
+    **{f"power_reactive_{p}": "var" for p in PHASES},
+    "power_reactive": "var",
+    **{f"power_apparent_{p}": "VA" for p in PHASES},
+    "power_apparent": "VA",
+    **{f"power_factor_{p}": "" for p in PHASES},
+    "power_factor": "",
+    "frequency": "Hz",
+    "energy_active_import": "Wh",
+    "energy_active_export": "Wh",
+    "energy_active_total": "Wh",
+    **{f"energy_active_import_{p}": "Wh" for p in PHASES},
+    **{f"energy_active_export_{p}": "Wh" for p in PHASES},
+    "energy_reactive_import": "varh",
+    "energy_reactive_export": "varh",
+    "energy_reactive_total": "varh",
+}
+
+#: Cumulative counters: they must never decrease and uplinks may derive consumption from them.
+ENERGY_CHANNELS: Final = frozenset(name for name in CHANNEL_UNITS if name.startswith("energy_"))
+
+
+def is_known_channel(name: str) -> bool:
+    return name in CHANNEL_UNITS
+
+
+def unit_of(name: str) -> str:
+    return CHANNEL_UNITS[name]

@@ -1,0 +1,1 @@
+"""Uplinks: read the store from their cursors forward, send, then advance the cursors."""
