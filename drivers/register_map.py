@@ -1,0 +1,305 @@
+"""Register maps are data: one YAML file per meter model, validated once at start-up.
+
+Vendor knowledge (addresses, types, scales) lives in `drivers/registers/*.yaml`; protocol
+knowledge (planning, decoding, transport) lives in code. The schema is documented in
+`drivers/registers/SCHEMA.md`. A bad file is reported like a bad config file:
+`file:line: key: why`, as a `RegisterMapError` (a ConfigError, so the CLI exits with code 2).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from gateway.channels import CHANNEL_UNITS, is_known_channel
+from gateway.config_loader import ConfigError, ConfigProblem, KeyPath
+
+REGISTERS_DIR: Final = Path(__file__).with_name("registers")
+
+Table = Literal["input", "holding"]
+RegisterType = Literal["u16", "s16", "u32", "s32", "u64", "s64", "f32", "f64"]
+Order = Literal["big", "little"]
+
+#: Registers (16-bit words) each type occupies.
+WORDS: Final[dict[str, int]] = {
+    "u16": 1,
+    "s16": 1,
+    "u32": 2,
+    "s32": 2,
+    "u64": 4,
+    "s64": 4,
+    "f32": 2,
+    "f64": 4,
+}
+
+MAX_ADDRESS: Final = 0xFFFF
+#: Validation context flag: parse_map reports cross-entry problems itself, with file lines.
+_REPORT_LATER: Final = "report_map_problems_later"
+#: The Modbus limit for one read of holding/input registers (function codes 3 and 4).
+PROTOCOL_MAX_REGISTERS: Final = 125
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegisterSpec(_Strict):
+    """One value of the meter, feeding one canonical channel."""
+
+    channel: str
+    #: 0-based protocol address (SDM630 "30001" is input register 0).
+    address: int = Field(ge=0, le=MAX_ADDRESS)
+    table: Table
+    type: RegisterType
+    word_order: Order = "big"
+    byte_order: Order = "big"
+    #: Multiplier applied after decoding, to reach the channel's unit (kWh -> Wh: 1000).
+    scale: float = 1.0
+    #: The register's own unit, as the manufacturer documents it (documentation only).
+    unit: str = ""
+    #: An optional channel that reads as garbage is left out instead of failing the read.
+    optional: bool = False
+
+    @field_validator("channel")
+    @classmethod
+    def _known_channel(cls, value: str) -> str:
+        if not is_known_channel(value):
+            raise ValueError(
+                f"unknown channel {value!r} (known: {', '.join(sorted(CHANNEL_UNITS))})"
+            )
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _usable_scale(cls, value: float) -> float:
+        if value == 0 or not math.isfinite(value):
+            raise ValueError("scale must be a finite, non-zero number")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_address_space(self) -> RegisterSpec:
+        if self.end - 1 > MAX_ADDRESS:
+            raise ValueError(f"a {self.type} at {self.address} runs past address {MAX_ADDRESS}")
+        return self
+
+    @property
+    def words(self) -> int:
+        return WORDS[self.type]
+
+    @property
+    def end(self) -> int:
+        """First address after this register (exclusive)."""
+        return self.address + self.words
+
+
+class AddressRange(_Strict):
+    """Addresses a device must never be asked for (reading them errors or has side effects)."""
+
+    table: Table
+    first: int = Field(ge=0, le=MAX_ADDRESS)
+    #: Inclusive, as manufacturers write ranges.
+    last: int = Field(ge=0, le=MAX_ADDRESS)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AddressRange:
+        if self.last < self.first:
+            raise ValueError("last must not be below first")
+        return self
+
+    def overlaps(self, table: str, start: int, end: int) -> bool:
+        """Does [start, end) touch this range in `table`?"""
+        return table == self.table and start <= self.last and end > self.first
+
+
+class RegisterMap(_Strict):
+    model: str = Field(min_length=1)
+    description: str = ""
+    max_registers_per_request: int = Field(default=PROTOCOL_MAX_REGISTERS, ge=1, le=125)
+    #: Unneeded registers that may be read through to merge two blocks into one request.
+    max_gap: int = Field(default=10, ge=0)
+    forbidden: tuple[AddressRange, ...] = ()
+    registers: tuple[RegisterSpec, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> RegisterMap:
+        if info.context and info.context.get(_REPORT_LATER):
+            return self  # parse_map reports these itself, with file lines
+        problems = [message for _, message in _map_problems(self)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def channels(self) -> list[str]:
+        return [register.channel for register in self.registers]
+
+    def register(self, channel: str) -> RegisterSpec:
+        for register in self.registers:
+            if register.channel == channel:
+                return register
+        raise KeyError(channel)
+
+
+def _map_problems(register_map: RegisterMap) -> Iterator[tuple[KeyPath, str]]:
+    """Relations between entries that single-field validation cannot see."""
+    seen: set[str] = set()
+    for index, register in enumerate(register_map.registers):
+        here: KeyPath = ("registers", index)
+        if register.channel in seen:
+            yield (*here, "channel"), f"channel {register.channel!r} is mapped twice"
+        seen.add(register.channel)
+        if register.words > register_map.max_registers_per_request:
+            yield (
+                (*here, "type"),
+                (
+                    f"a {register.type} does not fit in "
+                    f"max_registers_per_request={register_map.max_registers_per_request}"
+                ),
+            )
+        for hole in register_map.forbidden:
+            if hole.overlaps(register.table, register.address, register.end):
+                yield (
+                    (*here, "address"),
+                    (
+                        f"{register.channel} at {register.address} lies in the forbidden "
+                        f"{hole.table} range {hole.first}..{hole.last}"
+                    ),
+                )
+    indexed = sorted(
+        enumerate(register_map.registers), key=lambda item: (item[1].table, item[1].address)
+    )
+    for (_, before), (index, after) in itertools.pairwise(indexed):
+        if before.table == after.table and after.address < before.end:
+            yield (
+                ("registers", index, "address"),
+                (
+                    f"{after.channel} at {after.address} overlaps {before.channel} "
+                    f"at {before.address} ({before.type})"
+                ),
+            )
+
+
+class RegisterMapError(ConfigError, ValueError):
+    """A register map file is unreadable or invalid; lists every problem as file:line: key."""
+
+
+def builtin_models() -> list[str]:
+    """Names of the built-in maps (files in drivers/registers without .yaml), sorted."""
+    return sorted(path.stem for path in REGISTERS_DIR.glob("*.yaml"))
+
+
+@functools.cache
+def load_builtin(model: str) -> RegisterMap:
+    """The built-in map for `model`; loaded and validated once, then shared."""
+    if model not in builtin_models():
+        raise KeyError(f"no built-in register map {model!r} (have: {', '.join(builtin_models())})")
+    register_map = load_map_file(REGISTERS_DIR / f"{model}.yaml")
+    if register_map.model != model:
+        raise RegisterMapError(
+            [ConfigProblem(f"{model}.yaml", None, ("model",), "must equal the file name")]
+        )
+    return register_map
+
+
+def load_map_file(path: str | Path) -> RegisterMap:
+    """Parse and validate one map file; raise RegisterMapError naming file, line and key."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = ConfigProblem(file, None, (), f"cannot read: {exc.strerror}")
+        raise RegisterMapError([problem]) from exc
+    return parse_map(text, file)
+
+
+def parse_map(text: str, file: str) -> RegisterMap:
+    data, lines = _compose(text, file)
+    if not isinstance(data, dict):
+        raise RegisterMapError([ConfigProblem(file, 1, (), "the top level must be a mapping")])
+    try:
+        register_map = RegisterMap.model_validate(data, context={_REPORT_LATER: True})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            path = _known_prefix(data, tuple(error["loc"]))
+            problems.append(ConfigProblem(file, _line_of(lines, path), path, _describe(error)))
+        raise RegisterMapError(problems) from None
+    problems = [
+        ConfigProblem(file, _line_of(lines, path), path, message)
+        for path, message in _map_problems(register_map)
+    ]
+    if problems:
+        raise RegisterMapError(problems)
+    return register_map
+
+
+def _compose(text: str, file: str) -> tuple[Any, dict[KeyPath, int]]:
+    """YAML -> plain data plus the line of every key, so errors can point into the file."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        problem = ConfigProblem(file, line, (), f"not valid YAML: {reason}")
+        raise RegisterMapError([problem]) from None
+    lines: dict[KeyPath, int] = {}
+    constructor = yaml.SafeLoader("")
+
+    def build(current: yaml.Node, path: KeyPath) -> Any:
+        lines.setdefault(path, current.start_mark.line + 1)
+        if isinstance(current, yaml.MappingNode):
+            result: dict[Any, Any] = {}
+            for key_node, value_node in current.value:
+                key = constructor.construct_object(key_node)
+                lines[(*path, key)] = key_node.start_mark.line + 1
+                result[key] = build(value_node, (*path, key))
+            return result
+        if isinstance(current, yaml.SequenceNode):
+            return [build(item, (*path, i)) for i, item in enumerate(current.value)]
+        return constructor.construct_object(current)
+
+    return (build(node, ()) if node is not None else {}), lines
+
+
+def _known_prefix(data: Any, loc: tuple[Any, ...]) -> KeyPath:
+    """The part of a pydantic error location that exists in the document."""
+    path: KeyPath = ()
+    node = data
+    for key in loc:
+        in_mapping = isinstance(node, dict) and key in node
+        in_list = isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node)
+        if not (in_mapping or in_list):
+            break
+        node = node[key]
+        path = (*path, key)
+    return path
+
+
+def _line_of(lines: dict[KeyPath, int], path: KeyPath) -> int | None:
+    while path and path not in lines:
+        path = path[:-1]
+    return lines.get(path)
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (see drivers/registers/SCHEMA.md)"
+    if kind == "missing":
+        return f"required key {error['loc'][-1]!r} is missing"
+    return str(error["msg"]).removeprefix("Value error, ")

@@ -1,0 +1,311 @@
+"""A simulated Modbus meter built from a register map, served by pymodbus' own server.
+
+Used by the tests (real loopback TCP, real pymodbus framing) and by `meter-gateway demo`.
+The device image is made FROM the register map: `set_values` takes channel values in the
+gateway's units, applies the inverse scale (Wh -> kWh) and encodes per type and word order, so a
+reader that decodes them back proves the map, the planner and the decoder agree end to end.
+
+Like a real meter, the simulated one answers any read inside the address span its map covers
+(unused registers read as 0), except `forbidden` ranges and addresses outside that span, which
+get exception 2 (illegal data address). Faults for tests: `unresponsive` (requests are
+swallowed), `exception_code` (every request answers that exception), `garbage` (every register
+reads 0xFFFF, a float32 NaN).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.server.base import ModbusBaseServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from drivers.decode import encode_value
+from drivers.register_map import RegisterMap
+
+_TABLE_OF_FUNCTION = {3: "holding", 4: "input"}
+
+
+@dataclass
+class SimulatedMeter:
+    """One unit id's worth of registers, with fault switches and a request counter."""
+
+    register_map: RegisterMap
+    unit_id: int = 1
+    #: Swallow requests (the server sends no answer): the client sees a timeout.
+    unresponsive: bool = False
+    #: Answer every request with this Modbus exception (e.g. ExcCodes.DEVICE_FAILURE).
+    exception_code: ExcCodes | None = None
+    #: Answer every read with 0xFFFF words (NaN as float32).
+    garbage: bool = False
+    #: Valid read requests that reached this unit / that it answered with data.
+    requests_seen: int = 0
+    requests_served: int = 0
+    #: (table, address, count) of every request answered with data, in order.
+    served: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._image: dict[str, dict[int, int]] = {"input": {}, "holding": {}}
+        self._values: dict[str, float] = {}
+        self._demo: _DemoState | None = None
+
+    @property
+    def values(self) -> dict[str, float]:
+        """The channel values last set (normalised units)."""
+        return dict(self._values)
+
+    def set_values(self, values: Mapping[str, float]) -> None:
+        """Set channels in the gateway's units; unknown channels are an error (strict fake)."""
+        for channel, value in values.items():
+            spec = self.register_map.register(channel)
+            words = encode_value(value, spec)
+            image = self._image[spec.table]
+            for offset, word in enumerate(words):
+                image[spec.address + offset] = word
+            self._values[channel] = float(value)
+
+    def set_words(self, table: str, address: int, words: Sequence[int]) -> None:
+        """Put raw registers in the image (e.g. a NaN in one register only)."""
+        for offset, word in enumerate(words):
+            self._image[table][address + offset] = word & 0xFFFF
+
+    def reset_counters(self) -> None:
+        self.requests_seen = self.requests_served = 0
+        self.served.clear()
+
+    def sim_device(self) -> SimDevice:
+        """The pymodbus datastore for this meter (separate holding and input tables)."""
+        bits = [SimData(0, values=0, datatype=DataType.BITS)]
+        return SimDevice(
+            id=self.unit_id,
+            simdata=(bits, list(bits), self._table_layout("holding"), self._table_layout("input")),
+            action=self._action,
+        )
+
+    def tick(self, now: float) -> None:
+        """Demo: move values like a small building would (now = UNIX seconds).
+
+        Voltages wander around 230 V, load follows the hour of day, energy counters grow by
+        power x elapsed time. Only channels the map has are set.
+        """
+        if self._demo is None:
+            self._demo = _DemoState(self.unit_id, now)
+        candidates = self._demo.advance(now)
+        self.set_values({k: v for k, v in candidates.items() if k in self._channels})
+
+    @property
+    def _channels(self) -> set[str]:
+        return set(self.register_map.channels())
+
+    def _table_layout(self, table: str) -> list[SimData]:
+        registers = [r for r in self.register_map.registers if r.table == table]
+        if not registers:
+            return [SimData(0, datatype=DataType.INVALID)]
+        first = min(r.address for r in registers)
+        end = max(r.end for r in registers)
+        holes = sorted(
+            (max(h.first, first), min(h.last + 1, end))
+            for h in self.register_map.forbidden
+            if h.table == table and h.first < end and h.last >= first
+        )
+        layout = []
+        start = first
+        for hole_start, hole_end in holes:
+            if hole_start > start:
+                layout.append(_zeros(start, hole_start))
+            start = max(start, hole_end)
+        if start < end:
+            layout.append(_zeros(start, end))
+        return layout
+
+    async def _action(  # noqa: PLR0917 (pymodbus calls it positionally)
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        current_registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """Called by pymodbus for every valid request: copy our image into its registers."""
+        self.requests_seen += 1
+        table = _TABLE_OF_FUNCTION.get(function_code)
+        if table is None or set_values:
+            return ExcCodes.ILLEGAL_FUNCTION  # a meter's measurements are read-only
+        if self.exception_code is not None:
+            return self.exception_code
+        image = self._image[table]
+        for offset in range(count):
+            word = 0xFFFF if self.garbage else image.get(address + offset, 0)
+            current_registers[address - start_address + offset] = word
+        if not self.unresponsive:
+            self.requests_served += 1
+            self.served.append((table, address, count))
+        return None
+
+
+def _zeros(start: int, end: int) -> SimData:
+    return SimData(start, count=end - start, values=0, datatype=DataType.REGISTERS)
+
+
+class SimulatorServer:
+    """A pymodbus server for some SimulatedMeters; stop() and start() again at will."""
+
+    def __init__(
+        self,
+        meters: Sequence[SimulatedMeter],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        serial_port: str | None = None,
+        baudrate: int = 9600,
+    ) -> None:
+        ids = [m.unit_id for m in meters]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"unit ids must be unique, got {ids}")
+        self.meters = {m.unit_id: m for m in meters}
+        self.host = host
+        self.port = port
+        self.serial_port = serial_port
+        self.baudrate = baudrate
+        self._server: ModbusBaseServer | None = None
+        #: Client connections accepted so far / open now.
+        self.connections = 0
+        self.open_connections = 0
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        devices = [m.sim_device() for m in self.meters.values()]
+        server: ModbusBaseServer
+        if self.serial_port is not None:
+            server = ModbusSerialServer(
+                devices,
+                framer=FramerType.RTU,
+                port=self.serial_port,
+                baudrate=self.baudrate,
+                trace_packet=self._trace_packet,
+            )
+        else:
+            server = ModbusTcpServer(
+                devices,
+                address=(self.host, self.port),
+                trace_packet=self._trace_packet,
+                trace_connect=self._trace_connect,
+            )
+        await server.serve_forever(background=True)
+        self._server = server
+        if self.serial_port is None and self.port == 0:
+            self.port = int(server.transport.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        """Close the listener and every client connection (clients see the line drop)."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown()  # type: ignore[no-untyped-call]
+            if ModbusBaseServer.active_server is server:
+                ModbusBaseServer.active_server = None
+
+    def _trace_connect(self, connected: bool) -> None:
+        if connected:
+            self.connections += 1
+            self.open_connections += 1
+        else:
+            self.open_connections = max(0, self.open_connections - 1)
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """Swallow answers of unresponsive units (runs for every frame pymodbus sends)."""
+        if not sending or not data:
+            return data
+        unit = data[0] if self.serial_port is not None else (data[6] if len(data) > 6 else -1)
+        meter = self.meters.get(unit)
+        if meter is not None and meter.unresponsive:
+            return b""
+        return data
+
+
+@asynccontextmanager
+async def serve_modbus_tcp(
+    meters: Sequence[SimulatedMeter], host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[SimulatorServer]:
+    """Serve `meters` over Modbus TCP on host:port (0: any free port, see `.port`)."""
+    server = SimulatorServer(meters, host=host, port=port)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+class _DemoState:
+    """A plausible three-phase site: daily load profile, some noise, PV export at midday."""
+
+    def __init__(self, seed: int, now: float) -> None:
+        self.random = random.Random(seed)
+        self.last = now
+        self.active_import = 1_250_000.0  # Wh
+        self.active_export = 310_000.0
+        self.reactive_import = 95_000.0  # varh
+        self.reactive_export = 12_000.0
+        self.phase_import = [410_000.0, 430_000.0, 410_000.0]
+
+    def advance(self, now: float) -> dict[str, float]:
+        hours = max(0.0, now - self.last) / 3600
+        self.last = now
+        hour = (now % 86400) / 3600
+        load = 2500 + 1500 * math.sin((hour - 8) / 24 * 2 * math.pi)
+        pv = 4000 * math.sin((hour - 6) / 12 * math.pi) if 6 <= hour <= 18 else 0.0
+        values: dict[str, float] = {}
+        p_total = q_total = s_total = 0.0
+        for index, phase in enumerate(("l1", "l2", "l3")):
+            voltage = 230 + 3 * math.sin(now / 600 + index) + self.random.uniform(-0.5, 0.5)
+            p = (load - pv) / 3 * self.random.uniform(0.9, 1.1)
+            pf = 0.95 if p >= 0 else -0.97
+            s = abs(p / pf)
+            q = math.copysign(math.sqrt(max(s * s - p * p, 0.0)), p)
+            if p > 0:
+                self.phase_import[index] += p * hours
+            values |= {
+                f"voltage_{phase}": voltage,
+                f"current_{phase}": s / voltage,
+                f"power_active_{phase}": p,
+                f"power_reactive_{phase}": q,
+                f"power_apparent_{phase}": s,
+                f"power_factor_{phase}": pf,
+                f"energy_active_import_{phase}": self.phase_import[index],
+            }
+            p_total, q_total, s_total = p_total + p, q_total + q, s_total + s
+        if p_total > 0:
+            self.active_import += p_total * hours
+            self.reactive_import += abs(q_total) * hours
+        else:
+            self.active_export -= p_total * hours
+            self.reactive_export += abs(q_total) * hours
+        v1, v2, v3 = (values[f"voltage_{p}"] for p in ("l1", "l2", "l3"))
+        return values | {
+            "voltage_l1_l2": math.sqrt(3) * (v1 + v2) / 2,
+            "voltage_l2_l3": math.sqrt(3) * (v2 + v3) / 2,
+            "voltage_l3_l1": math.sqrt(3) * (v3 + v1) / 2,
+            "current_n": abs(values["current_l1"] - values["current_l2"]) / 2,
+            "power_active": p_total,
+            "power_reactive": q_total,
+            "power_apparent": s_total,
+            "power_factor": p_total / s_total if s_total else 1.0,
+            "frequency": 50 + self.random.uniform(-0.03, 0.03),
+            "energy_active_import": self.active_import,
+            "energy_active_export": self.active_export,
+            "energy_active_total": self.active_import + self.active_export,
+            "energy_reactive_import": self.reactive_import,
+            "energy_reactive_export": self.reactive_export,
+            "energy_reactive_total": self.reactive_import + self.reactive_export,
+        }
