@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# meter-gateway from a source checkout, on a fresh Debian / Raspberry Pi OS machine.
+#   ./dev.sh demo [--seconds N]   simulated meters -> gateway -> local fake clouds, printed live
+#   ./dev.sh test [pytest args]   the whole test suite (lint + pytest, real Mosquitto and socat)
+#   ./dev.sh bench                the performance table
+# It installs what it needs: python3-venv/mosquitto/socat with apt-get (as root or via sudo)
+# when missing, and the Python packages into ./.venv from pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root (or sudo) to run: $*" >&2; exit 1; fi
+}
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing ${missing[*]} with apt-get" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+python_ok() {
+  command -v python3 >/dev/null && python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null
+}
+
+venv() {
+  python_ok || apt_install python3 python3-venv
+  python_ok || { echo "meter-gateway needs Python >= 3.11 with venv" >&2; exit 1; }
+  local stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+  if [ ! -f "$stamp" ]; then
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e ".[test]"
+    rm -f .venv/.installed-*; touch "$stamp"
+  fi
+}
+
+command=${1:-help}; shift || true
+case "$command" in
+  demo)
+    venv
+    exec .venv/bin/meter-gateway demo "$@" ;;
+  test)
+    if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then apt_install mosquitto; fi
+    command -v socat >/dev/null || apt_install socat
+    venv
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
+    exec .venv/bin/python -m pytest "$@" ;;
+  bench)
+    venv
+    exec .venv/bin/python -m bench "$@" ;;
+  *)
+    sed -n '2,8p' "$0"; exit 64 ;;
+esac

@@ -1,0 +1,104 @@
+"""The `meter-gateway` command line: run, check-config, demo, deadletters."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+from gateway.config import Config
+from gateway.config_loader import ConfigError, load_config
+from gateway.logsetup import setup_logging
+
+EXIT_CONFIG = 2
+DEFAULT_CONFIG = "/etc/meter-gateway/config.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meter-gateway",
+        description="Read meters, keep every sample, forward it to energy platforms.",
+    )
+    parser.add_argument("--version", action="version", version=f"meter-gateway {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the gateway daemon")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+
+    check = commands.add_parser("check-config", help="validate a config without touching hardware")
+    check.add_argument("config", nargs="?", default=None)
+    check.add_argument("-c", "--config", dest="config_option", default=None)
+
+    demo = commands.add_parser(
+        "demo", help="simulated meters and local fake clouds, end to end, printed live"
+    )
+    demo.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
+    demo.add_argument("--interval", type=float, default=5.0, help="meter poll interval, seconds")
+
+    dead = commands.add_parser("deadletters", help="list items an uplink parked as undeliverable")
+    dead.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    dead.add_argument("--uplink", default=None)
+    return parser
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _check_config(path: str) -> int:
+    config = _load(path)
+    uplinks = [name for name, value in config.uplinks if value is not None]
+    print(
+        f"{path}: OK — gateway {config.gateway.id}, {len(config.meters)} meter(s) on "
+        f"{len(config.buses)} bus(es), uplinks: {', '.join(uplinks) or 'none'}, "
+        f"mqtt: {'yes' if config.mqtt else 'no'}"
+    )
+    return 0
+
+
+def _deadletters(path: str, uplink: str | None) -> int:
+    from gateway.daemon import open_store
+
+    config = _load(path)
+    with open_store(config) as store:
+        letters = store.dead_letters(uplink)
+    if not letters:
+        print("no parked items")
+        return 0
+    for letter in letters:
+        print(
+            f"#{letter.id} {letter.uplink}/{letter.stream} sample {letter.sample_id} "
+            f"status {letter.status} after {letter.attempts} attempt(s): {letter.body[:200]}"
+        )
+        print(f"    payload: {letter.payload}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.command == "check-config":
+        return _check_config(args.config_option or args.config or DEFAULT_CONFIG)
+    if args.command == "run":
+        from gateway.daemon import run_until_signalled
+
+        config = _load(args.config)
+        return asyncio.run(run_until_signalled(config))
+    if args.command == "demo":
+        from gateway.demo import run_demo
+
+        try:
+            return asyncio.run(run_demo(seconds=args.seconds, interval=args.interval))
+        except KeyboardInterrupt:
+            return 0
+    if args.command == "deadletters":
+        return _deadletters(args.config, args.uplink)
+    raise AssertionError(args.command)

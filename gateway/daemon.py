@@ -1,0 +1,159 @@
+"""`meter-gateway run`: the poller, the uplinks and the monitor under one TaskGroup.
+
+Shutdown order matters for "nothing lost": on SIGTERM we stop polling first (no new samples),
+then let uplinks finish the request in flight and commit their cursors, then say `offline`
+on MQTT, then close the store. A crash of any task ends the TaskGroup, and the process exits
+non-zero so systemd restarts it; the store makes the restart lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from drivers.factory import open_readers
+from gateway import __version__, sdnotify
+from gateway.async_store import AsyncStore
+from gateway.config import Config
+from gateway.health import Health
+from gateway.poller import Poller
+from gateway.store import Store
+from gateway.uplinks.base import Uplink
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "gateway.sqlite3"
+#: How often delivered, expired samples are deleted.
+PRUNE_EVERY_S = 300.0
+#: Budget for the whole shutdown (systemd's TimeoutStopSec is 20 s).
+SHUTDOWN_BUDGET_S = 8.0
+
+
+def open_store(config: Config) -> Store:
+    data_dir = Path(config.gateway.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    budget = int(config.gateway.disk_budget_mb * 1024 * 1024)
+    return Store(data_dir / DB_FILE, budget_bytes=budget)
+
+
+def build_uplinks(config: Config, store: AsyncStore, health: Health) -> list[Uplink]:
+    uplinks: list[Uplink] = []
+    if config.uplinks.wattics is not None:
+        from gateway.uplinks.wattics import WatticsUplink
+
+        uplinks.append(
+            WatticsUplink(
+                config.uplinks.wattics,
+                store=store,
+                health=health,
+                timezone=config.gateway.timezone,
+            )
+        )
+    return uplinks
+
+
+class Daemon:
+    def __init__(self, config: Config, *, health: Health | None = None) -> None:
+        self.config = config
+        self.health = health or Health()
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+        config = self.config
+        astore = AsyncStore(open_store(config))
+        try:
+            async with open_readers(config) as readers:
+                poller = Poller(config.meters, readers, astore, self.health)
+                uplinks = build_uplinks(config, astore, self.health)
+                async with asyncio.TaskGroup() as group:
+                    polling = group.create_task(poller.run(), name="poller")
+                    sending = [
+                        group.create_task(uplink.run(), name=f"uplink-{uplink.name}")
+                        for uplink in uplinks
+                    ]
+                    helpers = [
+                        group.create_task(self._prune_forever(astore), name="retention"),
+                        group.create_task(self._watchdog_forever(), name="watchdog"),
+                    ]
+                    monitoring = None
+                    if config.mqtt is not None:
+                        from gateway.monitor import Monitor
+
+                        monitor = Monitor(
+                            config.mqtt,
+                            gateway_id=config.gateway.id,
+                            health=self.health,
+                            version=__version__,
+                        )
+                        monitoring = group.create_task(monitor.run(), name="monitor")
+                    sdnotify.notify("READY=1")
+                    sdnotify.notify(
+                        f"STATUS=polling {len(config.meters)} meter(s), {len(uplinks)} uplink(s)"
+                    )
+                    log.info(
+                        "meter-gateway %s running: %d meter(s), uplinks: %s",
+                        __version__,
+                        len(config.meters),
+                        ", ".join(u.name for u in uplinks) or "none",
+                    )
+                    if on_ready is not None:
+                        await on_ready()
+                    await self._stop.wait()
+                    sdnotify.notify("STOPPING=1")
+                    log.info("stopping: polling ends, uplinks finish what is in flight")
+                    await _cancel_and_wait([polling], SHUTDOWN_BUDGET_S / 4)
+                    await _cancel_and_wait(sending, SHUTDOWN_BUDGET_S / 2)
+                    await _cancel_and_wait(
+                        [*helpers, *([monitoring] if monitoring else [])], SHUTDOWN_BUDGET_S / 4
+                    )
+        finally:
+            await astore.aclose()
+        log.info("stopped")
+
+    async def _prune_forever(self, astore: AsyncStore) -> None:
+        retention_ms = int(self.config.gateway.retention_hours * 3600 * 1000)
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_S)
+            deleted = await astore.call(astore.store.prune, int(time.time() * 1000), retention_ms)
+            if deleted:
+                log.debug("retention deleted %d delivered sample(s)", deleted)
+
+    async def _watchdog_forever(self) -> None:
+        """Tell systemd we are alive only while the event loop really turns."""
+        interval = sdnotify.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]], budget: float) -> None:
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=budget)
+        for task in pending:
+            log.warning("task %s did not stop within %.1fs", task.get_name(), budget)
+
+
+async def run_until_signalled(config: Config) -> int:
+    daemon = Daemon(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+    try:
+        await daemon.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+    return 0
