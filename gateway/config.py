@@ -97,12 +97,33 @@ class WatticsUplink(Strict):
     retry_max_secs: float = Field(default=300.0, gt=0)
     #: While credentials are refused (401/403), probe again this often.
     auth_probe_secs: float = Field(default=300.0, gt=0)
+    #: Send per-phase energy (pC_1..3 <- energy_active_import_l1..l3) instead of the total in
+    #: pC_1 (the API's rule for "one total value").
+    energy_per_phase: bool = False
+    #: Acknowledged packets are committed to the cursor in groups: after this many packets or
+    #: this many seconds, and at once when a stream is caught up, waits, or stops. After a crash
+    #: at most one group is sent again (and resync_on_start usually skips even that).
+    commit_every_packets: int = Field(default=100, ge=1)
+    commit_every_secs: float = Field(default=5.0, gt=0)
+    #: On start, ask Wattics for each stream's last processed packet (GET ?stream=) and skip
+    #: what it already has: Wattics would discard those packets as out of order anyway.
+    resync_on_start: bool = True
+    #: At shutdown, a request in flight may finish for this long (then it is abandoned and
+    #: sent again next start).
+    shutdown_grace_secs: float = Field(default=2.0, ge=0)
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("username")
+    @classmethod
+    def _basic_auth_username(cls, value: SecretStr) -> SecretStr:
+        if ":" in value.get_secret_value():
+            raise ValueError("a basic-auth username cannot contain ':'")
         return value
 
 

@@ -1,0 +1,200 @@
+"""How every uplink reacts to a cloud's answer: one table, one place.
+
+Outcomes (Vector's retry logic, Home Assistant's error split):
+- OK      2xx: delivered, the cursor may move past the item.
+- RETRY   network errors, timeouts, 408, 425, 429, 5xx, and anything we do not understand (1xx,
+          3xx): "try later". The SAME item is sent again after a capped, jittered backoff that
+          honours Retry-After; data is never dropped for a transient or unclear failure.
+- AUTH    401, 403: "a human must act". The uplink pauses as a whole, alerts once, keeps all
+          data and probes on a slow schedule.
+- REJECT  any other 4xx: "failed for good" for this one item. Retried a bounded number of times
+          (a proxy may have mangled it), then parked in the dead-letter table, and the stream
+          moves on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+
+import aiohttp
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    RETRY = "retry"
+    AUTH = "auth"
+    REJECT = "reject"
+
+
+#: Exceptions that mean "the request did not get a usable answer": always RETRY.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError, OSError)
+
+_RETRY_4XX = frozenset({408, 425, 429})
+_AUTH = frozenset({401, 403})
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do about one attempt. `detail` is for logs and health; it never holds secrets."""
+
+    outcome: Outcome
+    status: int | None = None
+    retry_after_secs: float | None = None
+    detail: str = ""
+
+
+def classify_status(status: int) -> Outcome:
+    """The table. Unknown classes (1xx, 3xx: redirects are not followed) are RETRY, not loss."""
+    if 200 <= status < 300:
+        return Outcome.OK
+    if status in _AUTH:
+        return Outcome.AUTH
+    if status in _RETRY_4XX or status >= 500:
+        return Outcome.RETRY
+    if 400 <= status < 500:
+        return Outcome.REJECT
+    return Outcome.RETRY
+
+
+def classify_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes | str = b"",
+    *,
+    now: float | None = None,
+    json_retry_after_key: str | None = None,
+) -> Verdict:
+    """Verdict for an HTTP answer; Retry-After (header, or a JSON body field) rides along.
+
+    `json_retry_after_key` (e.g. "retryAfter" for MTS) is looked up in a JSON body when the
+    header is absent; `now` (epoch seconds) anchors an HTTP-date Retry-After.
+    """
+    outcome = classify_status(status)
+    retry_after = None
+    if outcome is not Outcome.OK:
+        retry_after = parse_retry_after(headers.get("Retry-After"), now=now)
+        if retry_after is None and json_retry_after_key:
+            retry_after = retry_after_from_json(body, json_retry_after_key)
+    return Verdict(outcome, status, retry_after, f"HTTP {status}{_snippet(body)}")
+
+
+def classify_exception(exc: BaseException) -> Verdict:
+    """Verdict for a request that raised one of TRANSPORT_ERRORS (no answer at all)."""
+    if not isinstance(exc, TRANSPORT_ERRORS):
+        raise TypeError(f"not a transport error: {type(exc).__name__}") from exc
+    text = str(exc) or "no details"
+    if isinstance(exc, TimeoutError):
+        text = "timed out"
+    return Verdict(Outcome.RETRY, None, None, f"{type(exc).__name__}: {text}"[:300])
+
+
+def _snippet(body: bytes | str, limit: int = 200) -> str:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    return f": {text[:limit]}" if text else ""
+
+
+# -- server hints -------------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date (RFC 9110).
+
+    Lenient about fractions ("0.5"); None when absent or unparseable; never negative.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 850 / asctime forms are GMT
+        return None
+    reference = time.time() if now is None else now
+    return max(0.0, when.timestamp() - reference)
+
+
+def retry_after_from_json(body: bytes | str | object, key: str = "retryAfter") -> float | None:
+    """Seconds from a JSON body field such as MTS's `retryAfter` (top level or one level down)."""
+    data: object = body
+    if isinstance(body, bytes | str):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+    candidates: list[object] = []
+    if isinstance(data, dict):
+        candidates.append(data.get(key))
+        candidates.extend(v.get(key) for v in data.values() if isinstance(v, dict))
+    for candidate in candidates:
+        if isinstance(candidate, bool):
+            continue
+        if isinstance(candidate, int | float | str):
+            try:
+                seconds = float(candidate)
+            except ValueError:
+                continue
+            if math.isfinite(seconds):
+                return max(0.0, seconds)
+    return None
+
+
+def rate_limit_remaining(headers: Mapping[str, str], name: str = "X-Rate-Limit") -> int | None:
+    """Requests left according to a rate-limit header (EnerKey's X-Rate-Limit), if it says."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value.strip().split(",")[0].split("/")[0])
+    except ValueError:
+        return None
+
+
+# -- backoff ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with full jitter; a server's Retry-After wins when it is longer.
+
+    Delay n (from 0) is uniform in [0, min(max_secs, initial_secs * multiplier**n)]
+    (AWS "full jitter": many clients recovering at once spread out instead of stampeding).
+    A Retry-After is obeyed as a minimum, capped at `max_retry_after_secs` so that a broken
+    server cannot park us for days. `rng` (uniform in [0, 1)) is injectable for tests.
+    """
+
+    initial_secs: float
+    max_secs: float
+    multiplier: float = 2.0
+    max_retry_after_secs: float = 3600.0
+    rng: Callable[[], float] = field(default=random.random, repr=False)
+    attempt: int = 0
+
+    def ceiling(self) -> float:
+        """Upper bound of the next jittered delay."""
+        exponent = min(self.attempt, 64)  # avoid float overflow after very long outages
+        return min(self.max_secs, self.initial_secs * self.multiplier**exponent)
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        delay = self.rng() * self.ceiling()
+        self.attempt += 1
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_retry_after_secs))
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
