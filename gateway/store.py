@@ -17,13 +17,14 @@ Invariants (every change to this module must keep them):
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
 
 from gateway.sample import Sample, StoredSample
 
@@ -196,7 +197,7 @@ class Store:
                 (
                     sample.meter,
                     sample.ts_ms,
-                    json.dumps(dict(sample.values), separators=(",", ":")),
+                    orjson.dumps(dict(sample.values)).decode(),
                     ",".join(sorted(sample.flags)) if sample.flags else None,
                 )
             )
@@ -415,7 +416,7 @@ def _stored(row: tuple[int, str, int, str, str | None]) -> StoredSample:
     return StoredSample(
         sample_id,
         Sample(
-            meter, ts_ms, json.loads(vals), frozenset(flags.split(",")) if flags else frozenset()
+            meter, ts_ms, orjson.loads(vals), frozenset(flags.split(",")) if flags else frozenset()
         ),
     )
 
