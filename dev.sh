@@ -46,6 +46,7 @@ case "$command" in
   test)
     if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then apt_install mosquitto; fi
     command -v socat >/dev/null || apt_install socat
+    command -v systemd-analyze >/dev/null || apt_install systemd  # the unit's security score
     venv
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .

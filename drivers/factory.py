@@ -4,16 +4,36 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Final
 
 from drivers.base import MeterReader
-from drivers.modbus import ModbusBus, ModbusReader, ModbusRtuBus, ModbusTcpBus
+from drivers.modbus import (
+    ModbusBus,
+    ModbusReader,
+    ModbusRtuBus,
+    ModbusRtuOverTcpBus,
+    ModbusTcpBus,
+)
 from drivers.register_map import load_builtin
+from drivers.serial_lines import SERIAL_LINES, SerialLine
 from gateway import config as cfg
+from gateway.health import BusHealth, Health
+
+#: The model whose register map is discovered from the device rather than built in.
+SUNSPEC_MODEL: Final = "sunspec"
 
 
-def build_bus(name: str, bus: cfg.Bus, *, timeout_secs: float | None = None) -> ModbusBus:
+def build_bus(
+    name: str,
+    bus: cfg.Bus,
+    *,
+    timeout_secs: float | None = None,
+    health: BusHealth | None = None,
+) -> ModbusBus | SerialLine:
     """One bus for a config entry; `timeout_secs` overrides the configured transport timeout."""
     timeout = bus.timeout_secs if timeout_secs is None else timeout_secs
+    if bus.type in SERIAL_LINES:  # D0, DSMR P1, SML: built by drivers.serial_lines
+        return SERIAL_LINES[bus.type](name, bus, timeout_secs=timeout, health=health)
     if isinstance(bus, cfg.ModbusTcpBus):
         return ModbusTcpBus(
             name,
@@ -21,6 +41,7 @@ def build_bus(name: str, bus: cfg.Bus, *, timeout_secs: float | None = None) -> 
             bus.port,
             timeout_secs=timeout,
             reconnect_max_secs=bus.reconnect_max_secs,
+            health=health,
         )
     if isinstance(bus, cfg.ModbusRtuBus):
         return ModbusRtuBus(
@@ -32,39 +53,73 @@ def build_bus(name: str, bus: cfg.Bus, *, timeout_secs: float | None = None) -> 
             bytesize=bus.bytesize,
             timeout_secs=timeout,
             reconnect_max_secs=bus.reconnect_max_secs,
+            inter_frame_gap_secs=(
+                None if bus.inter_frame_gap_ms is None else bus.inter_frame_gap_ms / 1000
+            ),
+            health=health,
+        )
+    if isinstance(bus, cfg.ModbusRtuOverTcpBus):
+        return ModbusRtuOverTcpBus(
+            name,
+            bus.host,
+            bus.port,
+            timeout_secs=timeout,
+            reconnect_max_secs=bus.reconnect_max_secs,
+            inter_frame_gap_secs=bus.inter_frame_gap_ms / 1000,
+            health=health,
         )
     raise TypeError(f"no driver for bus type {type(bus).__name__}")
 
 
+def build_reader(meter: cfg.Meter, bus: ModbusBus | SerialLine, bus_config: cfg.Bus) -> MeterReader:
+    """The reader of one configured meter on its (already built) bus.
+
+    `model: sunspec` has no fixed map: the reader discovers the device's model chain at its
+    first read (drivers.sunspec) and keeps the map it found.
+    """
+    if isinstance(bus, SerialLine):
+        return bus.reader(meter)
+    timeout = meter.timeout_secs or bus_config.timeout_secs
+    if meter.model == SUNSPEC_MODEL:
+        from drivers.sunspec import discover_sunspec
+
+        return ModbusReader(
+            meter.id, bus, meter.unit, timeout_secs=timeout, discover=discover_sunspec
+        )
+    return ModbusReader(meter.id, bus, meter.unit, load_builtin(meter.model), timeout_secs=timeout)
+
+
+def bus_timeout(config: cfg.Config, name: str) -> float:
+    """A bus's transport timeout: the longest of its own and its meters' read timeouts."""
+    meters = [m for m in config.meters if m.bus == name]
+    return max(
+        [config.buses[name].timeout_secs] + [m.timeout_secs for m in meters if m.timeout_secs]
+    )
+
+
 @asynccontextmanager
-async def open_readers(config: cfg.Config) -> AsyncIterator[dict[str, MeterReader]]:
+async def open_readers(
+    config: cfg.Config, *, health: Health | None = None
+) -> AsyncIterator[dict[str, MeterReader]]:
     """One reader per meter (keyed by meter id), one bus per config bus that a meter uses.
 
     A meter's `timeout_secs` bounds each of its transactions (default: its bus's); the bus's
-    transport timeout is the longest of those so it never cuts a meter short. Every bus is
-    closed on exit.
+    transport timeout is the longest of those so it never cuts a meter short. Each bus counts
+    its traffic in `health.buses[<name>]` when `health` is given. Every bus is closed on exit.
     """
-    users: dict[str, list[cfg.Meter]] = {}
-    for meter in config.meters:
-        users.setdefault(meter.bus, []).append(meter)
+    used = list(dict.fromkeys(meter.bus for meter in config.meters))
     async with AsyncExitStack() as stack:
-        buses: dict[str, ModbusBus] = {}
-        for name, meters in users.items():
-            bus_config = config.buses[name]
-            longest = max(
-                [bus_config.timeout_secs] + [m.timeout_secs for m in meters if m.timeout_secs]
-            )
+        buses: dict[str, ModbusBus | SerialLine] = {}
+        for name in used:
             buses[name] = await stack.enter_async_context(
-                build_bus(name, bus_config, timeout_secs=longest)
+                build_bus(
+                    name,
+                    config.buses[name],
+                    timeout_secs=bus_timeout(config, name),
+                    health=health.bus(name) if health is not None else None,
+                )
             )
-        readers: dict[str, MeterReader] = {
-            meter.id: ModbusReader(
-                meter.id,
-                buses[meter.bus],
-                meter.unit,
-                load_builtin(meter.model),
-                timeout_secs=meter.timeout_secs or config.buses[meter.bus].timeout_secs,
-            )
+        yield {
+            meter.id: build_reader(meter, buses[meter.bus], config.buses[meter.bus])
             for meter in config.meters
         }
-        yield readers

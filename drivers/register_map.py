@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -52,10 +53,24 @@ MAX_ADDRESS: Final = 0xFFFF
 _REPORT_LATER: Final = "report_map_problems_later"
 #: The Modbus limit for one read of holding/input registers (function codes 3 and 4).
 PROTOCOL_MAX_REGISTERS: Final = 125
+#: Channel names of the pseudo-registers that hold SunSpec-style scale factors start with this
+#: (never a canonical channel, so a map file cannot use it).
+SCALE_FACTOR_PREFIX: Final = "scale_factor@"
+#: Registers' own units may carry an SI prefix (kWh) and a count (0.1 V): see `unit_multiplier`.
+_PREFIXES: Final = {"": 1.0, "k": 1e3, "M": 1e6, "m": 1e-3}
+_BASE_UNITS: Final = ("V", "A", "W", "var", "VA", "Hz", "Wh", "varh")
+_UNIT_PATTERN: Final = re.compile(r"^(?:(?P<count>[0-9.eE+-]+)\s*)?(?P<unit>[A-Za-z%]*)$")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScaleRegister(_Strict):
+    """Where a SunSpec-style scale factor lives: an s16 whose value v means x 10**v."""
+
+    address: int = Field(ge=0, le=MAX_ADDRESS)
+    table: Table
 
 
 class RegisterSpec(_Strict):
@@ -70,10 +85,16 @@ class RegisterSpec(_Strict):
     byte_order: Order = "big"
     #: Multiplier applied after decoding, to reach the channel's unit (kWh -> Wh: 1000).
     scale: float = 1.0
-    #: The register's own unit, as the manufacturer documents it (documentation only).
+    #: What one count of the register is ("kWh", "0.1 V", "%"); checked against `scale` and
+    #: the channel's unit at load time (see `unit_problem`). Empty: not stated, not checked.
     unit: str = ""
     #: An optional channel that reads as garbage is left out instead of failing the read.
     optional: bool = False
+    #: The value is further multiplied by 10**(this s16 register), read in the same pass.
+    scale_register: ScaleRegister | None = None
+    #: Raw content (the register(s) as one unsigned integer, after word/byte order) that means
+    #: "not measured / not implemented" (SunSpec 0x8000, ABB 0xFFFFFFFF, ...): no value.
+    unavailable: int | None = Field(default=None, ge=0)
 
     @field_validator("channel")
     @classmethod
@@ -95,6 +116,8 @@ class RegisterSpec(_Strict):
     def _fits_address_space(self) -> RegisterSpec:
         if self.end - 1 > MAX_ADDRESS:
             raise ValueError(f"a {self.type} at {self.address} runs past address {MAX_ADDRESS}")
+        if self.unavailable is not None and self.unavailable >= 1 << (16 * self.words):
+            raise ValueError(f"unavailable={self.unavailable:#x} does not fit a {self.type}")
         return self
 
     @property
@@ -105,6 +128,93 @@ class RegisterSpec(_Strict):
     def end(self) -> int:
         """First address after this register (exclusive)."""
         return self.address + self.words
+
+    def same_words(self, other: RegisterSpec) -> bool:
+        """Do both read the very same value (one register feeding two channels)?"""
+        return (self.table, self.address, self.type, self.word_order, self.byte_order) == (
+            other.table,
+            other.address,
+            other.type,
+            other.word_order,
+            other.byte_order,
+        )
+
+
+def unit_problem(spec: RegisterSpec) -> str | None:
+    """Why `spec.unit` contradicts its scale or channel (None: it does not).
+
+    A register in kWh feeding a Wh channel with scale 1 would be off by 1000: the unit must be
+    in the channel's base unit, and when it states a resolution ("0.1 V") or an SI prefix
+    ("kWh"), `scale` must convert exactly that into the channel's unit. A bare base unit ("Hz")
+    says nothing about resolution and accepts any scale.
+    """
+    if not spec.unit or is_scale_factor(spec):
+        return None
+    try:
+        multiplier, base = unit_multiplier(spec.unit)
+    except ValueError as exc:
+        return str(exc)
+    expected = CHANNEL_UNITS[spec.channel]
+    if base != expected:
+        return (
+            f"unit {spec.unit!r} is in {base or 'no unit'}, but {spec.channel} "
+            f"is in {expected or 'no unit'}"
+        )
+    bare = spec.unit.strip() == base
+    if not bare and not math.isclose(multiplier, spec.scale, rel_tol=1e-9):
+        return (
+            f"unit {spec.unit!r} needs scale {multiplier:g} to reach {expected or 'a ratio'} "
+            f"in {spec.channel}, not {spec.scale:g}"
+        )
+    return None
+
+
+def unit_multiplier(unit: str) -> tuple[float, str]:
+    """What one count of a register in `unit` is worth in a base unit: "0.1 kWh" -> (100, "Wh").
+
+    `%` is a ratio in hundredths (power factor in percent); a bare number is a ratio too.
+    """
+    match = _UNIT_PATTERN.match(unit.strip())
+    if match is None:
+        raise ValueError(f"unit {unit!r} is not '<count> <unit>' (examples: V, 0.1 V, kWh, 0.01)")
+    count_text, symbol = match.group("count"), match.group("unit")
+    try:
+        count = float(count_text) if count_text else 1.0
+    except ValueError:
+        raise ValueError(f"unit {unit!r}: {count_text!r} is not a number") from None
+    if symbol == "%":
+        return count * 0.01, ""
+    if symbol == "":
+        return count, ""
+    for base in _BASE_UNITS:
+        prefix = symbol.removesuffix(base)
+        if symbol.endswith(base) and prefix in _PREFIXES:
+            return count * _PREFIXES[prefix], base
+    known = ", ".join(_BASE_UNITS)
+    raise ValueError(f"unit {unit!r}: unknown unit {symbol!r} (known: {known}, with k/M/m, or %)")
+
+
+def scale_factor_channel(ref: ScaleRegister) -> str:
+    """The pseudo-channel name of a scale-factor register (never a canonical channel)."""
+    return f"{SCALE_FACTOR_PREFIX}{ref.table}:{ref.address}"
+
+
+def is_scale_factor(spec: RegisterSpec) -> bool:
+    return spec.channel.startswith(SCALE_FACTOR_PREFIX)
+
+
+def scale_factor_spec(ref: ScaleRegister, *, optional: bool = False) -> RegisterSpec:
+    """The s16 register a reader must also read to scale the values that use `ref`.
+
+    Built without validation: its channel is a pseudo-channel no map file may name.
+    """
+    return RegisterSpec.model_construct(
+        channel=scale_factor_channel(ref),
+        address=ref.address,
+        table=ref.table,
+        type="s16",
+        optional=optional,
+    )
 
 
 class AddressRange(_Strict):
@@ -147,6 +257,32 @@ class RegisterMap(_Strict):
     def channels(self) -> list[str]:
         return [register.channel for register in self.registers]
 
+    def scale_registers(self) -> tuple[ScaleRegister, ...]:
+        """Every scale-factor register some value needs, once each, in map order."""
+        return tuple(dict.fromkeys(r.scale_register for r in self.registers if r.scale_register))
+
+    def registers_to_read(self, channels: Iterable[str] | None = None) -> tuple[RegisterSpec, ...]:
+        """What a read of `channels` (default: all) must fetch: their registers, then the
+        scale-factor registers they need (as pseudo-registers, see `is_scale_factor`).
+
+        A scale-factor register is optional when every value using it is: if the device lacks
+        it, only those optional values are lost.
+        """
+        wanted = None if channels is None else set(channels)
+        values = [r for r in self.registers if wanted is None or r.channel in wanted]
+        if wanted is not None and len({r.channel for r in values}) != len(wanted):
+            missing = wanted - {r.channel for r in values}
+            raise KeyError(f"{self.model} has no channel(s) {sorted(missing)}")
+        users: dict[ScaleRegister, list[RegisterSpec]] = {}
+        for register in values:
+            if register.scale_register is not None:
+                users.setdefault(register.scale_register, []).append(register)
+        factors = [
+            scale_factor_spec(ref, optional=all(r.optional for r in members))
+            for ref, members in users.items()
+        ]
+        return (*values, *factors)
+
     def register(self, channel: str) -> RegisterSpec:
         for register in self.registers:
             if register.channel == channel:
@@ -162,6 +298,9 @@ def _map_problems(register_map: RegisterMap) -> Iterator[tuple[KeyPath, str]]:
         if register.channel in seen:
             yield (*here, "channel"), f"channel {register.channel!r} is mapped twice"
         seen.add(register.channel)
+        problem = unit_problem(register)
+        if problem is not None:
+            yield (*here, "unit"), problem
         if register.words > register_map.max_registers_per_request:
             yield (
                 (*here, "type"),
@@ -184,6 +323,8 @@ def _map_problems(register_map: RegisterMap) -> Iterator[tuple[KeyPath, str]]:
     )
     for (_, before), (index, after) in itertools.pairwise(indexed):
         if before.table == after.table and after.address < before.end:
+            if after.same_words(before):
+                continue  # one value feeding two channels (a single-phase meter's total)
             yield (
                 ("registers", index, "address"),
                 (
@@ -191,6 +332,29 @@ def _map_problems(register_map: RegisterMap) -> Iterator[tuple[KeyPath, str]]:
                     f"at {before.address} ({before.type})"
                 ),
             )
+    yield from _scale_register_problems(register_map)
+
+
+def _scale_register_problems(register_map: RegisterMap) -> Iterator[tuple[KeyPath, str]]:
+    """A scale-factor register must be readable and must not be some value's register."""
+    for index, register in enumerate(register_map.registers):
+        ref = register.scale_register
+        if ref is None:
+            continue
+        here: KeyPath = ("registers", index, "scale_register")
+        for other in register_map.registers:
+            if other.table == ref.table and other.address <= ref.address < other.end:
+                yield here, f"scale register {ref.address} lies inside {other.channel}"
+                break
+        for hole in register_map.forbidden:
+            if hole.overlaps(ref.table, ref.address, ref.address + 1):
+                yield (
+                    here,
+                    (
+                        f"scale register {ref.address} lies in the forbidden {hole.table} range "
+                        f"{hole.first}..{hole.last}"
+                    ),
+                )
 
 
 class RegisterMapError(ConfigError, ValueError):

@@ -4,21 +4,28 @@ Used by the tests (real loopback TCP, real pymodbus framing) and by `meter-gatew
 The device image is made FROM the register map: `set_values` takes channel values in the
 gateway's units, applies the inverse scale (Wh -> kWh) and encodes per type and word order, so a
 reader that decodes them back proves the map, the planner and the decoder agree end to end.
+Values behind a SunSpec-style scale-factor register share that register: the simulator picks
+the exponent (0, -1, 1, -2, ...) at which every value of the group is exact and fits its type,
+writes it, and encodes the group with it. `sunspec_meter` builds a whole SunSpec device (SunS
+marker, common model with identity strings, model chain, end marker) from drivers.sunspec's
+tables, the same ones discovery reads it with.
 
-Like a real meter, the simulated one answers any read inside the address span its map covers
-(unused registers read as 0), except `forbidden` ranges and addresses outside that span, which
-get exception 2 (illegal data address). Faults for tests: `unresponsive` (requests are
-swallowed), `exception_code` (every request answers that exception), `garbage` (every register
-reads 0xFFFF, a float32 NaN).
+Like a real meter, the simulated one answers any read inside the address span its map (and any
+raw words put with `set_words` before the server starts) covers, unused registers reading as 0,
+except `forbidden` ranges and addresses outside that span, which get exception 2 (illegal data
+address). Faults for tests: `unresponsive` (requests are swallowed), `exception_code` (every
+request answers that exception), `garbage` (every register reads 0xFFFF, a float32 NaN).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Final
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
@@ -26,10 +33,21 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.decode import encode_value
-from drivers.register_map import RegisterMap
+from drivers import sunspec
+from drivers.decode import decode_value, encode_scale_factor, encode_value
+from drivers.register_map import RegisterMap, RegisterSpec, ScaleRegister
 
 _TABLE_OF_FUNCTION = {3: "holding", 4: "input"}
+#: Exponents tried for a scale-factor group, most natural first.
+_EXPONENTS: Final = (0, *itertools.chain.from_iterable((-n, n) for n in range(1, 11)))
+_NAN_WORDS: Final = {2: [0x7FC0, 0x0000], 4: [0x7FF8, 0x0000, 0x0000, 0x0000]}
+#: Identity a simulated SunSpec device reports in its common model.
+SUNSPEC_IDENTITY: Final = {
+    "manufacturer": "Simulated",
+    "model": "SunSpec device",
+    "version": "1.0",
+    "serial": "SIM-0001",
+}
 
 
 @dataclass
@@ -54,6 +72,8 @@ class SimulatedMeter:
         self._image: dict[str, dict[int, int]] = {"input": {}, "holding": {}}
         self._values: dict[str, float] = {}
         self._demo: _DemoState | None = None
+        #: Exponent last written to each scale-factor register.
+        self.exponents: dict[ScaleRegister, int] = {}
 
     @property
     def values(self) -> dict[str, float]:
@@ -61,19 +81,45 @@ class SimulatedMeter:
         return dict(self._values)
 
     def set_values(self, values: Mapping[str, float]) -> None:
-        """Set channels in the gateway's units; unknown channels are an error (strict fake)."""
+        """Set channels in the gateway's units; unknown channels are an error (strict fake).
+
+        Values sharing a scale-factor register are re-encoded together with one exponent at
+        which each is exact (or, for values no exponent holds exactly, the finest that fits).
+        """
+        specs = {channel: self._spec(channel) for channel in values}
+        rescale: set[ScaleRegister] = set()
         for channel, value in values.items():
-            spec = self.register_map.register(channel)
-            words = encode_value(value, spec)
-            image = self._image[spec.table]
-            for offset, word in enumerate(words):
-                image[spec.address + offset] = word
+            spec = specs[channel]
             self._values[channel] = float(value)
+            if spec.scale_register is None:
+                self._put(spec, encode_value(value, spec))
+            else:
+                rescale.add(spec.scale_register)
+        for ref in rescale:
+            self._rescale(ref)
+
+    def set_unavailable(self, *channels: str) -> None:
+        """Make channels read as "not implemented": their map's sentinel, or NaN for floats."""
+        for channel in channels:
+            spec = self._spec(channel)
+            if spec.unavailable is not None:
+                data = spec.unavailable.to_bytes(2 * spec.words, "big")
+                words = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+            elif spec.type in ("f32", "f64"):
+                words = _NAN_WORDS[spec.words]
+            else:
+                raise ValueError(f"{channel} has no way to read as not available")
+            self._put(spec, words)
+            self._values.pop(channel, None)
 
     def set_words(self, table: str, address: int, words: Sequence[int]) -> None:
         """Put raw registers in the image (e.g. a NaN in one register only)."""
         for offset, word in enumerate(words):
             self._image[table][address + offset] = word & 0xFFFF
+
+    def words(self, table: str, address: int, count: int) -> list[int]:
+        """What the device holds at [address, address + count) (unset registers read 0)."""
+        return [self._image[table].get(address + offset, 0) for offset in range(count)]
 
     def reset_counters(self) -> None:
         self.requests_seen = self.requests_served = 0
@@ -103,12 +149,32 @@ class SimulatedMeter:
     def _channels(self) -> set[str]:
         return set(self.register_map.channels())
 
+    def _spec(self, channel: str) -> RegisterSpec:
+        return self.register_map.register(channel)
+
+    def _put(self, spec: RegisterSpec, words: Sequence[int]) -> None:
+        self.set_words(spec.table, spec.address, words)
+
+    def _rescale(self, ref: ScaleRegister) -> None:
+        members = [
+            (spec, self._values[spec.channel])
+            for spec in self.register_map.registers
+            if spec.scale_register == ref and spec.channel in self._values
+        ]
+        exponent = choose_exponent(members)
+        self.exponents[ref] = exponent
+        self.set_words(ref.table, ref.address, [encode_scale_factor(exponent)])
+        for spec, value in members:
+            self._put(spec, encode_value(value, spec, exponent))
+
     def _table_layout(self, table: str) -> list[SimData]:
-        registers = [r for r in self.register_map.registers if r.table == table]
-        if not registers:
+        needed = self.register_map.registers_to_read()
+        spans = [(r.address, r.end) for r in needed if r.table == table]
+        spans += [(address, address + 1) for address in self._image[table]]
+        if not spans:
             return [SimData(0, datatype=DataType.INVALID)]
-        first = min(r.address for r in registers)
-        end = max(r.end for r in registers)
+        first = min(start for start, _ in spans)
+        end = max(stop for _, stop in spans)
         holes = sorted(
             (max(h.first, first), min(h.last + 1, end))
             for h in self.register_map.forbidden
@@ -152,6 +218,65 @@ class SimulatedMeter:
 
 def _zeros(start: int, end: int) -> SimData:
     return SimData(start, count=end - start, values=0, datatype=DataType.REGISTERS)
+
+
+def choose_exponent(members: Iterable[tuple[RegisterSpec, float]]) -> int:
+    """The scale factor for values sharing one register: exact for all if possible.
+
+    Otherwise the finest exponent at which every value fits its type (the demo's arbitrary
+    floats); ValueError when even 10**10 cannot hold them.
+    """
+    group = list(members)
+    fitting: list[int] = []
+    for exponent in _EXPONENTS:
+        try:
+            encoded = [(spec, value, encode_value(value, spec, exponent)) for spec, value in group]
+        except ValueError:
+            continue
+        if all(decode_value(words, spec, exponent) == value for spec, value, words in encoded):
+            return exponent
+        fitting.append(exponent)
+    if not fitting:
+        channels = ", ".join(spec.channel for spec, _ in group)
+        raise ValueError(f"no scale factor in -10..10 holds the values of {channels}")
+    return min(fitting)
+
+
+def sunspec_meter(
+    models: Sequence[int | tuple[int, int]] = (103,),
+    *,
+    unit_id: int = 1,
+    base: int = 40000,
+    identity: Mapping[str, str] | None = None,
+    mapped: Iterable[int] | None = None,
+    end_marker: bool = True,
+) -> SimulatedMeter:
+    """A SunSpec device: SunS at `base`, common model, then `models` (ids, or (id, length) for
+    models we do not map) in order, every data register present.
+
+    Its register map is what discovery builds for that chain (restricted to `mapped` model ids
+    if given), so `set_values` works in channels. Without `end_marker` the chain just stops,
+    as on some real devices (reading past it answers exception 2).
+    """
+    chain = sunspec.chain_layout(models, base=base)
+    ident = dict(SUNSPEC_IDENTITY if identity is None else identity)
+    device = sunspec.SunSpecDevice(base, chain, ident)
+    wanted = None if mapped is None else frozenset(mapped)
+    meter = SimulatedMeter(sunspec.build_register_map(device, model_ids=wanted), unit_id=unit_id)
+    meter.set_words("holding", base, sunspec.SUNS_MARKER)
+    for model in chain:
+        meter.set_words("holding", model.address, [model.id, model.length])
+        for offset in range(model.length):  # every data register exists (reads as 0)
+            meter.set_words("holding", model.data + offset, [0])
+    common = chain[0]
+    for name, (offset, length) in sunspec.COMMON_STRINGS.items():
+        meter.set_words(
+            "holding", common.data + offset, sunspec.encode_string(ident.get(name, ""), length)
+        )
+    if end_marker:
+        last = chain[-1]
+        meter.set_words("holding", last.data + last.length, [sunspec.END_OF_CHAIN, 0])
+    return meter
 
 
 class SimulatorServer:

@@ -1,8 +1,9 @@
 """The one channel vocabulary every driver writes and every uplink reads.
 
 Units are normalised at the driver boundary so that no uplink ever converts twice:
-V, A, W, var, VA, Hz, Wh, varh, dimensionless power factor. A meter register in kWh is
-multiplied by 1000 by its register map's scale; an uplink that wants kWh divides.
+V, A, W, var, VA, Hz, Wh, varh, dimensionless power factor; m3 for gas and water volumes. A
+meter register in kWh is multiplied by 1000 by its register map's scale; an uplink that wants
+kWh divides.
 """
 
 from __future__ import annotations
@@ -37,10 +38,22 @@ CHANNEL_UNITS: Final[dict[str, str]] = {
     "energy_reactive_import": "varh",
     "energy_reactive_export": "varh",
     "energy_reactive_total": "varh",
+    # Tariff registers of utility meters (D0, DSMR P1, SML: OBIS 1.8.1/1.8.2, 2.8.1/2.8.2).
+    "energy_active_import_t1": "Wh",
+    "energy_active_import_t2": "Wh",
+    "energy_active_export_t1": "Wh",
+    "energy_active_export_t2": "Wh",
+    # Other media, read through a utility meter (DSMR M-Bus channels) or on their own.
+    "gas_volume": "m3",
+    "water_volume": "m3",
+    "heat_energy": "Wh",
 }
 
 #: Cumulative counters: they must never decrease and uplinks may derive consumption from them.
 ENERGY_CHANNELS: Final = frozenset(name for name in CHANNEL_UNITS if name.startswith("energy_"))
+
+#: Every cumulative register, electricity or another medium (gas and water in m3, heat in Wh).
+COUNTER_CHANNELS: Final = ENERGY_CHANNELS | {"gas_volume", "water_volume", "heat_energy"}
 
 
 def is_known_channel(name: str) -> bool:

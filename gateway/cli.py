@@ -1,4 +1,5 @@
-"""The `meter-gateway` command line: run, check-config, demo, deadletters."""
+"""The `meter-gateway` command line: run, check-config, demo, deadletters, read, scan,
+registers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from gateway import __version__
 from gateway.config import Config
 from gateway.config_loader import ConfigError, load_config
 from gateway.logsetup import setup_logging
+from gateway.uplinks import pts_cli
 
 EXIT_CONFIG = 2
 DEFAULT_CONFIG = "/etc/meter-gateway/config.yaml"
@@ -41,7 +43,36 @@ def _parser() -> argparse.ArgumentParser:
     dead = commands.add_parser("deadletters", help="list items an uplink parked as undeliverable")
     dead.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     dead.add_argument("--uplink", default=None)
+
+    read = commands.add_parser("read", help="read one meter now and print its values")
+    read.add_argument("meter", help="meter id from the config")
+    read.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    read.add_argument("--raw", action="store_true", help="also print the raw registers")
+
+    scan = commands.add_parser("scan", help="find the units answering on a bus, guess models")
+    scan.add_argument("bus", help="bus name from the config")
+    scan.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    scan.add_argument("--units", type=_units, default="1-247", help="e.g. 1-247 or 1,5,10-12")
+    scan.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for each unit (default 0.3; an empty address costs two)",
+    )
+
+    registers = commands.add_parser("registers", help="print a register map and its read plan")
+    registers.add_argument("model", help="built-in model (e.g. sdm630) or a map file path")
+    pts_cli.add_parser(commands, DEFAULT_CONFIG)
     return parser
+
+
+def _units(text: str) -> list[int]:
+    from gateway.commissioning import parse_units
+
+    try:
+        return parse_units(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load(path: str) -> Config:
@@ -101,4 +132,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     if args.command == "deadletters":
         return _deadletters(args.config, args.uplink)
+    if args.command in ("read", "scan", "registers"):
+        return _commissioning(args)
+    if args.command == "pts":
+        return pts_cli.run(args, _load(args.config))
     raise AssertionError(args.command)
+
+
+def _commissioning(args: argparse.Namespace) -> int:
+    """read / scan / registers (gateway.commissioning): exit 0 ok, 1 device failed, 2 config."""
+    from gateway import commissioning
+
+    try:
+        if args.command == "registers":
+            return commissioning.print_map(args.model)
+        config = _load(args.config)
+        if args.command == "read":
+            return asyncio.run(commissioning.read_meter(config, args.meter, raw=args.raw))
+        timeout = args.timeout or commissioning.DEFAULT_SCAN_TIMEOUT_SECS
+        units = args.units if isinstance(args.units, list) else _units(args.units)
+        return asyncio.run(commissioning.scan_bus(config, args.bus, units, timeout_secs=timeout))
+    except commissioning.CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG

@@ -6,25 +6,29 @@ this module only says what a valid config is.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from drivers.serial_config import DsmrP1Bus, Iec62056Bus, SerialMeterFields, SmlBus
+from gateway.config_base import (
+    ID_PATTERN,
+    Identifier,
+    KeyPath,
+    Strict,
+    UplinkSection,
+    is_identifier,
+)
 from gateway.durations import Seconds
+from gateway.uplinks.enerkey_config import EnerKeyUplink
+from gateway.uplinks.pts_config import PtsUplink
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_ID = re.compile(ID_PATTERN)
-
-Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
+__all__ = ["ID_PATTERN", "Identifier", "KeyPath", "Strict", "UplinkSection", "is_identifier"]
 
 WATTICS_PRODUCTION_URL = "https://web-collector.wattics.com/measurements/v2/unifiedjson/"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class GatewaySection(Strict):
@@ -56,26 +60,52 @@ class ModbusTcpBus(Strict):
 
 class ModbusRtuBus(Strict):
     type: Literal["modbus-rtu"]
+    #: A device path; prefer the stable /dev/serial/by-id/... link of a USB adapter.
     port: str
-    baudrate: int = 9600
+    baudrate: int = Field(default=9600, ge=300, le=921600)
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
     timeout_secs: float = Field(default=1.0, gt=0)
     reconnect_max_secs: float = Field(default=60.0, gt=0)
+    #: Silence kept on the line between transactions; default 3.5 character times at this
+    #: baud rate (1.75 ms above 19200 baud, as the Modbus serial-line spec says).
+    inter_frame_gap_ms: float | None = Field(default=None, ge=0, le=1000)
 
 
-Bus = Annotated[ModbusTcpBus | ModbusRtuBus, Field(discriminator="type")]
+class ModbusRtuOverTcpBus(Strict):
+    """A serial-to-Ethernet converter forwarding raw RTU frames (with CRC) over TCP."""
+
+    type: Literal["modbus-rtu-over-tcp"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+    timeout_secs: float = Field(default=1.0, gt=0)
+    reconnect_max_secs: float = Field(default=60.0, gt=0)
+    #: Silence kept between transactions; the converter usually paces its line itself.
+    inter_frame_gap_ms: float = Field(default=0.0, ge=0, le=1000)
 
 
-class Meter(Strict):
+#: Serial utility-meter buses (D0, DSMR P1, SML) are defined in drivers.serial_config.
+Bus = Annotated[
+    ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus | Iec62056Bus | DsmrP1Bus | SmlBus,
+    Field(discriminator="type"),
+]
+
+
+class Meter(SerialMeterFields):
     id: Identifier
     bus: str
     unit: int = Field(default=1, ge=0, le=247)
-    model: str
+    #: A built-in register map; required on Modbus buses, not used on serial (D0/P1/SML) ones.
+    model: str | None = None
     interval: Seconds = 60.0
     #: Per-read timeout; defaults to the bus timeout.
     timeout_secs: float | None = Field(default=None, gt=0)
+    #: An offline meter (3 failed reads in a row) is retried after max(interval, this), then
+    #: at doubling delays up to offline_retry_max_secs; the first success restores its
+    #: normal schedule. Spares a shared line the timeouts of a unit that is gone.
+    offline_retry_secs: Seconds = 60.0
+    offline_retry_max_secs: Seconds = 300.0
 
 
 class WatticsMeter(Strict):
@@ -83,7 +113,7 @@ class WatticsMeter(Strict):
     id: str = Field(min_length=1)
 
 
-class WatticsUplink(Strict):
+class WatticsUplink(UplinkSection):
     url: str = WATTICS_PRODUCTION_URL
     username: SecretStr
     password: SecretStr
@@ -119,6 +149,10 @@ class WatticsUplink(Strict):
             raise ValueError("must be an http(s) URL")
         return value
 
+    def meter_references(self) -> Iterator[tuple[KeyPath, str]]:
+        for meter_id in self.meters:
+            yield ("meters", meter_id), meter_id
+
     @field_validator("username")
     @classmethod
     def _basic_auth_username(cls, value: SecretStr) -> SecretStr:
@@ -129,19 +163,78 @@ class WatticsUplink(Strict):
 
 class Uplinks(Strict):
     wattics: WatticsUplink | None = None
+    pts: PtsUplink | None = None
+    enerkey: EnerKeyUplink | None = None
+
+
+def _topic_prefix(value: str) -> str:
+    """One or more MQTT topic levels: no wildcards, no empty level, no broker-internal `$`."""
+    levels = value.split("/")
+    if not value or value.startswith("$") or "" in levels or any(c in value for c in "+#\0"):
+        raise ValueError("topic levels separated by '/', without '+', '#', '$' or empty levels")
+    return value
+
+
+class MqttTls(Strict):
+    """TLS to the broker. The server certificate is always verified (chain and host name)."""
+
+    #: CA bundle that signed the broker's certificate; none: the system's trusted CAs.
+    ca_file: Path | None = None
+    #: Client certificate and its key, for brokers that authenticate clients by certificate.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> MqttTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttCommands(Strict):
+    """Commands the gateway accepts on `<prefix>/<id>/cmd/...`; each is off unless enabled."""
+
+    read: bool = False
+    flush: bool = False
+    pts_submit: bool = False
 
 
 class MqttSection(Strict):
     host: str
+    #: Default 1883, or 8883 when `tls` is set.
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
     password: SecretStr | None = None
+    tls: MqttTls | None = None
     topic_prefix: str = "meter-gateway"
     client_id: str | None = None
     keepalive_secs: int = Field(default=60, ge=5)
+    #: How long to wait for the broker's CONNACK, SUBACK or PUBACK before giving up the connection.
+    timeout_secs: float = Field(default=10.0, gt=0)
+    #: Retained state topics are re-published this often (and on every reconnect).
+    publish_interval_secs: float = Field(default=10.0, ge=0.05)
+    #: Reconnect backoff doubles (with jitter) up to this.
+    reconnect_max_secs: float = Field(default=30.0, gt=0)
     homeassistant_discovery: bool = False
+    discovery_prefix: str = "homeassistant"
+    #: Publish every stored sample on `meters/<id>/values` (not retained) for local consumers.
+    publish_values: bool = False
+    values_qos: Literal[0, 1] = 0
+    commands: MqttCommands = Field(default_factory=MqttCommands)
     #: Telemetry waiting for the broker beyond this many messages is dropped (oldest first).
     queue_size: int = Field(default=1000, ge=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_port(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("tls") is not None and "port" not in data:
+            return {**data, "port": 8883}
+        return data
+
+    @field_validator("topic_prefix", "discovery_prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        return _topic_prefix(value)
 
 
 class Config(Strict):
@@ -156,7 +249,3 @@ class Config(Strict):
             if meter.id == meter_id:
                 return meter
         raise KeyError(meter_id)
-
-
-def is_identifier(value: str) -> bool:
-    return bool(_ID.match(value))

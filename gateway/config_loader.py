@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.config import Config
+from gateway.config_base import UplinkSection
 
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 
@@ -202,6 +203,7 @@ def _describe(error: Any, path: KeyPath, loc: tuple[Any, ...]) -> str:
 def cross_check(config: Config) -> Iterator[tuple[KeyPath, str]]:
     """Relations pydantic cannot see: references between sections and known meter models."""
     from drivers.register_map import builtin_models
+    from drivers.serial_config import is_serial_bus, serial_cross_check
 
     models = set(builtin_models())
     seen: set[str] = set()
@@ -211,11 +213,16 @@ def cross_check(config: Config) -> Iterator[tuple[KeyPath, str]]:
         seen.add(meter.id)
         if meter.bus not in config.buses:
             yield ("meters", index, "bus"), f"no bus named {meter.bus!r} under buses"
-        if meter.model not in models:
+        elif is_serial_bus(config.buses[meter.bus]):
+            continue  # D0/P1/SML meters need no register map; serial_cross_check checks them
+        elif meter.model is None:
+            yield ("meters", index), "required key 'model' is missing (a Modbus meter's map)"
+        elif meter.model not in models:
             known = ", ".join(sorted(models))
             yield ("meters", index, "model"), f"unknown model {meter.model!r} (built in: {known})"
-    wattics = config.uplinks.wattics
-    if wattics is not None:
-        for meter_id in wattics.meters:
-            if meter_id not in seen:
-                yield ("uplinks", "wattics", "meters", meter_id), f"no meter with id {meter_id!r}"
+    yield from serial_cross_check(config)
+    for name, section in config.uplinks:
+        if isinstance(section, UplinkSection):
+            for path, meter_id in section.meter_references():
+                if meter_id not in seen:
+                    yield ("uplinks", name, *path), f"no meter with id {meter_id!r}"

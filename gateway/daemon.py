@@ -23,7 +23,8 @@ from gateway.config import Config
 from gateway.health import Health
 from gateway.poller import Poller
 from gateway.store import Store
-from gateway.uplinks.base import Uplink
+from gateway.store_recovery import open_store_checked
+from gateway.uplinks.registry import UplinkContext, build_uplinks
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +35,15 @@ PRUNE_EVERY_S = 300.0
 SHUTDOWN_BUDGET_S = 8.0
 
 
-def open_store(config: Config) -> Store:
+def open_store(config: Config, health: Health | None = None) -> Store:
+    """The site's store; a corrupt file is moved aside with an alert instead of crash-looping."""
     data_dir = Path(config.gateway.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     budget = int(config.gateway.disk_budget_mb * 1024 * 1024)
-    return Store(data_dir / DB_FILE, budget_bytes=budget)
-
-
-def build_uplinks(config: Config, store: AsyncStore, health: Health) -> list[Uplink]:
-    uplinks: list[Uplink] = []
-    if config.uplinks.wattics is not None:
-        from gateway.uplinks.wattics import WatticsUplink
-
-        uplinks.append(
-            WatticsUplink(
-                config.uplinks.wattics,
-                store=store,
-                health=health,
-                timezone=config.gateway.timezone,
-            )
-        )
-    return uplinks
+    store, moved = open_store_checked(data_dir / DB_FILE, budget_bytes=budget)
+    if moved is not None and health is not None:
+        health.alert("store", f"database was corrupt: moved aside to {moved}, started afresh")
+    return store
 
 
 class Daemon:
@@ -68,11 +57,11 @@ class Daemon:
 
     async def run(self, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         config = self.config
-        astore = AsyncStore(open_store(config))
+        astore = AsyncStore(open_store(config, self.health))
         try:
-            async with open_readers(config) as readers:
+            async with open_readers(config, health=self.health) as readers:
                 poller = Poller(config.meters, readers, astore, self.health)
-                uplinks = build_uplinks(config, astore, self.health)
+                uplinks = build_uplinks(UplinkContext(config, astore, self.health))
                 async with asyncio.TaskGroup() as group:
                     polling = group.create_task(poller.run(), name="poller")
                     sending = [
@@ -83,17 +72,19 @@ class Daemon:
                         group.create_task(self._prune_forever(astore), name="retention"),
                         group.create_task(self._watchdog_forever(), name="watchdog"),
                     ]
-                    monitoring = None
+                    monitoring: list[asyncio.Task[None]] = []
                     if config.mqtt is not None:
-                        from gateway.monitor import Monitor
+                        from gateway.monitor import operations_plane
 
-                        monitor = Monitor(
-                            config.mqtt,
-                            gateway_id=config.gateway.id,
+                        plane = operations_plane(
+                            config,
                             health=self.health,
                             version=__version__,
+                            astore=astore,
+                            poller=poller,
+                            uplinks=uplinks,
                         )
-                        monitoring = group.create_task(monitor.run(), name="monitor")
+                        monitoring = [group.create_task(job, name=name) for name, job in plane]
                     sdnotify.notify("READY=1")
                     sdnotify.notify(
                         f"STATUS=polling {len(config.meters)} meter(s), {len(uplinks)} uplink(s)"
@@ -111,9 +102,7 @@ class Daemon:
                     log.info("stopping: polling ends, uplinks finish what is in flight")
                     await _cancel_and_wait([polling], SHUTDOWN_BUDGET_S / 4)
                     await _cancel_and_wait(sending, SHUTDOWN_BUDGET_S / 2)
-                    await _cancel_and_wait(
-                        [*helpers, *([monitoring] if monitoring else [])], SHUTDOWN_BUDGET_S / 4
-                    )
+                    await _cancel_and_wait([*helpers, *monitoring], SHUTDOWN_BUDGET_S / 4)
         finally:
             await astore.aclose()
         log.info("stopped")

@@ -4,7 +4,15 @@ One task per meter: a slow or dead meter only delays itself (and, on a shared RT
 bus's turn-taking its driver owns), never a meter on another bus. A read that overruns the
 next boundary skips the ticks it missed (counted, logged once) rather than queueing reads.
 Samples are stamped with the scheduled boundary, in UTC, when the read started on time, so
-uplinks that want interval boundaries (Wattics, EnerKey) see exact ones.
+uplinks that want interval boundaries (Wattics, EnerKey) see exact ones. A reader that knows
+when its device measured (drivers.stamped: a DSMR gas reading) is stamped with that time
+instead, and a reading no newer than its last one is not stored again.
+
+An OFFLINE meter (OFFLINE_AFTER failed reads in a row) is retried on a slower schedule: after
+max(interval, offline_retry_secs), doubling up to offline_retry_max_secs, always on one of its
+interval boundaries. So a unit that is gone costs a shared RTU line one timeout per retry
+instead of one per interval, and the first successful retry is an ordinary aligned sample
+after which the normal schedule resumes.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import math
 import time
 
 from drivers.base import MeterReader, MeterReadError
+from drivers.stamped import StampedReader
 from gateway.async_store import AsyncStore
 from gateway.clock import Clock, SystemClock, next_boundary
 from gateway.config import Meter
@@ -60,6 +69,7 @@ class Poller:
     async def _poll_forever(self, meter: Meter) -> None:
         health = self.health.meter(meter.id)
         boundary = next_boundary(self.clock.time(), meter.interval)
+        offline_retries = 0
         while True:
             await self.clock.sleep(boundary - self.clock.time())
             now = self.clock.time()
@@ -71,9 +81,19 @@ class Poller:
                 continue
             late = now - boundary
             stamp = boundary if late <= ON_TIME_TOLERANCE_S else now
+            previous_ts_ms = health.last_read_ts_ms
             sample = await self._read(meter, health, stamp)
-            if sample is not None:
+            if sample is not None and not self._repeated(meter, sample, previous_ts_ms):
                 await self._store(sample, health)
+            if health.state is MeterState.OFFLINE:
+                delay = offline_retry_delay(meter, offline_retries)
+                offline_retries += 1
+                boundary = retry_boundary(boundary, delay, meter.interval, self.clock.time())
+                health.next_attempt_ts_ms = round(boundary * 1000)
+                log.debug("meter %s: offline, next attempt in %.1f s", meter.id, delay)
+                continue
+            offline_retries = 0
+            health.next_attempt_ts_ms = None
             following = next_boundary(self.clock.time(), meter.interval)
             missed = round((following - boundary) / meter.interval) - 1
             if missed > 0:
@@ -91,9 +111,14 @@ class Poller:
         started = time.monotonic()
         # The driver bounds each request itself; this only guards against a driver bug.
         guard = max(meter.interval, 5 * (meter.timeout_secs or 3.0))
+        device_ts_ms: int | None = None
         try:
             async with asyncio.timeout(guard):
-                values = await reader.read()
+                if isinstance(reader, StampedReader):
+                    reading = await reader.read_stamped()
+                    values, device_ts_ms = dict(reading.values), reading.ts_ms
+                else:
+                    values = await reader.read()
         except MeterReadError as exc:
             self._failed(meter, health, exc.kind, str(exc))
             return None
@@ -113,9 +138,18 @@ class Poller:
         health.consecutive_errors = 0
         health.reads += 1
         health.last_values = dict(values)
-        ts_ms = round(stamp * 1000)
+        ts_ms = round(stamp * 1000) if device_ts_ms is None else device_ts_ms
         health.last_read_ts_ms = ts_ms
         return Sample(meter.id, ts_ms, values)
+
+    def _repeated(self, meter: Meter, sample: Sample, previous_ts_ms: int | None) -> bool:
+        """A device-stamped reading (drivers.stamped) no newer than the last one: the device
+        has not measured again (a gas meter's hourly value polled every 5 min). Not stored."""
+        return (
+            isinstance(self.readers[meter.id], StampedReader)
+            and previous_ts_ms is not None
+            and sample.ts_ms <= previous_ts_ms
+        )
 
     def _failed(self, meter: Meter, health: MeterHealth, kind: str, message: str) -> None:
         health.errors[kind] += 1
@@ -150,3 +184,17 @@ class Poller:
                 sample.meter,
                 sample.ts.isoformat(),
             )
+
+
+def offline_retry_delay(meter: Meter, retries: int) -> float:
+    """Seconds before retry number `retries` (0 first) of an offline meter."""
+    first = max(meter.interval, meter.offline_retry_secs)
+    cap = max(first, meter.offline_retry_max_secs)
+    return min(first * (1 << min(retries, 32)), cap)
+
+
+def retry_boundary(failed: float, delay: float, interval: float, now: float) -> float:
+    """The first interval boundary at least `delay` after the failed tick, and after `now`."""
+    ticks = max(1, math.ceil(delay / interval - 1e-9))
+    following = failed + ticks * interval
+    return following if following > now else next_boundary(now, interval)

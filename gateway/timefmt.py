@@ -83,3 +83,60 @@ def parse_iso8601_ms(text: str) -> int:
         raise ValueError(f"timestamp without offset: {text!r}")
     delta = parsed - _EPOCH
     return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+
+
+def local_naive_iso8601(ts_ms: int, tz: str | tzinfo) -> str:
+    """`ts_ms` as local wall-clock time to the second, WITHOUT offset: `2026-01-31T23:59:42`.
+
+    For services that fix the zone out of band (MassCEC PTS: Eastern time). Milliseconds are
+    truncated, never rounded up, so an instant at or before midnight never renders after it.
+    """
+    tzi = zone(tz) if isinstance(tz, str) else tz
+    local = datetime.fromtimestamp(ts_ms // 1000, tzi)
+    return local.replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+def parse_local_naive(text: str, tz: str | tzinfo) -> int:
+    """Epoch milliseconds of a naive local `YYYY-MM-DDTHH:MM:SS[.fff]` in zone `tz`.
+
+    In the repeated autumn hour the first occurrence (daylight time) is taken; a time in the
+    skipped spring hour is read with the offset in force before the change (zoneinfo's rule).
+    Raises ValueError for a timestamp that carries an offset: it would be ambiguous which wins.
+    """
+    tzi = zone(tz) if isinstance(tz, str) else tz
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is not None:
+        raise ValueError(f"expected a local time without offset: {text!r}")
+    delta = parsed.replace(tzinfo=tzi, fold=0) - _EPOCH
+    return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+
+
+#: One hour in milliseconds: hourly services (EnerKey) work on UTC hour boundaries.
+HOUR_MS = 3_600_000
+
+
+def floor_hour_ms(ts_ms: int) -> int:
+    """The UTC hour boundary at or before `ts_ms` (local DST never adds or removes one)."""
+    return ts_ms - ts_ms % HOUR_MS
+
+
+def ceil_hour_ms(ts_ms: int) -> int:
+    """The UTC hour boundary at or after `ts_ms`."""
+    return -(-ts_ms // HOUR_MS) * HOUR_MS
+
+
+def utc_iso8601(ts_ms: int) -> str:
+    """`ts_ms` in UTC to the second with a `Z` suffix, e.g. `2024-03-31T01:00:00Z`.
+
+    Milliseconds are truncated (an hour boundary has none).
+    """
+    return utc_datetime(ts_ms - ts_ms % 1000).replace(tzinfo=None).isoformat() + "Z"
+
+
+def local_iso8601(ts_ms: int, tz: str | tzinfo) -> str:
+    """`ts_ms` as site-local time to the second with its offset, e.g. `2024-03-31T04:00:00+03:00`.
+
+    Same rules as local_iso8601_ms (offset of that very instant), milliseconds truncated.
+    """
+    text = local_iso8601_ms(ts_ms - ts_ms % 1000, tz)
+    return text[:19] + text[23:]

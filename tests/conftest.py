@@ -13,6 +13,8 @@ pytest_plugins = [
     "tests.fixtures.mosquitto",
     "tests.fixtures.modbus",
     "tests.fixtures.wattics",
+    "tests.fixtures.enerkey",
+    "tests.fixtures.pts",
 ]
 
 

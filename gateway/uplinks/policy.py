@@ -85,6 +85,17 @@ def classify_response(
     return Verdict(outcome, status, retry_after, f"HTTP {status}{_snippet(body)}")
 
 
+#: REJECT answers that mean "nothing by that name here": a wrong path or object id, which a
+#: human configured. An uplink whose paths are not published (EnerKey) may treat these as
+#: "a human must act" for that stream (pause, alert, keep the data) instead of parking.
+MISDIRECTED = frozenset({404, 405})
+
+
+def is_misdirected(verdict: Verdict) -> bool:
+    """True for a REJECT whose status says the request went to the wrong place."""
+    return verdict.outcome is Outcome.REJECT and verdict.status in MISDIRECTED
+
+
 def classify_exception(exc: BaseException) -> Verdict:
     """Verdict for a request that raised one of TRANSPORT_ERRORS (no answer at all)."""
     if not isinstance(exc, TRANSPORT_ERRORS):

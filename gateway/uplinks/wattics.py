@@ -25,25 +25,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import math
 import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from functools import lru_cache
-from typing import Final, Protocol
+from typing import Final
 
 import aiohttp
 import yarl
 
 from gateway import config as cfg
 from gateway.async_store import AsyncStore
+from gateway.clock import Clock, SystemClock
 from gateway.health import Health
 from gateway.sample import Sample, StoredSample
 from gateway.timefmt import local_iso8601_ms, parse_iso8601_ms, zone
+from gateway.uplinks.common import AuthGate, read_limited, run_streams_until_cancelled
 from gateway.uplinks.policy import (
     TRANSPORT_ERRORS,
     Backoff,
@@ -179,31 +181,10 @@ def last_timestamp_ms(body: object, *, depth: int = 4) -> int | None:
 # -- time and the session, injectable for tests -------------------------------------------------
 
 
-class Clock(Protocol):
-    def time(self) -> float: ...
-
-    def monotonic(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
 SessionFactory = Callable[[], aiohttp.ClientSession]
 
 #: Samples read from the store per query.
 READ_BATCH: Final = 500
-#: Bytes of an answer body kept (for the dead-letter table and last_error).
-MAX_ANSWER_BYTES: Final = 16_384
 #: A caught-up stream re-reads the store at least this often even without an append signal.
 IDLE_RECHECK_SECS: Final = 30.0
 
@@ -219,43 +200,6 @@ class _Stream:
     failing_since: str | None = None
     failures: int = 0
     in_request: bool = False
-
-
-class _AuthGate:
-    """Every stream stops while credentials are refused; the stream that saw it first probes."""
-
-    def __init__(self) -> None:
-        self._open = asyncio.Event()
-        self._open.set()
-        self.prober: str | None = None
-
-    @property
-    def paused(self) -> bool:
-        return not self._open.is_set()
-
-    def close(self, stream: str) -> bool:
-        """Pause; True if this call started the pause."""
-        if self.paused:
-            return False
-        self._open.clear()
-        self.prober = stream
-        return True
-
-    def reopen(self) -> bool:
-        """Resume; True if the uplink was paused."""
-        if not self.paused:
-            return False
-        self.prober = None
-        self._open.set()
-        return True
-
-    async def wait_turn(self, stream: str, probe_secs: float, clock: Clock) -> None:
-        """Return when `stream` may send: the gate is open, or it is the prober's turn."""
-        while self.paused:
-            if self.prober == stream:
-                await clock.sleep(probe_secs)
-                return
-            await self._open.wait()
 
 
 # -- the uplink ---------------------------------------------------------------------------------
@@ -286,7 +230,7 @@ class WatticsUplink:
         self._rng = rng
         self._session: aiohttp.ClientSession | None = None
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
-        self._gate = _AuthGate()
+        self._gate = AuthGate()
         # Secret: only ever sent as a header; never logged, never put into health or alerts.
         self._headers = {
             "Content-Type": "application/json",
@@ -349,33 +293,23 @@ class WatticsUplink:
             self._url.with_user(None).with_query(None),
         )
         self._stopping = False
+        streams = {stream: _Stream(stream, meter) for stream, meter in self._streams.items()}
+
+        def stop() -> None:
+            self._stopping = True
+
         try:
-            async with asyncio.TaskGroup() as group:
-                tasks = {
-                    group.create_task(self._supervise(st), name=f"{self.name}:{st.stream}"): st
-                    for st in (_Stream(stream, meter) for stream, meter in self._streams.items())
-                }
-                try:
-                    await asyncio.Event().wait()  # streams run until we are cancelled
-                except asyncio.CancelledError:
-                    await self._stop_streams(tasks)
-                    raise
+            # Shutdown: waiting streams stop now; one with a request in flight may finish it
+            # for up to shutdown_grace_secs, so a packet Wattics took is not sent again.
+            await run_streams_until_cancelled(
+                self.name,
+                {stream: functools.partial(self._supervise, st) for stream, st in streams.items()},
+                busy=lambda stream: streams[stream].in_request,
+                grace_secs=self.config.shutdown_grace_secs,
+                on_stop=stop,
+            )
         finally:
             await self.aclose()
-
-    async def _stop_streams(self, tasks: Mapping[asyncio.Task[None], _Stream]) -> None:
-        """Shutdown: streams waiting (idle, backoff, pause) stop now; a stream with a request
-        in flight may finish it for up to shutdown_grace_secs, so that a packet the service
-        took is acknowledged and not sent again next start. Then everything is cancelled.
-        """
-        self._stopping = True
-        for task, st in tasks.items():
-            if not st.in_request:
-                task.cancel()
-        _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_grace_secs)
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(tasks)
 
     async def _supervise(self, st: _Stream) -> None:
         """Run one stream; a bug or store error restarts it from its cursor, not the daemon."""
@@ -489,7 +423,7 @@ class WatticsUplink:
                     allow_redirects=False,
                 ) as response:
                     try:
-                        answer = await _read_limited(response)
+                        answer = await read_limited(response)
                     except TRANSPORT_ERRORS:
                         answer = b""  # the status line arrived: it decides
                     if classify_status(response.status) is Outcome.OK:
@@ -670,7 +604,7 @@ class WatticsUplink:
                             "%s/%s: no resync (GET answered %d)", self.name, stream, response.status
                         )
                         return None
-                    answer = await _read_limited(response, 1 << 20)
+                    answer = await read_limited(response, 1 << 20)
             except TRANSPORT_ERRORS as exc:
                 log.info("%s/%s: no resync (%s)", self.name, stream, classify_exception(exc).detail)
                 return None
@@ -679,24 +613,3 @@ class WatticsUplink:
         except ValueError:
             return None
         return last_timestamp_ms(data)
-
-
-async def _read_limited(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
-    """At most `limit` bytes of an answer: a garbage answer must not eat the Pi's memory.
-
-    A body read to its end keeps the connection reusable; a longer one is cut (and aiohttp
-    closes that connection).
-    """
-    content = response.content
-    data = await content.read(limit)
-    if len(data) >= limit or content.at_eof():
-        return data[:limit]
-    chunks = [data]
-    size = len(data)
-    while size < limit:
-        chunk = await content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)

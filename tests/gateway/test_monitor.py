@@ -19,9 +19,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from gateway.async_store import AsyncStore
 from gateway.config import MqttSection
 from gateway.health import Health, MeterState
-from gateway.monitor import Monitor, health_messages
+from gateway.monitor import HealthRenderer, Monitor, health_messages, measure_forever
+from gateway.sample import Sample
+from gateway.store import Store
 from tests.fixtures.mosquitto import MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +72,7 @@ class Subscriber:
     def __init__(self, broker: MosquittoBroker) -> None:
         self.broker = broker
         self.latest: dict[str, str] = {}
+        self.history: dict[str, list[str]] = {}
         self._changed = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
@@ -92,7 +96,13 @@ class Subscriber:
         async for message in client.messages:
             assert isinstance(message.payload, bytes)
             self.latest[str(message.topic)] = message.payload.decode()
+            self.history.setdefault(str(message.topic), []).append(message.payload.decode())
             self._changed.set()
+
+    async def send(self, topic: str, payload: str | bytes) -> None:
+        """Publish as this operator (QoS 1, not retained), e.g. a command."""
+        assert self._client is not None
+        await self._client.publish(topic, payload, qos=1)
 
     async def until(
         self, topic: str, check: Callable[[str], bool] | str, timeout: float = 5.0
@@ -117,6 +127,27 @@ async def retained(broker: MosquittoBroker, topic: str) -> str:
                 assert message.retain, "expected the retained message first"
                 assert isinstance(message.payload, bytes)
                 return message.payload.decode()
+    raise AssertionError("unreachable")
+
+
+async def retained_under(broker: MosquittoBroker, pattern: str) -> dict[str, str]:
+    """Every retained message matching `pattern` right now, as a newcomer would receive them.
+
+    The broker sends retained messages right after the SUBACK; a marker published afterwards
+    on the same connection arrives after all of them, so no timeout guesses the end.
+    """
+    marker = f"probe/{time.monotonic_ns()}"
+    found: dict[str, str] = {}
+    async with aiomqtt.Client(broker.host, broker.port, timeout=2) as client:
+        await client.subscribe(pattern, qos=1)
+        await client.subscribe(marker, qos=1)
+        await client.publish(marker, b"end", qos=1)
+        async with asyncio.timeout(3):
+            async for message in client.messages:
+                if str(message.topic) == marker:
+                    return found
+                assert isinstance(message.payload, bytes)
+                found[str(message.topic)] = message.payload.decode()
     raise AssertionError("unreachable")
 
 
@@ -157,22 +188,115 @@ def sample_health() -> Health:
 def test_health_renders_to_state_topics() -> None:
     health = sample_health()
     health.started_monotonic = 100.0
-    rendered = dict(health_messages(health, version="9.9", now_monotonic=161.4))
+    health.store_bytes = 256 * 1024
+    health.store_budget_bytes = 1024 * 1024
+    health.clock_trusted = True
+    health.clock_synchronized = False
+    health.uplink("wattics").backlog_rows = 12
+    health.uplink("wattics").oldest_undelivered_ts_ms = 1_700_000_000_000
+    health.uplink("wattics").dead_letters = 1
+    health.uplink("wattics").facts = {"calls_left": 39_000}
+    rendered = dict(
+        health_messages(health, version="9.9", now_monotonic=161.4, now_ms=1_700_000_125_400)
+    )
     assert set(rendered) == {"state", "meters/incomer/state", "uplinks/wattics/state"}
     assert rendered["state"] == {
         "version": "9.9",
+        "started": "2023-11-14T22:14:24.000Z",  # now - 61.4 s of uptime
         "uptime_s": 61,
+        "store_bytes": 262_144,
+        "store_budget_bytes": 1_048_576,
+        "store_used_pct": 25.0,
         "store_full": False,
+        "clock_trusted": True,
+        "clock_synchronized": False,
+        "samples_per_min": round(7 * 60 / 61.4, 2),  # 7 reads since start
+        "meters": {"ok": 0, "degraded": 1, "offline": 0},
         "alerts": 0,
         "last_alert": None,
     }
     meter = rendered["meters/incomer/state"]
     assert meter["state"] == "degraded"
     assert meter["errors"] == {"timeout": 2, "crc": 1}
+    assert meter["errors_total"] == 3
     assert meter["last_read_ts"] == "2023-11-14T22:13:20.123Z"
     assert meter["values"] == {"power_active": 1234.5, "frequency": None}  # NaN is not JSON
-    assert rendered["uplinks/wattics/state"]["last_success"] == "2023-11-14T22:13:21.000Z"
+    assert meter["units"] == {"power_active": "W", "frequency": "Hz"}
+    uplink = rendered["uplinks/wattics/state"]
+    assert uplink["last_success"] == "2023-11-14T22:13:21.000Z"
+    assert uplink["backlog_rows"] == 12
+    assert uplink["oldest_undelivered"] == "2023-11-14T22:13:20.000Z"
+    assert uplink["oldest_undelivered_age_s"] == 125
+    assert (uplink["dead_letters"], uplink["facts"]) == (1, {"calls_left": 39_000})
     json.dumps(rendered, allow_nan=False)  # every payload is strict JSON
+
+
+def test_rates_follow_the_last_minute_not_the_whole_uptime() -> None:
+    health = Health(started_monotonic=0.0)
+    meter = health.meter("incomer")
+    bus = health.bus("plant")
+    bus.since_monotonic = 0.0
+    renderer = HealthRenderer("t", rate_window_s=60)
+
+    def render(now: float) -> dict[str, dict[str, Any]]:
+        return dict(renderer.render(health, now_monotonic=now, now_ms=1_700_000_000_000))
+
+    meter.reads, bus.busy_s, bus.transactions = 100, 10.0, 300
+    first = render(100.0)
+    assert first["state"]["samples_per_min"] == 60.0  # 100 reads in 100 s
+    assert first["buses/plant/state"]["utilisation"] == 0.1
+    meter.reads, bus.busy_s = 130, 40.0  # the meter slowed down, the line got busy
+    second = render(160.0)
+    assert second["state"]["samples_per_min"] == 30.0  # 30 reads in the last 60 s
+    assert second["buses/plant/state"]["utilisation"] == 0.5
+    assert second["buses/plant/state"]["utilisation_since_start"] == 0.25
+    assert second["buses/plant/state"]["transactions"] == 300
+
+
+class TwoStreamUplink:
+    name = "wattics"
+
+    def streams(self) -> dict[str, str]:
+        return {"s-a": "a", "s-b": "b"}
+
+    async def run(self) -> None:
+        return None
+
+
+async def test_store_figures_reach_health(tmp_path: Path) -> None:
+    astore = AsyncStore(Store(tmp_path / "g.sqlite3", budget_bytes=10_000_000))
+    try:
+        store = astore.store
+        for stream, meter in TwoStreamUplink().streams().items():
+            store.register_stream("wattics", stream, meter)
+        ids = store.append(
+            [Sample(m, ts, {"power_active": 1.0}) for ts in (1000, 2000, 3000) for m in "ab"]
+        )
+        store.advance("wattics", "s-a", ids[4] or 0)  # a: 3 delivered; b: 1 delivered, 2 waiting
+        store.park(
+            "wattics", "s-b", ids[1] or 0, payload="{}", status=400, body="no", attempts=3, now_ms=1
+        )
+        health = Health()
+        task = asyncio.create_task(
+            measure_forever(
+                health, astore, [TwoStreamUplink()], every_secs=60, clock_trusted=lambda: True
+            )
+        )
+        await eventually(lambda: health.store_bytes is not None)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await astore.aclose()
+    uplink = health.uplink("wattics")
+    assert (uplink.backlog_rows, uplink.oldest_undelivered_ts_ms, uplink.dead_letters) == (
+        2,
+        2000,
+        1,
+    )
+    assert health.store_budget_bytes == 10_000_000
+    assert health.store_bytes is not None and health.store_bytes > 0
+    assert health.clock_trusted is True
+    assert health.clock_synchronized in (True, False, None)  # the kernel's answer, whatever it is
 
 
 def test_publish_coalesces_per_topic_and_drops_oldest_when_full() -> None:
@@ -257,13 +381,16 @@ async def test_meter_and_uplink_state_carry_health_values(mosquitto: MosquittoBr
             "state": "degraded",
             "reads": 7,
             "errors": {"timeout": 2, "crc": 1},
+            "errors_total": 3,
             "consecutive_errors": 0,
             "skipped_ticks": 0,
             "refused_older": 0,
             "last_error": "timeout after 3.0s",
             "last_read_ts": "2023-11-14T22:13:20.123Z",
             "last_latency_s": 0.25,
+            "next_attempt_ts": None,
             "values": {"power_active": 1234.5, "frequency": None},
+            "units": {"power_active": "W", "frequency": "Hz"},
         }
         assert uplink == {
             "delivered": 40,
@@ -273,6 +400,11 @@ async def test_meter_and_uplink_state_carry_health_values(mosquitto: MosquittoBr
             "last_error": "HTTP 503",
             "last_error_ts": None,
             "paused_reason": None,
+            "backlog_rows": None,  # not measured yet: the daemon fills it from the store
+            "oldest_undelivered": None,
+            "oldest_undelivered_age_s": None,
+            "dead_letters": None,
+            "facts": {},
         }
         assert (state["version"], state["store_full"], state["alerts"]) == ("1.2.3", False, 0)
 

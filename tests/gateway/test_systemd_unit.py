@@ -146,9 +146,9 @@ def test_systemd_accepts_every_key() -> None:
     assert complaints == []
 
 
-def test_security_exposure_is_reported(record_property: Callable[[str, object], None]) -> None:
-    """`systemd-analyze security` scores the sandbox (0 = tight, 10 = none). Reported, not yet
-    enforced: the target (≤ 2.5) belongs to a later issue."""
+def test_security_exposure_is_at_most_2_5(record_property: Callable[[str, object], None]) -> None:
+    """`systemd-analyze security` scores the sandbox (0 = tight, 10 = none); our budget is 2.5,
+    while the serial-port and network tests above show the service can still do its job."""
     result = subprocess.run(
         [_systemd_analyze(), "security", "--offline=yes", "--no-pager", str(UNIT)],
         check=False,
@@ -163,4 +163,4 @@ def test_security_exposure_is_reported(record_property: Callable[[str, object], 
     exposure = float(match.group(1))
     record_property("systemd_exposure", exposure)
     print(f"systemd-analyze security exposure: {exposure}")
-    assert 0.0 <= exposure <= 10.0
+    assert 0.0 <= exposure <= 2.5

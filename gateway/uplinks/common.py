@@ -1,0 +1,109 @@
+"""Pieces every HTTP uplink needs the same way: a bounded answer reader, the gate that stops
+all streams while credentials are refused, and per-stream tasks with a graceful shutdown.
+(The injectable clock is gateway.clock.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Final
+
+import aiohttp
+
+from gateway.clock import Clock
+
+#: Bytes of an answer body kept (for the dead-letter table and last_error).
+MAX_ANSWER_BYTES: Final = 16_384
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """At most `limit` bytes of an answer: a garbage answer must not eat the Pi's memory.
+
+    A body read to its end keeps the connection reusable; a longer one is cut (and aiohttp
+    closes that connection).
+    """
+    content = response.content
+    data = await content.read(limit)
+    if len(data) >= limit or content.at_eof():
+        return data[:limit]
+    chunks = [data]
+    size = len(data)
+    while size < limit:
+        chunk = await content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+class AuthGate:
+    """Every stream stops while credentials are refused; the stream that saw it first probes."""
+
+    def __init__(self) -> None:
+        self._open = asyncio.Event()
+        self._open.set()
+        self.prober: str | None = None
+
+    @property
+    def paused(self) -> bool:
+        return not self._open.is_set()
+
+    def close(self, stream: str) -> bool:
+        """Pause; True if this call started the pause."""
+        if self.paused:
+            return False
+        self._open.clear()
+        self.prober = stream
+        return True
+
+    def reopen(self) -> bool:
+        """Resume; True if the uplink was paused."""
+        if not self.paused:
+            return False
+        self.prober = None
+        self._open.set()
+        return True
+
+    async def wait_turn(self, stream: str, probe_secs: float, clock: Clock) -> None:
+        """Return when `stream` may send: the gate is open, or it is the prober's turn."""
+        while self.paused:
+            if self.prober == stream:
+                await clock.sleep(probe_secs)
+                return
+            await self._open.wait()
+
+
+async def run_streams_until_cancelled(
+    name: str,
+    workers: Mapping[str, Callable[[], Coroutine[Any, Any, None]]],
+    *,
+    busy: Callable[[str], bool],
+    grace_secs: float,
+    on_stop: Callable[[], None],
+) -> None:
+    """One named task per stream, until this coroutine is cancelled.
+
+    Shutdown: `on_stop()` first (streams stop taking new work); streams waiting (idle, backoff,
+    pause) are cancelled at once; a stream that is `busy` (a request in flight) may finish for
+    `grace_secs`, so that an answer the service gave is acknowledged and not sent again next
+    start. Then everything left is cancelled and the cancellation propagates.
+    """
+    async with asyncio.TaskGroup() as group:
+        tasks = {
+            group.create_task(factory(), name=f"{name}:{stream}"): stream
+            for stream, factory in workers.items()
+        }
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            on_stop()
+            for task, stream in tasks.items():
+                if not busy(stream):
+                    task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=grace_secs)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(tasks)
+            raise

@@ -1,0 +1,56 @@
+"""Which uplink class serves which `uplinks:` config section: one line per uplink.
+
+The daemon builds every configured uplink through this table, so adding an uplink never
+touches the daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.async_store import AsyncStore
+from gateway.config import Config
+from gateway.config_base import UplinkSection
+from gateway.health import Health
+from gateway.uplinks.base import Uplink
+from gateway.uplinks.enerkey_config import build_uplink as _enerkey
+from gateway.uplinks.pts_config import build_uplink as _pts
+
+
+@dataclass(frozen=True)
+class UplinkContext:
+    """What every uplink may use besides its own config section."""
+
+    config: Config
+    store: AsyncStore
+    health: Health
+
+
+def _wattics(section: UplinkSection, context: UplinkContext) -> Uplink:
+    from gateway.config import WatticsUplink as WatticsConfig
+    from gateway.uplinks.wattics import WatticsUplink
+
+    assert isinstance(section, WatticsConfig)
+    return WatticsUplink(
+        section,
+        store=context.store,
+        health=context.health,
+        timezone=context.config.gateway.timezone,
+    )
+
+
+#: config key under `uplinks:` -> factory. Imports are lazy: an unconfigured uplink costs nothing.
+FACTORIES: dict[str, Callable[[UplinkSection, UplinkContext], Uplink]] = {
+    "wattics": _wattics,
+    "pts": _pts,
+    "enerkey": _enerkey,
+}
+
+
+def build_uplinks(context: UplinkContext) -> list[Uplink]:
+    uplinks: list[Uplink] = []
+    for name, section in context.config.uplinks:
+        if section is not None:
+            uplinks.append(FACTORIES[name](section, context))
+    return uplinks
