@@ -23,6 +23,8 @@ from gateway.config_base import (
     is_identifier,
 )
 from gateway.durations import Seconds
+from gateway.sources.locus_config import LocusSource
+from gateway.sources.mts_config import MtsSource
 from gateway.uplinks.enerkey_config import EnerKeyUplink
 from gateway.uplinks.pts_config import PtsUplink
 
@@ -161,6 +163,13 @@ class WatticsUplink(UplinkSection):
         return value
 
 
+class Sources(Strict):
+    """Head-end systems that read meters for us; their meters are fed like polled ones."""
+
+    mts: MtsSource | None = None
+    locus: LocusSource | None = None
+
+
 class Uplinks(Strict):
     wattics: WatticsUplink | None = None
     pts: PtsUplink | None = None
@@ -241,6 +250,7 @@ class Config(Strict):
     gateway: GatewaySection
     buses: dict[Identifier, Bus] = Field(default_factory=dict)
     meters: list[Meter] = Field(default_factory=list)
+    sources: Sources = Field(default_factory=Sources)
     uplinks: Uplinks = Field(default_factory=Uplinks)
     mqtt: MqttSection | None = None
 

@@ -221,6 +221,13 @@ def cross_check(config: Config) -> Iterator[tuple[KeyPath, str]]:
             known = ", ".join(sorted(models))
             yield ("meters", index, "model"), f"unknown model {meter.model!r} (built in: {known})"
     yield from serial_cross_check(config)
+    for name, source in config.sources:
+        if source is None:
+            continue
+        for path, meter_id in source.meter_ids():
+            if meter_id in seen:
+                yield ("sources", name, *path), f"meter id {meter_id!r} is used twice"
+            seen.add(meter_id)
     for name, section in config.uplinks:
         if isinstance(section, UplinkSection):
             for path, meter_id in section.meter_references():

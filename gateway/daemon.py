@@ -22,6 +22,8 @@ from gateway.async_store import AsyncStore
 from gateway.config import Config
 from gateway.health import Health
 from gateway.poller import Poller
+from gateway.sources.base import SourceContext
+from gateway.sources.registry import build_sources
 from gateway.store import Store
 from gateway.store_recovery import open_store_checked
 from gateway.uplinks.registry import UplinkContext, build_uplinks
@@ -68,6 +70,11 @@ class Daemon:
                         group.create_task(uplink.run(), name=f"uplink-{uplink.name}")
                         for uplink in uplinks
                     ]
+                    sources = build_sources(SourceContext(config, astore, self.health))
+                    sourcing = [
+                        group.create_task(source.run(), name=f"source-{source.name}")
+                        for source in sources
+                    ]
                     helpers = [
                         group.create_task(self._prune_forever(astore), name="retention"),
                         group.create_task(self._watchdog_forever(), name="watchdog"),
@@ -100,7 +107,7 @@ class Daemon:
                     await self._stop.wait()
                     sdnotify.notify("STOPPING=1")
                     log.info("stopping: polling ends, uplinks finish what is in flight")
-                    await _cancel_and_wait([polling], SHUTDOWN_BUDGET_S / 4)
+                    await _cancel_and_wait([polling, *sourcing], SHUTDOWN_BUDGET_S / 4)
                     await _cancel_and_wait(sending, SHUTDOWN_BUDGET_S / 2)
                     await _cancel_and_wait([*helpers, *monitoring], SHUTDOWN_BUDGET_S / 4)
         finally:

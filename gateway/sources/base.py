@@ -1,0 +1,71 @@
+"""The contract every head-end source keeps, and the one way it stores samples."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.async_store import AsyncStore
+from gateway.clock import Clock, SystemClock
+from gateway.config_base import KeyPath, Strict
+from gateway.health import Health
+from gateway.sample import Sample
+from gateway.store import StoreFull
+
+
+class SourceSection(Strict):
+    """A `sources:` config section. It names the meter ids it produces, so uplinks may refer
+    to them like to any polled meter and the loader can tell a duplicate id."""
+
+    def meter_ids(self) -> Iterator[tuple[KeyPath, str]]:
+        """(key path inside this section, meter id) for every meter the source feeds."""
+        return iter(())
+
+
+class Source(Protocol):
+    #: The config key under `sources:` ("mts", "locus").
+    name: str
+
+    async def run(self) -> None:
+        """Run until cancelled. Remote faults are retried, reported to health and logged,
+        never raised: a head-end being away must not stop the daemon."""
+        ...
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What every source may use besides its own config section."""
+
+    config: object  # gateway.config.Config (not imported: config imports source sections)
+    store: AsyncStore
+    health: Health
+    clock: Clock = field(default_factory=SystemClock)
+
+
+async def store_new_samples(store: AsyncStore, samples: Sequence[Sample]) -> list[Sample]:
+    """Store, per meter in time order, the samples newer than what the store already holds
+    for that meter; return those stored.
+
+    Overlaps (consecutive MTS surveys, a Locus backfill window reaching back) are thus stored
+    once, and an older sample never reaches the store's per-meter order check. Raises
+    StoreFull (storing nothing) when the disk budget is reached: the caller keeps its place
+    and tries again later.
+    """
+    ordered = sorted(samples, key=lambda s: (s.meter, s.ts_ms))
+    fresh: list[Sample] = []
+    newest: dict[str, int | None] = {}
+    for sample in ordered:
+        if sample.meter not in newest:
+            newest[sample.meter] = store.store.last_ts(sample.meter)
+        last = newest[sample.meter]
+        if last is None or sample.ts_ms > last:
+            fresh.append(sample)
+            newest[sample.meter] = sample.ts_ms
+    if not fresh:
+        return []
+    ids = await store.append(fresh)
+    return [sample for sample, row in zip(fresh, ids, strict=True) if row is not None]
+
+
+__all__ = ["Source", "SourceContext", "SourceSection", "StoreFull", "store_new_samples"]
