@@ -43,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     dead = commands.add_parser("deadletters", help="list items an uplink parked as undeliverable")
     dead.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     dead.add_argument("--uplink", default=None)
+    dead.add_argument("--stream", default=None, help="only this datapoint / stream")
+    dead.add_argument(
+        "--requeue",
+        nargs="*",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="send these parked items again (no ID: all that match --uplink/--stream)",
+    )
 
     read = commands.add_parser("read", help="read one meter now and print its values")
     read.add_argument("meter", help="meter id from the config")
@@ -95,22 +104,15 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _deadletters(path: str, uplink: str | None) -> int:
+def _deadletters(path: str, uplink: str | None, stream: str | None, ids: list[int] | None) -> int:
+    from gateway import deadletters_cli
     from gateway.daemon import open_store
 
     config = _load(path)
     with open_store(config) as store:
-        letters = store.dead_letters(uplink)
-    if not letters:
-        print("no parked items")
-        return 0
-    for letter in letters:
-        print(
-            f"#{letter.id} {letter.uplink}/{letter.stream} sample {letter.sample_id} "
-            f"status {letter.status} after {letter.attempts} attempt(s): {letter.body[:200]}"
-        )
-        print(f"    payload: {letter.payload}")
-    return 0
+        if ids is None:
+            return deadletters_cli.list_letters(store, uplink)
+        return deadletters_cli.requeue(config, store, uplink=uplink, stream=stream, ids=ids)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 0
     if args.command == "deadletters":
-        return _deadletters(args.config, args.uplink)
+        return _deadletters(args.config, args.uplink, args.stream, args.requeue)
     if args.command in ("read", "scan", "registers"):
         return _commissioning(args)
     if args.command == "pts":

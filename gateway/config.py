@@ -6,7 +6,6 @@ this module only says what a valid config is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,10 +26,25 @@ from gateway.sources.locus_config import LocusSource
 from gateway.sources.mts_config import MtsSource
 from gateway.uplinks.enerkey_config import EnerKeyUplink
 from gateway.uplinks.pts_config import PtsUplink
+from gateway.uplinks.wattics_config import (
+    WATTICS_PRODUCTION_URL,
+    WatticsDatapoint,
+    WatticsMeter,
+    WatticsUplink,
+)
 
-__all__ = ["ID_PATTERN", "Identifier", "KeyPath", "Strict", "UplinkSection", "is_identifier"]
-
-WATTICS_PRODUCTION_URL = "https://web-collector.wattics.com/measurements/v2/unifiedjson/"
+__all__ = [
+    "ID_PATTERN",
+    "WATTICS_PRODUCTION_URL",
+    "Identifier",
+    "KeyPath",
+    "Strict",
+    "UplinkSection",
+    "WatticsDatapoint",
+    "WatticsMeter",
+    "WatticsUplink",
+    "is_identifier",
+]
 
 
 class GatewaySection(Strict):
@@ -41,6 +55,17 @@ class GatewaySection(Strict):
     disk_budget_mb: float = Field(default=1024, gt=0)
     #: Delivered samples are kept this long for uplinks that look back (hourly/monthly readings).
     retention_hours: float = Field(default=48, ge=0)
+    #: When the wall clock may stamp samples (gateway.clock_sync): `auto` (timesyncd's flag
+    #: file or the kernel's NTP status says synchronised), `file`, `kernel` or `none` (any
+    #: time after the build date). Until then readings are held (gateway.clock_hold).
+    clock_check: Literal["auto", "file", "kernel", "none"] = "auto"
+    #: The flag file of `file`/`auto`: systemd-timesyncd's, or one your own tool creates.
+    clock_sync_file: Path = Path("/run/systemd/timesync/synchronized")
+    #: Readings are held this long at most for a trusted clock, then stored flagged
+    #: `clock_unsynced` (as is every reading after that until the clock is trusted).
+    clock_hold_max_secs: Seconds = 900.0
+    #: ... and at most this many readings (all meters together; bounds memory).
+    clock_hold_max_samples: int = Field(default=20_000, ge=1)
 
     @field_validator("timezone")
     @classmethod
@@ -108,59 +133,9 @@ class Meter(SerialMeterFields):
     #: normal schedule. Spares a shared line the timeouts of a unit that is gone.
     offline_retry_secs: Seconds = 60.0
     offline_retry_max_secs: Seconds = 300.0
-
-
-class WatticsMeter(Strict):
-    #: The Wattics data stream id the platform assigned to this meter.
-    id: str = Field(min_length=1)
-
-
-class WatticsUplink(UplinkSection):
-    url: str = WATTICS_PRODUCTION_URL
-    username: SecretStr
-    password: SecretStr
-    meters: dict[str, WatticsMeter] = Field(min_length=1)
-    timeout_secs: float = Field(default=30.0, gt=0)
-    #: How many Wattics streams are sent concurrently (each stream stays in order).
-    max_concurrency: int = Field(default=4, ge=1, le=64)
-    #: A packet answered 400/404/422 this many times is parked in the dead-letter table.
-    max_attempts_rejected: int = Field(default=3, ge=1)
-    retry_initial_secs: float = Field(default=1.0, gt=0)
-    retry_max_secs: float = Field(default=300.0, gt=0)
-    #: While credentials are refused (401/403), probe again this often.
-    auth_probe_secs: float = Field(default=300.0, gt=0)
-    #: Send per-phase energy (pC_1..3 <- energy_active_import_l1..l3) instead of the total in
-    #: pC_1 (the API's rule for "one total value").
-    energy_per_phase: bool = False
-    #: Acknowledged packets are committed to the cursor in groups: after this many packets or
-    #: this many seconds, and at once when a stream is caught up, waits, or stops. After a crash
-    #: at most one group is sent again (and resync_on_start usually skips even that).
-    commit_every_packets: int = Field(default=100, ge=1)
-    commit_every_secs: float = Field(default=5.0, gt=0)
-    #: On start, ask Wattics for each stream's last processed packet (GET ?stream=) and skip
-    #: what it already has: Wattics would discard those packets as out of order anyway.
-    resync_on_start: bool = True
-    #: At shutdown, a request in flight may finish for this long (then it is abandoned and
-    #: sent again next start).
-    shutdown_grace_secs: float = Field(default=2.0, ge=0)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value
-
-    def meter_references(self) -> Iterator[tuple[KeyPath, str]]:
-        for meter_id in self.meters:
-            yield ("meters", meter_id), meter_id
-
-    @field_validator("username")
-    @classmethod
-    def _basic_auth_username(cls, value: SecretStr) -> SecretStr:
-        if ":" in value.get_secret_value():
-            raise ValueError("a basic-auth username cannot contain ':'")
-        return value
+    #: The most power the meter can measure (W). A Wh/varh counter rising faster than this
+    #: (plus 5 minutes of it, for coarse registers) is flagged `counter_jump`; none: no check.
+    max_power_w: float | None = Field(default=None, gt=0)
 
 
 class Sources(Strict):

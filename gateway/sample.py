@@ -39,3 +39,7 @@ class StoredSample:
 
     rowid: int
     sample: Sample
+
+    @property
+    def ts_ms(self) -> int:
+        return self.sample.ts_ms

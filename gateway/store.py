@@ -512,6 +512,57 @@ class Store:
         rows = self._db.execute(query + " ORDER BY id", (uplink, uplink)).fetchall()
         return [DeadLetter(*row) for row in rows]
 
+    def requeue(
+        self,
+        uplink: str,
+        *,
+        ids: Sequence[int] | None = None,
+        stream: str | None = None,
+        now_ms: int,
+    ) -> list[DeadLetter]:
+        """Mark parked items of `uplink` (all, those of `stream`, or those with `ids`) to be
+        sent again by the running uplink; returns what was marked."""
+        query = "SELECT * FROM dead_letters WHERE uplink = ? AND requeued_at_ms IS NULL"
+        params: list[object] = [uplink]
+        if stream is not None:
+            query += " AND stream = ?"
+            params.append(stream)
+        if ids is not None:
+            query += f" AND id IN ({','.join('?' * len(ids))})"
+            params.extend(ids)
+        with self._transaction() as db:
+            rows = [DeadLetter(*row) for row in db.execute(query + " ORDER BY id", params)]
+            db.executemany(
+                "UPDATE dead_letters SET requeued_at_ms = ? WHERE id = ?",
+                [(now_ms, row.id) for row in rows],
+            )
+        return rows
+
+    def requeued_letters(self, uplink: str, stream: str) -> list[DeadLetter]:
+        """Items an operator re-queued for `stream`, oldest sample first."""
+        rows = self._db.execute(
+            "SELECT * FROM dead_letters WHERE uplink = ? AND stream = ? "
+            "AND requeued_at_ms IS NOT NULL ORDER BY sample_id, id",
+            (uplink, stream),
+        ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def repark(
+        self, letter_id: int, *, status: int | None, body: str, attempts: int, now_ms: int
+    ) -> None:
+        """A re-queued item refused again: parked once more, with the new answer."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE dead_letters SET requeued_at_ms = NULL, status = ?, body = ?, "
+                "attempts = attempts + ?, parked_at_ms = ? WHERE id = ?",
+                (status, body[:MAX_BODY_CHARS], attempts, now_ms, letter_id),
+            )
+
+    def forget_dead_letter(self, letter_id: int) -> None:
+        """A re-queued item was delivered: it leaves the table."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+
     def dead_letter_count(self, uplink: str) -> int:
         return int(
             self._db.execute(

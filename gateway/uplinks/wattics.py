@@ -39,7 +39,6 @@ from typing import Final
 import aiohttp
 import yarl
 
-from gateway import config as cfg
 from gateway.async_store import AsyncStore
 from gateway.clock import Clock, SystemClock
 from gateway.health import Health
@@ -55,6 +54,9 @@ from gateway.uplinks.policy import (
     classify_response,
     classify_status,
 )
+from gateway.uplinks.wattics_config import WatticsDatapoint
+from gateway.uplinks.wattics_config import WatticsUplink as WatticsConfig
+from gateway.uplinks.wattics_interval import IntervalPicker
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,12 @@ def _number(value: object) -> bool:
 
 
 def build_packet(
-    sample: Sample, stream_id: str, tz: str | tzinfo, *, energy_per_phase: bool = False
+    sample: Sample,
+    stream_id: str,
+    tz: str | tzinfo,
+    *,
+    energy_per_phase: bool = False,
+    ts_ms: int | None = None,
 ) -> dict[str, object] | None:
     """The electricity packet for one sample, or None when it holds nothing Wattics takes.
 
@@ -111,7 +118,8 @@ def build_packet(
             values[key] = value
     if not values:
         return None
-    return {"id": stream_id, "tsISO8601": local_iso8601_ms(sample.ts_ms, tz), **values}
+    stamp = local_iso8601_ms(sample.ts_ms if ts_ms is None else ts_ms, tz)
+    return {"id": stream_id, "tsISO8601": stamp, **values}
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
@@ -128,7 +136,12 @@ def _head(stream_id: str) -> str:
 
 
 def encode_sample(
-    sample: Sample, stream_id: str, tz: str | tzinfo, *, energy_per_phase: bool = False
+    sample: Sample,
+    stream_id: str,
+    tz: str | tzinfo,
+    *,
+    energy_per_phase: bool = False,
+    ts_ms: int | None = None,
 ) -> bytes | None:
     """Exactly `encode_packet(build_packet(...))` (a property test holds them equal), built
     without the intermediate dict: the uplink's hot path during catch-up.
@@ -144,8 +157,29 @@ def encode_sample(
             parts.append(f'"{key}":{_ENCODER.encode(value)}')
     if not parts:
         return None
-    text = f'{_head(stream_id)}{local_iso8601_ms(sample.ts_ms, tz)}",{",".join(parts)}}}'
-    return text.encode()
+    stamp = local_iso8601_ms(sample.ts_ms if ts_ms is None else ts_ms, tz)
+    return f'{_head(stream_id)}{stamp}",{",".join(parts)}}}'.encode()
+
+
+def encode_value(
+    sample: Sample,
+    stream_id: str,
+    channel: str,
+    tz: str | tzinfo,
+    *,
+    scale: float = 1.0,
+    ts_ms: int | None = None,
+) -> bytes | None:
+    """A single-value packet `{"id","tsISO8601","value"}` for one channel of a sample, or
+    None when the sample lacks that channel (or it is not a finite number)."""
+    value = sample.values.get(channel)
+    if not _number(value):
+        return None
+    scaled = value * scale if scale != 1.0 else value
+    if not _number(scaled):
+        return None
+    stamp = local_iso8601_ms(sample.ts_ms if ts_ms is None else ts_ms, tz)
+    return encode_packet({"id": stream_id, "tsISO8601": stamp, "value": scaled})
 
 
 def basic_auth(username: str, password: str) -> str:
@@ -193,24 +227,41 @@ IDLE_RECHECK_SECS: Final = 30.0
 class _Stream:
     stream: str
     meter: str
+    point: WatticsDatapoint
+    picker: IntervalPicker[StoredSample] | None = None
+    #: Last row read from the store (may run ahead of `acked` while a sample is pending).
+    read_pos: int = 0
     acked: int = 0
     committed: int = 0
     uncommitted: int = 0
     committed_at: float = 0.0
+    #: Packets stamped at or before this (Wattics' last processed one) are not sent again.
+    skip_until_ms: int | None = None
+    resync_skipped: int = 0
     failing_since: str | None = None
     failures: int = 0
     in_request: bool = False
+
+
+class _Parked(Exception):
+    """A packet refused max_attempts_rejected times (carries what the dead-letter row needs)."""
+
+    def __init__(self, verdict: Verdict, answer: bytes, attempts: int) -> None:
+        super().__init__(verdict.detail)
+        self.verdict = verdict
+        self.answer = answer
+        self.attempts = attempts
 
 
 # -- the uplink ---------------------------------------------------------------------------------
 
 
 class WatticsUplink:
-    """Delivers configured meters' samples to Wattics; see the module invariants."""
+    """Delivers configured datapoints' samples to Wattics; see the module invariants."""
 
     def __init__(
         self,
-        config: cfg.WatticsUplink,
+        config: WatticsConfig,
         *,
         store: AsyncStore,
         health: Health,
@@ -224,7 +275,9 @@ class WatticsUplink:
         self.config = config
         self._astore = store
         self._health = health
-        self._tz = zone(timezone)
+        self._site_tz = zone(timezone)
+        # Packets are rendered in site time, or in UTC on the UTC route.
+        self._tz = zone("UTC") if config.timestamps == "utc" else self._site_tz
         self._session_factory = session_factory
         self._clock: Clock = clock or SystemClock()
         self._rng = rng
@@ -238,21 +291,23 @@ class WatticsUplink:
                 config.username.get_secret_value(), config.password.get_secret_value()
             ),
         }
-        self._url = yarl.URL(config.url)
-        self._streams: dict[str, str] = {}
-        for meter, target in config.meters.items():
-            if target.id in self._streams:
+        self._url = yarl.URL(config.post_url())
+        self._points: dict[str, WatticsDatapoint] = {}
+        for point in config.all_datapoints():
+            if point.id in self._points:
                 raise ValueError(
-                    f"Wattics stream {target.id!r} is configured for two meters "
-                    f"({self._streams[target.id]!r} and {meter!r})"
+                    f"Wattics stream {point.id!r} is configured for two meters "
+                    f"({self._points[point.id].meter!r} and {point.meter!r})"
                 )
-            self._streams[target.id] = meter
+            self._points[point.id] = point
         self._uplink_health = health.uplink(name)
-        self.skipped = 0  # samples with no channel Wattics takes
+        self.skipped = 0  # samples with nothing this datapoint takes, or between boundaries
         self._stopping = False
+        self._resync_fallback_logged = False
 
     def streams(self) -> dict[str, str]:
-        return dict(self._streams)
+        """Wattics datapoint id -> the meter feeding it."""
+        return {stream: point.meter for stream, point in self._points.items()}
 
     @property
     def paused(self) -> bool:
@@ -283,17 +338,28 @@ class WatticsUplink:
                 )
         return self._session
 
+    def _new_stream(self, point: WatticsDatapoint) -> _Stream:
+        picker: IntervalPicker[StoredSample] | None = None
+        if point.interval is not None:
+            picker = IntervalPicker(
+                interval_ms=round(point.interval * 1000),
+                tolerance_ms=round((point.tolerance or 0.0) * 1000),
+                wait_ms=round(self.config.boundary_wait_secs * 1000),
+                tz=self._site_tz,
+            )
+        return _Stream(point.id, point.meter, point, picker)
+
     async def run(self) -> None:
         """Deliver every stream until cancelled; closes the session on the way out."""
         self._open_session()
         log.info(
-            "%s: delivering %d stream(s) to %s",
+            "%s: delivering %d datapoint(s) to %s",
             self.name,
-            len(self._streams),
+            len(self._points),
             self._url.with_user(None).with_query(None),
         )
         self._stopping = False
-        streams = {stream: _Stream(stream, meter) for stream, meter in self._streams.items()}
+        streams = {stream: self._new_stream(point) for stream, point in self._points.items()}
 
         def stop() -> None:
             self._stopping = True
@@ -321,20 +387,23 @@ class WatticsUplink:
                 log.exception("%s/%s: stream stopped by an error; restarting", self.name, st.stream)
                 self._uplink_health.last_error = f"internal: {type(exc).__name__}"
                 await self._clock.sleep(backoff.next_delay())
+                fresh = self._new_stream(st.point)
+                st.picker, st.skip_until_ms = fresh.picker, None
 
     async def _run_stream(self, st: _Stream) -> None:
         position = await self._astore.call(
             self._astore.store.register_stream, self.name, st.stream, st.meter
         )
-        st.acked = st.committed = position
+        st.acked = st.committed = st.read_pos = position
         st.uncommitted = 0
         st.committed_at = self._clock.monotonic()
         try:
             if self.config.resync_on_start:
                 await self._resync(st)
             while not self._stopping:
-                for stored in await self._next_batch(st):
-                    await self._deliver(st, stored)
+                await self._send_requeued(st)
+                for stored, stamp in await self._next_items(st):
+                    await self._deliver(st, stored, stamp)
                     if self._stopping:
                         return
                     await self._maybe_commit(st)
@@ -344,17 +413,43 @@ class WatticsUplink:
     # -- reading --------------------------------------------------------------------------------
 
     async def _read(self, st: _Stream) -> list[StoredSample]:
-        return await self._astore.call(self._astore.store.read, st.meter, st.acked, READ_BATCH)
+        return await self._astore.call(self._astore.store.read, st.meter, st.read_pos, READ_BATCH)
 
-    async def _next_batch(self, st: _Stream) -> list[StoredSample]:
-        """The next samples after the acknowledged one; waits for an append when caught up."""
+    def _decide(self, st: _Stream, batch: list[StoredSample]) -> list[tuple[StoredSample, int]]:
+        """(sample, packet time) for each sample in order; -1: pass over, send nothing."""
+        if batch:
+            st.read_pos = batch[-1].rowid
+        if st.picker is None:
+            return [(stored, stored.sample.ts_ms) for stored in batch]
+        decided: list[tuple[StoredSample, int]] = []
+        for stored in batch:
+            for item, stamp in st.picker.offer(stored):
+                decided.append((item, -1 if stamp is None else stamp))
+        return decided
+
+    def _expired(self, st: _Stream) -> list[tuple[StoredSample, int]]:
+        if st.picker is None:
+            return []
+        now_ms = int(self._clock.time() * 1000)
+        return [(item, -1 if s is None else s) for item, s in st.picker.expire(now_ms)]
+
+    async def _next_items(self, st: _Stream) -> list[tuple[StoredSample, int]]:
+        """The next decisions after the last read sample; waits for an append (or for a
+        pending boundary's deadline) when caught up."""
         batch = await self._read(st)
         if batch:
-            return batch
+            return self._decide(st, batch)
+        expired = self._expired(st)
+        if expired:
+            return expired
         await self._commit(st)
+        timeout = IDLE_RECHECK_SECS
+        deadline = st.picker.deadline_ms() if st.picker is not None else None
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline / 1000 - self._clock.time()) + 0.01)
         # Arm the wait BEFORE re-reading, so an append between the read and the wait is seen.
         waiter = asyncio.get_running_loop().create_task(
-            self._astore.wait_appended(IDLE_RECHECK_SECS), name=f"{self.name}:{st.stream}:idle"
+            self._astore.wait_appended(timeout), name=f"{self.name}:{st.stream}:idle"
         )
         try:
             await asyncio.sleep(0)
@@ -363,19 +458,51 @@ class WatticsUplink:
                 await waiter
         finally:
             waiter.cancel()
-        return batch
+        return self._decide(st, batch) if batch else self._expired(st)
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def _deliver(self, st: _Stream, stored: StoredSample) -> None:
-        """Send one sample until it is acknowledged or parked."""
-        body = encode_sample(
-            stored.sample, st.stream, self._tz, energy_per_phase=self.config.energy_per_phase
+    def _encode(self, st: _Stream, stored: StoredSample, ts_ms: int) -> bytes | None:
+        point = st.point
+        if point.channel is None:
+            return encode_sample(
+                stored.sample,
+                st.stream,
+                self._tz,
+                energy_per_phase=self.config.energy_per_phase,
+                ts_ms=ts_ms,
+            )
+        return encode_value(
+            stored.sample, st.stream, point.channel, self._tz, scale=point.scale, ts_ms=ts_ms
         )
+
+    async def _deliver(self, st: _Stream, stored: StoredSample, ts_ms: int) -> None:
+        """Send one sample (as a packet stamped `ts_ms`) until acknowledged or parked."""
+        body = None
+        if ts_ms >= 0 and not (st.skip_until_ms is not None and ts_ms <= st.skip_until_ms):
+            body = self._encode(st, stored, ts_ms)
+        elif ts_ms >= 0:
+            st.resync_skipped += 1
         if body is None:
             self.skipped += 1
             self._acked(st, stored.rowid)
             return
+        try:
+            await self._settle(st, body, ts_ms=ts_ms)
+        except _Parked as parked:
+            await self._park(st, stored, body=body, parked=parked)
+            return
+        self._delivered(st, stored.rowid)
+
+    async def _settle(self, st: _Stream, body: bytes, *, ts_ms: int | None = None) -> None:
+        """POST `body` until Wattics answers 200; raises _Parked after bounded rejections.
+
+        The one place the failure table is applied: RETRY re-sends after a jittered backoff,
+        AUTH pauses every stream (this one probes), REJECT is retried max_attempts_rejected
+        times. A request that got no answer at all may still have arrived: with
+        resync_on_start, Wattics is asked for its last packet before the re-send, and a
+        packet it already has (stamped `ts_ms`) counts as delivered rather than sent twice.
+        """
         backoff: Backoff | None = None  # made on the first failure: the common path is short
         rejected = 0
         health = self._uplink_health
@@ -389,10 +516,19 @@ class WatticsUplink:
             finally:
                 st.in_request = False
             if verdict.outcome is Outcome.OK:
-                self._delivered(st, stored.rowid)
                 return
             if self._stopping:
                 raise asyncio.CancelledError  # shutting down: do not wait to retry
+            if verdict.status is None and ts_ms is not None and self.config.resync_on_start:
+                last_ms = await self._last_processed_ms(st.stream)
+                if last_ms is not None and last_ms >= ts_ms:
+                    log.info(
+                        "%s/%s: no answer (%s), but Wattics has the packet: not sent again",
+                        self.name,
+                        st.stream,
+                        verdict.detail,
+                    )
+                    return
             health.last_error = verdict.detail
             health.last_error_ms = int(self._clock.time() * 1000)
             if verdict.outcome is Outcome.AUTH:
@@ -403,10 +539,7 @@ class WatticsUplink:
             if verdict.outcome is Outcome.REJECT:
                 rejected += 1
                 if rejected >= self.config.max_attempts_rejected:
-                    await self._park(
-                        st, stored, body=body, verdict=verdict, answer=answer, attempts=rejected
-                    )
-                    return
+                    raise _Parked(verdict, answer, rejected)
             health.retries += 1
             await self._commit(st)
             backoff = backoff or self._backoff()
@@ -488,17 +621,11 @@ class WatticsUplink:
         )
 
     async def _park(
-        self,
-        st: _Stream,
-        stored: StoredSample,
-        *,
-        body: bytes,
-        verdict: Verdict,
-        answer: bytes,
-        attempts: int,
+        self, st: _Stream, stored: StoredSample, *, body: bytes, parked: _Parked
     ) -> None:
         now_ms = int(self._clock.time() * 1000)
         await self._commit(st)
+        verdict = parked.verdict
         await self._astore.call(
             self._astore.store.park,
             self.name,
@@ -506,19 +633,49 @@ class WatticsUplink:
             stored.rowid,
             payload=body.decode(),
             status=verdict.status,
-            body=answer.decode("utf-8", "replace"),
-            attempts=attempts,
+            body=parked.answer.decode("utf-8", "replace"),
+            attempts=parked.attempts,
             now_ms=now_ms,
         )
         st.acked = st.committed = stored.rowid
         st.uncommitted = 0
         self._uplink_health.parked += 1
-        when = local_iso8601_ms(stored.sample.ts_ms, self._tz)
+        when = local_iso8601_ms(stored.sample.ts_ms, self._site_tz)
         self._health.alert(
             self.name,
-            f"stream {st.stream}: sample {stored.rowid} ({when}) refused {attempts} times "
-            f"({verdict.detail}); parked in the dead-letter table",
+            f"stream {st.stream}: sample {stored.rowid} ({when}) refused {parked.attempts} "
+            f"times ({verdict.detail}); parked in the dead-letter table",
         )
+
+    async def _send_requeued(self, st: _Stream) -> None:
+        """Send the dead letters an operator re-queued (`meter-gateway deadletters --requeue`),
+        oldest first, before new samples. Wattics discards a packet older than the stream's
+        last one, so the CLI warns when a re-queued packet is older than what was sent since.
+        """
+        letters = await self._astore.call(self._astore.store.requeued_letters, self.name, st.stream)
+        for letter in letters:
+            if self._stopping:
+                return
+            try:
+                await self._settle(st, letter.payload.encode())
+            except _Parked as parked:
+                await self._astore.call(
+                    self._astore.store.repark,
+                    letter.id,
+                    status=parked.verdict.status,
+                    body=parked.answer.decode("utf-8", "replace"),
+                    attempts=parked.attempts,
+                    now_ms=int(self._clock.time() * 1000),
+                )
+                self._health.alert(
+                    self.name,
+                    f"stream {st.stream}: re-queued dead letter #{letter.id} refused again "
+                    f"({parked.verdict.detail}); parked again",
+                )
+                continue
+            await self._astore.call(self._astore.store.forget_dead_letter, letter.id)
+            self._uplink_health.delivered += 1
+            log.info("%s/%s: re-queued dead letter #%d delivered", self.name, st.stream, letter.id)
 
     # -- cursor ---------------------------------------------------------------------------------
 
@@ -554,40 +711,42 @@ class WatticsUplink:
     # -- resync ---------------------------------------------------------------------------------
 
     async def _resync(self, st: _Stream) -> None:
-        """Skip stored samples Wattics already processed (it would discard them anyway)."""
+        """Skip packets Wattics already processed (it would discard them anyway): packets
+        stamped at or before its last one are passed over, not sent."""
         last_ms = await self._last_processed_ms(st.stream)
         if last_ms is None:
             return
-        skipped = 0
-        while True:
-            batch = await self._read(st)
-            for stored in batch:
-                if stored.sample.ts_ms > last_ms:
-                    break
-                st.acked = stored.rowid
-                skipped += 1
-            else:
-                if len(batch) == READ_BATCH:
-                    continue
-            break
+        st.skip_until_ms = last_ms
         if last_ms > self._clock.time() * 1000 + 3_600_000:
             log.warning(
                 "%s/%s: Wattics' last packet is stamped %s, in the future: it discards every "
                 "packet before that time (a clock that was wrong?)",
                 self.name,
                 st.stream,
-                local_iso8601_ms(last_ms, self._tz),
+                local_iso8601_ms(last_ms, self._site_tz),
             )
-        if skipped:
-            st.uncommitted = skipped
-            await self._commit(st)
+        else:
             log.info(
-                "%s/%s: Wattics already has packets up to %s; skipped %d stored sample(s)",
+                "%s/%s: Wattics has packets up to %s; stored samples up to then are not re-sent",
                 self.name,
                 st.stream,
-                local_iso8601_ms(last_ms, self._tz),
-                skipped,
+                local_iso8601_ms(last_ms, self._site_tz),
             )
+
+    def _no_resync(self, stream: str, why: str) -> None:
+        """Say once per run that delivery falls back to at-least-once, and why."""
+        if not self._resync_fallback_logged:
+            self._resync_fallback_logged = True
+            log.warning(
+                "%s: cannot ask Wattics for its last packet (%s, stream %s): delivery is "
+                "at-least-once; after a crash up to one commit group per stream may be sent "
+                "twice (Wattics discards those as out of order)",
+                self.name,
+                why,
+                stream,
+            )
+        else:
+            log.debug("%s/%s: no resync (%s)", self.name, stream, why)
 
     async def _last_processed_ms(self, stream: str) -> int | None:
         """Wattics' last processed packet time for `stream`; None when it cannot tell."""
@@ -599,17 +758,21 @@ class WatticsUplink:
                     headers={"Authorization": self._headers["Authorization"]},
                     allow_redirects=False,
                 ) as response:
+                    if response.status == 404:
+                        return None  # the stream has no packet yet: nothing to skip
                     if response.status != 200:
-                        log.info(
-                            "%s/%s: no resync (GET answered %d)", self.name, stream, response.status
-                        )
+                        self._no_resync(stream, f"GET answered {response.status}")
                         return None
                     answer = await read_limited(response, 1 << 20)
             except TRANSPORT_ERRORS as exc:
-                log.info("%s/%s: no resync (%s)", self.name, stream, classify_exception(exc).detail)
+                self._no_resync(stream, classify_exception(exc).detail)
                 return None
         try:
             data = json.loads(answer)
         except ValueError:
+            self._no_resync(stream, "the answer is not JSON")
             return None
-        return last_timestamp_ms(data)
+        last = last_timestamp_ms(data)
+        if last is None:
+            self._no_resync(stream, "no tsISO8601 in the answer")
+        return last

@@ -11,7 +11,14 @@ Strict means: whatever the real service would refuse, this refuses too. Rules, f
   electricity fields (only the 21 names the spec lists) OR one `value`; unknown keys, mixed
   formats, nulls, non-numbers or a packet with no measurement at all: 400.
 - `id` not among `streams` (when streams were registered): 404. With `streams=None` any id
-  is accepted (the demo registers none).
+  is accepted (the demo registers none). `register(id, kind, interval_s)` registers a
+  datapoint as the platform's admin would: a packet of the other kind (electricity fields
+  to a value datapoint or the reverse) is refused 400; with an interval, packets whose
+  local wall-clock time is off the interval grid are counted in `off_grid` (the real
+  service shows nothing for them) and missing boundaries between accepted packets in
+  `holes(id)` (the platform assumes a data hole).
+- UTC route `/measurements/v2/unifiedjson_utc/`: same rules, but the timestamp must be UTC
+  (offset +00:00): the server converts it to site time itself.
 - A packet whose instant is not later than the last accepted one of its stream is answered
   200 but DISCARDED (the real service silently drops packets not sent chronologically).
   Instants are compared, not wall-clock text: in the repeated autumn hour the offset differs.
@@ -19,8 +26,10 @@ Strict means: whatever the real service would refuse, this refuses too. Rules, f
   clients must parse defensively), 404 when the stream has none, 400 without `stream=`.
 
 Failure injection happens before any check (as a load balancer would): fail_next, fail_for,
-slow, drop_connections; reject_credentials / accept_credentials switch the auth check;
-reject_matching refuses chosen valid packets (e.g. to exercise the dead-letter path).
+slow, drop_connections; lose_answers processes a packet and then drops the connection (the
+window where the service has a packet the client never heard about); reject_credentials /
+accept_credentials switch the auth check; reject_matching refuses chosen valid packets
+(e.g. to exercise the dead-letter path).
 Importable without pytest.
 """
 
@@ -30,6 +39,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import itertools
 import json
 import math
 import re
@@ -44,6 +54,16 @@ from typing import Any
 from aiohttp import web
 
 PATH = "/measurements/v2/unifiedjson/"
+UTC_PATH = "/measurements/v2/unifiedjson_utc/"
+
+
+@dataclass(frozen=True)
+class Datapoint:
+    """A datapoint as registered on the platform."""
+
+    kind: str = "electricity"  # or "value"
+    interval_s: int | None = None
+
 
 #: The electricity parameters the API document lists, written out here on purpose (not imported
 #: from the uplink) so that a mistake in the uplink cannot hide in the fake.
@@ -93,6 +113,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> Packet:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _instant_ms(stamp: str) -> int:
+    return round(datetime.fromisoformat(stamp).timestamp() * 1000)
+
+
+def _wall_clock_s(stamp: str) -> float:
+    """Seconds since local midnight as the timestamp's text says (its own offset)."""
+    when = datetime.fromisoformat(stamp)
+    return when.hour * 3600 + when.minute * 60 + when.second + when.microsecond / 1e6
 
 
 def validate_packet(body: bytes) -> tuple[Packet, int]:
@@ -174,7 +204,13 @@ class FakeWattics:
         self._fail_for_status = 503
         self._fail_for_retry_after: float | None = None
         self._delay = 0.0
+        self._delay_after = False
         self._drop = 0
+        self._lose = 0
+        self.lost_answers = 0
+        self.datapoints: dict[str, Datapoint] = {}
+        #: Accepted packets off their datapoint's registered interval grid, per stream.
+        self.off_grid: Counter[str] = Counter()
         self._rejecters: list[tuple[Callable[[Packet], bool], int, str]] = []
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -230,9 +266,13 @@ class FakeWattics:
         self._fail_for_status = status
         self._fail_for_retry_after = retry_after
 
-    def slow(self, seconds: float) -> None:
-        """Delay every answer by `seconds`; 0 stops, and answers the waiting ones now."""
+    def slow(self, seconds: float, *, after_processing: bool = False) -> None:
+        """Delay every answer by `seconds`; 0 stops, and answers the waiting ones now.
+
+        after_processing: take the packet first, then hold the answer (a client that dies
+        meanwhile never learns that its packet arrived)."""
         self._delay = seconds
+        self._delay_after = after_processing
         if not seconds:
             self._wake.set()
             self._wake = asyncio.Event()
@@ -240,6 +280,30 @@ class FakeWattics:
     def drop_connections(self, n: int) -> None:
         """Close the socket of the next `n` requests without answering."""
         self._drop += n
+
+    def lose_answers(self, n: int) -> None:
+        """Process the next `n` pushes, then close the socket instead of answering."""
+        self._lose += n
+
+    def register(
+        self, stream: str, kind: str = "electricity", interval_s: int | None = None
+    ) -> None:
+        """Register a datapoint: its packet kind and transmission interval."""
+        if kind not in ("electricity", "value"):
+            raise ValueError(kind)
+        self.datapoints[stream] = Datapoint(kind, interval_s)
+        if self.streams is not None:
+            self.streams.add(stream)
+
+    def holes(self, stream: str) -> int:
+        """Registered-interval boundaries between the first and last accepted packet of
+        `stream` that received no packet."""
+        interval = self.datapoints[stream].interval_s
+        if interval is None:
+            raise ValueError(f"{stream} has no registered interval")
+        instants = [_instant_ms(p["tsISO8601"]) for p in self.accepted.get(stream, [])]
+        step = interval * 1000
+        return sum(max(0, (b - a) // step - 1) for a, b in itertools.pairwise(instants))
 
     def reject_credentials(self) -> None:
         """Answer 401 to everything until accept_credentials() sets new ones."""
@@ -284,10 +348,8 @@ class FakeWattics:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             body = await request.read()
-            if self._delay:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._delay):
-                        await self._wake.wait()
+            if self._delay and not self._delay_after:
+                await self._held()
             if self._drop:
                 self._drop -= 1
                 self.dropped += 1
@@ -296,12 +358,27 @@ class FakeWattics:
                     request.transport.close()
                 return web.Response(status=500)  # never reaches the client: the socket is gone
             response = self._injected() or self._answer(request, body)
+            if self._delay and self._delay_after:
+                self._notify()
+                await self._held()
+            if self._lose and request.method == "POST" and response.status == 200:
+                self._lose -= 1
+                self.lost_answers += 1
+                self.history.append((time.monotonic(), request.method, 0))
+                if request.transport is not None:
+                    request.transport.close()
+                return web.Response(status=500)  # the packet counts; the answer is lost
             self.statuses[response.status] += 1
             self.history.append((time.monotonic(), request.method, response.status))
             self._notify()
             return response
         finally:
             self.in_flight -= 1
+
+    async def _held(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._delay):
+                await self._wake.wait()
 
     def _injected(self) -> web.Response | None:
         body: bytes | None = None
@@ -322,7 +399,7 @@ class FakeWattics:
 
     def _answer(self, request: web.Request, body: bytes) -> web.Response:
         try:
-            if request.path != PATH:
+            if request.path not in (PATH, UTC_PATH):
                 raise _Invalid(404, "not found")
             if request.method not in ("POST", "GET"):
                 raise _Invalid(405, "method not allowed")
@@ -357,18 +434,28 @@ class FakeWattics:
         if request.content_type != "application/json":
             raise _Invalid(415, "Content-Type must be application/json")
         packet, when_ms = validate_packet(body)
+        if request.path == UTC_PATH and not packet["tsISO8601"].endswith("+00:00"):
+            raise _Invalid(400, "the UTC route takes UTC timestamps (+00:00)")
         for predicate, status, reason in self._rejecters:
             if predicate(packet):
                 raise _Invalid(status, reason)
         stream = packet["id"]
         if self.streams is not None and stream not in self.streams:
             raise _Invalid(404, f"unknown data stream {stream!r}")
+        registered = self.datapoints.get(stream)
+        if registered is not None:
+            kind = "value" if "value" in packet else "electricity"
+            if kind != registered.kind:
+                raise _Invalid(400, f"datapoint {stream!r} takes {registered.kind} packets")
         last = self._last_ms.get(stream)
         if last is not None and when_ms <= last:
             self.discarded.setdefault(stream, []).append(packet)
         else:
             self._last_ms[stream] = when_ms
             self.accepted.setdefault(stream, []).append(packet)
+            interval = registered.interval_s if registered is not None else None
+            if interval is not None and _wall_clock_s(packet["tsISO8601"]) % interval:
+                self.off_grid[stream] += 1
         return web.Response(status=200, text="OK")
 
     def _last_packet(self, request: web.Request) -> web.Response:

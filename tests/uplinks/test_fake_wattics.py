@@ -168,9 +168,7 @@ async def test_path_method_type_and_stream_are_checked(
 ) -> None:
     base = fake_wattics.url.removesuffix(PATH)
     assert await post(http, fake_wattics, GOOD, url=base + PATH.rstrip("/")) == 404
-    assert (
-        await post(http, fake_wattics, GOOD, url=base + "/measurements/v2/unifiedjson_utc/") == 404
-    )
+    assert await post(http, fake_wattics, GOOD, url=base + "/measurements/v2/unifiedjsonx/") == 404
     assert await post(http, fake_wattics, GOOD, headers={"Content-Type": "text/plain"}) == 415
     assert await post(http, fake_wattics, {**GOOD, "id": "nobody"}) == 404
     async with http.put(fake_wattics.url, data=line(GOOD), headers={**JSON, **AUTH}) as response:
@@ -284,3 +282,38 @@ async def test_without_registered_streams_any_id_is_accepted(
         assert await post(http, fake, {**GOOD, "id": "anything"}, auth=auth) == 200
     async with FakeWattics("u", "p") as fake:
         await fake.stop()  # exiting after an explicit stop is safe
+
+
+async def test_the_utc_route_takes_only_utc_timestamps(
+    http: aiohttp.ClientSession, fake_wattics: FakeWattics
+) -> None:
+    utc_url = fake_wattics.url.removesuffix(PATH) + "/measurements/v2/unifiedjson_utc/"
+    assert await post(http, fake_wattics, GOOD, url=utc_url) == 400  # GOOD is +01:00
+    in_utc = {**GOOD, "tsISO8601": "2024-01-01T10:00:00.000+00:00"}
+    assert await post(http, fake_wattics, in_utc, url=utc_url) == 200
+    assert fake_wattics.delivered("stream-a") == [in_utc]
+
+
+async def test_a_registered_datapoint_takes_only_its_kind_and_counts_holes_and_off_grid(
+    http: aiohttp.ClientSession, fake_wattics: FakeWattics
+) -> None:
+    fake_wattics.register("stream-b", "value", interval_s=900)
+    packet = {"id": "stream-b", "tsISO8601": "2024-01-01T10:00:00.000+05:45", "value": 1.5}
+    assert await post(http, fake_wattics, {**GOOD, "id": "stream-b"}) == 400
+    assert await post(http, fake_wattics, packet) == 200
+    later = {**packet, "tsISO8601": "2024-01-01T10:45:00.000+05:45"}  # 10:15, 10:30 missing
+    assert await post(http, fake_wattics, later) == 200
+    off = {**packet, "tsISO8601": "2024-01-01T10:50:00.000+05:45"}
+    assert await post(http, fake_wattics, off) == 200
+    assert fake_wattics.holes("stream-b") == 2
+    assert fake_wattics.off_grid["stream-b"] == 1
+
+
+async def test_a_lost_answer_still_counts_the_packet(
+    http: aiohttp.ClientSession, fake_wattics: FakeWattics
+) -> None:
+    fake_wattics.lose_answers(1)
+    with pytest.raises(aiohttp.ClientError):
+        await post(http, fake_wattics, GOOD)
+    assert fake_wattics.delivered("stream-a") == [GOOD]
+    assert fake_wattics.lost_answers == 1
