@@ -68,6 +68,30 @@ def _wattics_rows() -> list[Row]:
     return rows
 
 
+def _wattics_backlog_rows() -> list[Row]:
+    from bench.wattics_drain import measure_backlog
+
+    week = asyncio.run(measure_backlog())
+    label = f"wattics: backlog 20 meters x 1 week x 1 min ({week['n_packets']:,.0f} packets)"
+    return [
+        Row(f"{label}, uplink", week["uplink_packets_per_s"], "packets/s", "-", None),
+        Row(
+            "wattics: backlog, uplink / bare ratio",
+            week["ratio"],
+            "x",
+            ">= 0.8",
+            week["ratio"] >= 0.8,
+        ),
+        Row(
+            "wattics: backlog, time spanned / time to drain",
+            week["real_time_factor"],
+            "x",
+            ">= 1000",
+            week["real_time_factor"] >= 1000,
+        ),
+    ]
+
+
 def _modbus_timing_rows() -> list[Row]:
     from bench.modbus_timing import measure_rtu, measure_tcp_cpu
 
@@ -147,6 +171,7 @@ def _serial_rows() -> list[Row]:
 SECTIONS: list[Callable[[], list[Row]]] = [
     _store_rows,
     _wattics_rows,
+    _wattics_backlog_rows,
     _modbus_timing_rows,
     _modbus_plan_rows,
     _enerkey_rows,

@@ -42,9 +42,9 @@ SDM630_LIKE = {
 }
 
 
-def _samples(n_packets: int, meters: int) -> list[Sample]:
+def _samples(n_packets: int, meters: int, step_ms: int = 1000) -> list[Sample]:
     return [
-        Sample(f"m{i % meters}", START_MS + (i // meters) * 1000, SDM630_LIKE)
+        Sample(f"m{i % meters}", START_MS + (i // meters) * step_ms, SDM630_LIKE)
         for i in range(n_packets)
     ]
 
@@ -190,6 +190,28 @@ async def measure_drain(
         "ratio": uplink_rate / bare_rate,
         "ratio_min": pairs[0][0] / pairs[0][1],
         "ratio_max": pairs[-1][0] / pairs[-1][1],
+    }
+
+
+async def measure_backlog(
+    meters: int = 20, days: float = 7.0, step_s: int = 60, concurrency: int = 8
+) -> dict[str, float]:
+    """The issue's catch-up case: `meters` meters x `days` of `step_s` samples queued while
+    offline, drained by the uplink and, for comparison, by a bare loop (one round each)."""
+    per_meter = int(days * 86400 / step_s)
+    n_packets = meters * per_meter
+    samples = _samples(n_packets, meters, step_ms=step_s * 1000)
+    async with _fake_process() as url:
+        uplink_s = await _run_uplink(url, samples, meters, concurrency, "week-u")
+        bare_s = await _run_bare(url, samples, meters, concurrency, "week-b")
+    span_s = days * 86400
+    return {
+        "n_packets": float(n_packets),
+        "uplink_packets_per_s": n_packets / uplink_s,
+        "bare_packets_per_s": n_packets / bare_s,
+        "ratio": bare_s / uplink_s,
+        "drain_s": uplink_s,
+        "real_time_factor": span_s / uplink_s,
     }
 
 
