@@ -401,8 +401,10 @@ class WatticsUplink:
             if self.config.resync_on_start:
                 await self._resync(st)
             while not self._stopping:
+                items = await self._next_items(st)
+                # Operator-re-queued items go before anything newer (checked on every wake).
                 await self._send_requeued(st)
-                for stored, stamp in await self._next_items(st):
+                for stored, stamp in items:
                     await self._deliver(st, stored, stamp)
                     if self._stopping:
                         return
