@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.wattics",
     "tests.fixtures.enerkey",
     "tests.fixtures.pts",
+    "tests.fixtures.locus",
 ]
 
 
