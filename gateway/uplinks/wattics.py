@@ -44,7 +44,12 @@ from gateway.clock import Clock, SystemClock
 from gateway.health import Health
 from gateway.sample import Sample, StoredSample
 from gateway.timefmt import local_iso8601_ms, parse_iso8601_ms, zone
-from gateway.uplinks.common import AuthGate, read_limited, run_streams_until_cancelled
+from gateway.uplinks.common import (
+    AuthGate,
+    WakeableClock,
+    read_limited,
+    run_streams_until_cancelled,
+)
 from gateway.uplinks.policy import (
     TRANSPORT_ERRORS,
     Backoff,
@@ -279,7 +284,7 @@ class WatticsUplink:
         # Packets are rendered in site time, or in UTC on the UTC route.
         self._tz = zone("UTC") if config.timestamps == "utc" else self._site_tz
         self._session_factory = session_factory
-        self._clock: Clock = clock or SystemClock()
+        self._clock = WakeableClock(clock or SystemClock())
         self._rng = rng
         self._session: aiohttp.ClientSession | None = None
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
@@ -312,6 +317,13 @@ class WatticsUplink:
     @property
     def paused(self) -> bool:
         return self._gate.paused
+
+    def flush(self) -> None:
+        """Retry now (MQTT `cmd/uplinks/<name>/flush`): every stream waiting in a retry
+        backoff, an auth probe wait or idle stops waiting, and re-queued dead letters are
+        looked for at once."""
+        log.info("%s: flush requested: retrying now", self.name)
+        self._clock.wake()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -457,7 +469,7 @@ class WatticsUplink:
             await asyncio.sleep(0)
             batch = await self._read(st)
             if not batch:
-                await waiter
+                await self._clock.race(waiter)
         finally:
             waiter.cancel()
         return self._decide(st, batch) if batch else self._expired(st)

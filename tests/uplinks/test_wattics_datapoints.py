@@ -3,6 +3,7 @@ re-queued dead letters and an outage, against the strict fake with a real store.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from datetime import UTC, datetime
@@ -294,3 +295,34 @@ async def test_parked_packets_requeued_from_the_command_line_are_delivered(
         assert "no parked items" in capsys.readouterr().out
     finally:
         await store.aclose()
+
+
+# -- flush: "retry now" -------------------------------------------------------------------------
+
+
+async def test_the_flush_command_cuts_a_long_retry_backoff_short(
+    fake_wattics: FakeWattics, astore: AsyncStore
+) -> None:
+    from gateway.commands import CommandHandler
+    from gateway.config import MqttCommands
+
+    fake_wattics.fail_next(1, 503)
+    await append(astore, [electricity("m", utc_ms("2024-06-01T10:00:00"), 1)])
+    health = Health()
+    config = make_config(
+        fake_wattics,
+        {"m": "stream-a"},
+        retry_initial_secs=600,
+        retry_max_secs=600,
+        resync_on_start=False,  # the one injected 503 is for the packet
+    )
+    up = WatticsUplink(config, store=astore, health=health, timezone="UTC")
+    handler = CommandHandler(MqttCommands(flush=True), health=health, uplinks={"wattics": up})
+    async with running(up):
+        await eventually(lambda: fake_wattics.statuses[503] == 1)
+        await asyncio.sleep(0.2)
+        assert fake_wattics.total_accepted() == 0  # waiting out a backoff of up to 10 min
+        outcome = await handler.handle("uplinks/wattics/flush", b"")
+        assert outcome["ok"] is True, outcome
+        await fake_wattics.wait_accepted(1, timeout=2)
+    assert fake_wattics.delivered("stream-a")[0]["aP_1"] == 1
