@@ -40,6 +40,14 @@ class MeterHealth:
     last_values: dict[str, float] = field(default_factory=dict)
     #: While offline: when the next (slower) retry is due, UTC epoch ms.
     next_attempt_ts_ms: int | None = None
+    #: Samples flagged by gateway.counters: a counter went down / rose impossibly fast.
+    counter_resets: int = 0
+    counter_jumps: int = 0
+    last_counter_problem: str | None = None
+    #: Samples not stored because the clock stepped back behind this meter's newest sample.
+    refused_clock_step: int = 0
+    #: Source-specific facts for operators (MTS: serial number read, meter clock offset); JSON.
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 class BusState(StrEnum):
@@ -92,6 +100,25 @@ class UplinkHealth:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ClockHealth:
+    """What the poller did about an untrusted or stepping wall clock (gateway.clock_hold)."""
+
+    #: The sync check in use (gateway.clock_sync), for humans.
+    check: str | None = None
+    #: Readings held in memory now, waiting for a trusted clock.
+    held: int = 0
+    #: Held readings stamped once the clock was trusted.
+    released: int = 0
+    #: Samples stored flagged `clock_unsynced` (the clock never became trusted in time).
+    unsynced_stored: int = 0
+    #: Wall-clock steps seen while polling, and the last one (seconds, + forward).
+    steps: int = 0
+    last_step_s: float | None = None
+    #: Samples not stored because the clock stepped back behind what is stored (all meters).
+    refused_after_step: int = 0
+
+
 @dataclass(frozen=True)
 class Alert:
     ts_ms: int
@@ -114,6 +141,7 @@ class Health:
     clock_trusted: bool | None = None
     #: The kernel's view: an NTP client (chrony, timesyncd) keeps the clock synchronised.
     clock_synchronized: bool | None = None
+    clock: ClockHealth = field(default_factory=ClockHealth)
 
     def meter(self, meter: str) -> MeterHealth:
         return self.meters.setdefault(meter, MeterHealth(meter))

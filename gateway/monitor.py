@@ -115,6 +115,7 @@ def meter_state(meter: MeterHealth) -> dict[str, Any]:
         "next_attempt_ts": _iso(getattr(meter, "next_attempt_ts_ms", None)),
         "values": {name: _finite(value) for name, value in meter.last_values.items()},
         "units": {name: CHANNEL_UNITS[name] for name in meter.last_values if name in CHANNEL_UNITS},
+        "facts": dict(meter.facts),
     }
 
 
@@ -729,7 +730,7 @@ def operations_plane(
     )
     inventory = Inventory(
         config.gateway.id,
-        meters=describe_meters(config.meters),
+        meters=describe_meters(config.meters, config.buses),
         uplinks=tuple(uplink.name for uplink in uplinks),
     )
     monitor = Monitor(

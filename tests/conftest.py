@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.enerkey",
     "tests.fixtures.pts",
     "tests.fixtures.locus",
+    "tests.fixtures.mts",
 ]
 
 

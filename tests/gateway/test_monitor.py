@@ -391,6 +391,7 @@ async def test_meter_and_uplink_state_carry_health_values(mosquitto: MosquittoBr
             "next_attempt_ts": None,
             "values": {"power_active": 1234.5, "frequency": None},
             "units": {"power_active": "W", "frequency": "Hz"},
+            "facts": {},
         }
         assert uplink == {
             "delivered": 40,
