@@ -153,6 +153,12 @@ def _spec(version: str) -> _Spec:
     )
 
 
+def telegram_codes(version: str) -> frozenset[str]:
+    """The electricity OBIS codes ("1-0:C.D.E") a telegram of this DSMR version can carry;
+    M-Bus readings (gas, water, heat) are separate (`Telegram.mbus`)."""
+    return frozenset(f"1-0:{code}" for code in _spec(version).codes.values())
+
+
 def decode_telegram(frame: bytes, version: str) -> Telegram:
     """One framed telegram -> readings; MeterReadError (crc | garbage) when it is damaged."""
     spec = _spec(version)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Final
 
 from drivers.base import MeterReader
+from drivers.meter_maps import SUNSPEC_MODEL, meter_register_map
 from drivers.modbus import (
     ModbusBus,
     ModbusReader,
@@ -14,13 +14,11 @@ from drivers.modbus import (
     ModbusRtuOverTcpBus,
     ModbusTcpBus,
 )
-from drivers.register_map import load_builtin
 from drivers.serial_lines import SERIAL_LINES, SerialLine
 from gateway import config as cfg
 from gateway.health import BusHealth, Health
 
-#: The model whose register map is discovered from the device rather than built in.
-SUNSPEC_MODEL: Final = "sunspec"
+__all__ = ["SUNSPEC_MODEL", "build_bus", "build_reader", "bus_timeout", "open_readers"]
 
 
 def build_bus(
@@ -74,8 +72,9 @@ def build_bus(
 def build_reader(meter: cfg.Meter, bus: ModbusBus | SerialLine, bus_config: cfg.Bus) -> MeterReader:
     """The reader of one configured meter on its (already built) bus.
 
-    `model: sunspec` has no fixed map: the reader discovers the device's model chain at its
-    first read (drivers.sunspec) and keeps the map it found.
+    A Modbus meter is read with its built-in or user map (drivers.meter_maps). `model:
+    sunspec` has no fixed map: the reader discovers the device's model chain at its first
+    read (drivers.sunspec) and keeps the map it found.
     """
     if isinstance(bus, SerialLine):
         return bus.reader(meter)
@@ -86,7 +85,10 @@ def build_reader(meter: cfg.Meter, bus: ModbusBus | SerialLine, bus_config: cfg.
         return ModbusReader(
             meter.id, bus, meter.unit, timeout_secs=timeout, discover=discover_sunspec
         )
-    return ModbusReader(meter.id, bus, meter.unit, load_builtin(meter.model), timeout_secs=timeout)
+    register_map = meter_register_map(meter)
+    if register_map is None:
+        raise ValueError(f"meter {meter.id} has no register map (the config loader checks this)")
+    return ModbusReader(meter.id, bus, meter.unit, register_map, timeout_secs=timeout)
 
 
 def bus_timeout(config: cfg.Config, name: str) -> float:

@@ -16,6 +16,14 @@ with an empty input buffer, every wait is bounded (`timeout_secs` per silence, t
 readout by `readout_timeout_secs`), a failed exchange ends with a break message (SOH B0 ETX) so
 the meter returns to its idle state, a vanished port is re-opened by a later readout (with the
 transport's backoff). A readout whose BCC does not match yields no value at all.
+
+Baud-rate fallback (mode C): some meters (or optical heads, or RS-485 converters) acknowledge
+the switch and then say nothing intelligible at the new rate. A readout that fails after the
+gateway switched rates makes the next `fast_retry_after` readouts of that meter acknowledge
+the sign-on rate instead (ACK 0 Z 0 with Z = the sign-on rate's character: "no switch", as the
+standard allows), so the meter is read slowly rather than not at all; after them the fast
+rate is tried again (a flaky converter may have recovered). Where the standard is silent this
+is our choice: the default, 10 readouts, is a 10-minute retry for a meter read every minute.
 """
 
 from __future__ import annotations
@@ -64,6 +72,8 @@ MODE_B_RATES: Final[dict[str, int]] = {
     "F": 19200,
 }
 MAX_READOUT_BYTES: Final = 64 * 1024
+#: Readouts at the sign-on rate after a failed switch before the fast rate is tried again.
+DEFAULT_FAST_RETRY_AFTER: Final = 10
 
 _IDENTIFICATION = re.compile(rb"^/(?P<maker>[A-Za-z]{3})(?P<z>[!-~])(?P<ident>[ -~]{0,64})\r\n$")
 _DATA_SET = re.compile(
@@ -178,6 +188,7 @@ class Iec62056Line(SerialLine):
         max_baudrate: int,
         timeout_secs: float,
         readout_timeout_secs: float,
+        fast_retry_after: int = DEFAULT_FAST_RETRY_AFTER,
     ) -> None:
         super().__init__(name, port)
         self.sign_on_baudrate = port.settings.baudrate
@@ -187,6 +198,11 @@ class Iec62056Line(SerialLine):
         self._turn = asyncio.Lock()
         #: The last exchange did not finish: the meter may still be talking.
         self._unfinished = False
+        self.fast_retry_after = fast_retry_after
+        #: Meter address -> readouts still to do at the sign-on rate (after a failed switch).
+        self.slow_readouts: dict[str | None, int] = {}
+        #: The rate the current exchange switched to (None: it stayed at the sign-on rate).
+        self._switched: int | None = None
 
     @classmethod
     def from_config(
@@ -218,25 +234,54 @@ class Iec62056Line(SerialLine):
             started = time.monotonic()
             self.health.transactions += 1
             finished = False
+            self._switched = None
             try:
                 async with asyncio.timeout(self.readout_timeout_secs):
                     if self._unfinished:
                         await self._await_silence(link)
                     readout = await self._exchange(link, address)
                 finished = True
+                self._count_slow_readout(address)
                 return readout
             except TimeoutError:
                 error = MeterReadError(
                     "timeout", f"readout not complete in {self.readout_timeout_secs:g}s"
                 )
+                self._note_failed_switch(address, error)
                 await self._failed(link, error)
                 raise error from None
             except MeterReadError as exc:
+                self._note_failed_switch(address, exc)
                 await self._failed(link, exc)
                 raise
             finally:
                 self._unfinished = not finished
                 self.health.busy_s += time.monotonic() - started
+
+    def _note_failed_switch(self, address: str | None, error: MeterReadError) -> None:
+        """A readout that failed after we changed rates: read that meter slowly for a while."""
+        if self._switched is None or error.kind == "connection" or self.fast_retry_after <= 0:
+            return
+        self.slow_readouts[address] = self.fast_retry_after
+        log.warning(
+            "%s: no readout at %d baud after the switch (%s); the next %d readout(s) of %s stay "
+            "at %d baud",
+            self.name,
+            self._switched,
+            error,
+            self.fast_retry_after,
+            address or "the meter",
+            self.sign_on_baudrate,
+        )
+
+    def _count_slow_readout(self, address: str | None) -> None:
+        left = self.slow_readouts.get(address)
+        if left is None or self._switched is not None:
+            return
+        if left <= 1:
+            del self.slow_readouts[address]  # the next readout tries the fast rate again
+        else:
+            self.slow_readouts[address] = left - 1
 
     async def _await_silence(self, link: SerialLink) -> None:
         """After a broken-off exchange (an error, or a read cancelled from outside), let the
@@ -271,12 +316,16 @@ class Iec62056Line(SerialLine):
         baudrate = self.sign_on_baudrate
         if identification.mode == "C":
             char = self._mode_c_char(identification.baud_char)
+            if address in self.slow_readouts:
+                char = self._sign_on_char(char)
             await link.write(bytes([ACK]) + b"0" + char.encode("ascii") + b"0\r\n")
             baudrate = MODE_C_RATES[char]
         elif identification.mode == "B":
             baudrate = MODE_B_RATES[identification.baud_char]
         if baudrate != self.sign_on_baudrate:
             link.set_baudrate(baudrate)
+            if identification.mode == "C":  # mode B switches by itself: nothing to negotiate
+                self._switched = baudrate
         message = await link.read_until(
             _message_end,
             timeout_secs=self.timeout_secs,
@@ -309,6 +358,13 @@ class Iec62056Line(SerialLine):
                     "timeout", f"no identification from the meter ({exc}); check the head"
                 ) from None
             raise
+
+    def _sign_on_char(self, fallback: str) -> str:
+        """The mode C character of the sign-on rate ("0" for 300 baud): "do not switch"."""
+        for char, rate in MODE_C_RATES.items():
+            if rate == self.sign_on_baudrate:
+                return char
+        return fallback  # a sign-on rate mode C cannot name: nothing slower to offer
 
     def _mode_c_char(self, offered: str) -> str:
         """The fastest rate both sides allow (the meter's offer, capped by max_baudrate)."""

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from drivers.identity import IdentityCheck
 from gateway.channels import CHANNEL_UNITS, is_known_channel
 from gateway.config_loader import ConfigError, ConfigProblem, KeyPath
 
@@ -244,6 +245,8 @@ class RegisterMap(_Strict):
     max_gap: int = Field(default=10, ge=0)
     forbidden: tuple[AddressRange, ...] = ()
     registers: tuple[RegisterSpec, ...] = Field(min_length=1)
+    #: Registers where the device names its model (drivers/identity.py); read by `scan` only.
+    identity: tuple[IdentityCheck, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> RegisterMap:
@@ -333,6 +336,16 @@ def _map_problems(register_map: RegisterMap) -> Iterator[tuple[KeyPath, str]]:
                 ),
             )
     yield from _scale_register_problems(register_map)
+    for index, check in enumerate(register_map.identity):
+        for hole in register_map.forbidden:
+            if hole.overlaps(check.table, check.address, check.address + check.count):
+                yield (
+                    ("identity", index, "address"),
+                    (
+                        f"identity register {check.address} lies in the forbidden "
+                        f"{hole.table} range {hole.first}..{hole.last}"
+                    ),
+                )
 
 
 def _scale_register_problems(register_map: RegisterMap) -> Iterator[tuple[KeyPath, str]]:
@@ -394,21 +407,27 @@ def parse_map(text: str, file: str) -> RegisterMap:
     data, lines = _compose(text, file)
     if not isinstance(data, dict):
         raise RegisterMapError([ConfigProblem(file, 1, (), "the top level must be a mapping")])
+    register_map, found = validate_map_data(data)
+    if register_map is None or found:
+        problems = [ConfigProblem(file, _line_of(lines, path), path, why) for path, why in found]
+        raise RegisterMapError(problems)
+    return register_map
+
+
+def validate_map_data(data: object) -> tuple[RegisterMap | None, list[tuple[KeyPath, str]]]:
+    """Validate a map given as plain data (a file's content, or a map inline in the config).
+
+    Returns the map (None when it does not even parse) and every problem, each with the key
+    path inside `data` that it is about, so the caller can name its own file and line.
+    """
     try:
         register_map = RegisterMap.model_validate(data, context={_REPORT_LATER: True})
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_input=False, include_url=False):
-            path = _known_prefix(data, tuple(error["loc"]))
-            problems.append(ConfigProblem(file, _line_of(lines, path), path, _describe(error)))
-        raise RegisterMapError(problems) from None
-    problems = [
-        ConfigProblem(file, _line_of(lines, path), path, message)
-        for path, message in _map_problems(register_map)
-    ]
-    if problems:
-        raise RegisterMapError(problems)
-    return register_map
+        return None, [
+            (_known_prefix(data, tuple(error["loc"])), _describe(error))
+            for error in exc.errors(include_input=False, include_url=False)
+        ]
+    return register_map, list(_map_problems(register_map))
 
 
 def _compose(text: str, file: str) -> tuple[Any, dict[KeyPath, int]]:

@@ -13,7 +13,10 @@ tables, the same ones discovery reads it with.
 Like a real meter, the simulated one answers any read inside the address span its map (and any
 raw words put with `set_words` before the server starts) covers, unused registers reading as 0,
 except `forbidden` ranges and addresses outside that span, which get exception 2 (illegal data
-address). Faults for tests: `unresponsive` (requests are swallowed), `exception_code` (every
+address). A map's `identity` registers (drivers/identity.py) answer, when read on their own,
+with the first value the map lists for them (`set_identity` picks another), as a real device
+of that model does; `set_words` at such an address makes a device of another model.
+Faults for tests: `unresponsive` (requests are swallowed), `exception_code` (every
 request answers that exception), `garbage` (every register reads 0xFFFF, a float32 NaN).
 """
 
@@ -72,6 +75,11 @@ class SimulatedMeter:
         self._image: dict[str, dict[int, int]] = {"input": {}, "holding": {}}
         self._values: dict[str, float] = {}
         self._demo: _DemoState | None = None
+        #: (table, address, count) -> words, served to a read of exactly that block.
+        self._identity: dict[tuple[str, int, int], list[int]] = {
+            (check.table, check.address, check.count): check.encode()
+            for check in self.register_map.identity
+        }
         #: Exponent last written to each scale-factor register.
         self.exponents: dict[ScaleRegister, int] = {}
 
@@ -116,6 +124,11 @@ class SimulatedMeter:
         """Put raw registers in the image (e.g. a NaN in one register only)."""
         for offset, word in enumerate(words):
             self._image[table][address + offset] = word & 0xFFFF
+
+    def set_identity(self, index: int, value: int | str) -> None:
+        """Answer identity check `index` of the map with `value` (another model's code)."""
+        check = self.register_map.identity[index]
+        self._identity[(check.table, check.address, check.count)] = check.encode(value)
 
     def words(self, table: str, address: int, count: int) -> list[int]:
         """What the device holds at [address, address + count) (unset registers read 0)."""
@@ -172,7 +185,8 @@ class SimulatedMeter:
         spans = [(r.address, r.end) for r in needed if r.table == table]
         spans += [(address, address + 1) for address in self._image[table]]
         if not spans:
-            return [SimData(0, datatype=DataType.INVALID)]
+            islands = self._identity_layout(table, 0x10000, 0x10000)
+            return islands or [SimData(0, datatype=DataType.INVALID)]
         first = min(start for start, _ in spans)
         end = max(stop for _, stop in spans)
         holes = sorted(
@@ -188,7 +202,23 @@ class SimulatedMeter:
             start = max(start, hole_end)
         if start < end:
             layout.append(_zeros(start, end))
-        return layout
+        return sorted(layout + self._identity_layout(table, first, end), key=lambda d: d.address)
+
+    def _identity_layout(self, table: str, first: int, end: int) -> list[SimData]:
+        """Identity registers outside the value span, each its own island (reads between
+        them and the values still answer exception 2, like the device)."""
+        islands = sorted(
+            (address, address + count)
+            for (where, address, count) in self._identity
+            if where == table and (address + count <= first or address >= end)
+        )
+        merged: list[list[int]] = []
+        for start, stop in islands:
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], stop)
+            else:
+                merged.append([start, stop])
+        return [_zeros(start, stop) for start, stop in merged]
 
     async def _action(  # noqa: PLR0917 (pymodbus calls it positionally)
         self,
@@ -207,8 +237,14 @@ class SimulatedMeter:
         if self.exception_code is not None:
             return self.exception_code
         image = self._image[table]
+        identity = self._identity.get((table, address, count))
         for offset in range(count):
-            word = 0xFFFF if self.garbage else image.get(address + offset, 0)
+            if self.garbage:
+                word = 0xFFFF
+            elif identity is not None:  # a read of exactly an identity block
+                word = identity[offset]
+            else:
+                word = image.get(address + offset, 0)
             current_registers[address - start_address + offset] = word
         if not self.unresponsive:
             self.requests_served += 1

@@ -11,13 +11,22 @@ How `scan` guesses the model (a heuristic; it says how sure it is):
    meters) is there; two timeouts (or a TCP gateway's exception 10/11, "no such target")
    mean nobody is. So an empty address costs two timeouts.
 2. SunSpec: "SunS" at holding 40000, 0 or 50000 -> `sunspec`.
-3. Built-in maps: every map's whole read plan is read and decoded; a map *fits* when every
-   required channel answers and decodes to a plausible value for its quantity (voltages 0 or
-   80-1000 V, frequency 0 or 40-70 Hz, |power factor| <= 1, energies >= 0, no NaN or
-   denormal noise — what a wrong type or address decodes to). Fitting maps are ranked by how
+3. Identity registers: for maps that list them (`identity:`, drivers/identity.py), each one is
+   read on its own (once per unit, shared by maps naming the same block). A map all of whose
+   identity registers hold one of its values is *identified* — certain, reported as such,
+   and the plausibility fit is skipped. A map whose identity register answers with another
+   value is *ruled out* (an SDM120 is never reported as an SDM630 because its layout fits);
+   a timeout or exception rules nothing out (older firmware may lack the register).
+4. Register maps (the built-in ones, then the user maps of the config's meters): every map's
+   whole read plan is read and decoded; a map *fits* when every required channel answers and
+   decodes to a plausible value for its quantity (voltages 0 or 80-1000 V, frequency 0 or
+   40-70 Hz, |power factor| <= 1, energies >= 0, no NaN or denormal noise — what a wrong
+   type or address decodes to). Fitting maps are ranked by how
    many non-zero plausible values they read (more evidence first). Related models share
    layouts (Eastron SDM630/SDM72/SDM120 answer at the same addresses), so the best fit is
    "likely" and the others that fit are listed too.
+The table's `certainty` column says which: `identified` (identity registers or the SunSpec
+marker), `likely` (best plausibility fit), `-` (answers, but no map fits).
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from typing import Final, TextIO
 from drivers.base import MeterReadError
 from drivers.decode import GarbageValue, decode_scale_factor, decode_value
 from drivers.factory import SUNSPEC_MODEL, build_bus, build_reader, bus_timeout
+from drivers.identity import IdentityCheck
+from drivers.meter_maps import map_label, meter_register_map
 from drivers.modbus import ModbusBus, ModbusExceptionError, ModbusReader, ModbusRtuBus
 from drivers.planner import plan_reads
 from drivers.register_map import RegisterMap, RegisterSpec, builtin_models, load_builtin
@@ -122,7 +133,7 @@ async def read_meter(
             print(f"error: meter {meter_id}: {exc.kind}: {exc}{_hint(bus, exc)}", file=sys.stderr)
             return EXIT_DEVICE
         elapsed = time.monotonic() - started
-    model = meter.model
+    model = map_label(meter, reader.register_map)
     if reader.register_map is not None and reader.register_map.description and model == "sunspec":
         model += f" ({reader.register_map.description})"
     print(
@@ -190,6 +201,18 @@ class Found:
     model: str | None
     evidence: str
     also: list[str] = field(default_factory=list)
+    #: "identified" (the device said so), "likely" (best plausibility fit) or "-" (no model).
+    certainty: str = "likely"
+
+
+@dataclass
+class Identities:
+    """What the identity registers of one unit said about each candidate map."""
+
+    #: model -> evidence ("holding 0xFC02 = 0x0070"), for maps whose every check matched.
+    identified: dict[str, str] = field(default_factory=dict)
+    #: model -> evidence, for maps an identity register contradicts.
+    ruled_out: dict[str, str] = field(default_factory=dict)
 
 
 async def scan_bus(
@@ -205,7 +228,7 @@ async def scan_bus(
     if bus_name not in config.buses:
         known = ", ".join(config.buses) or "none"
         raise CommandError(f"no bus {bus_name!r} in the config (buses: {known})")
-    candidates = list(models) if models is not None else _builtin_candidates()
+    candidates = list(models) if models is not None else _candidates(config)
     started = time.monotonic()
     found: list[Found] = []
     async with build_bus(bus_name, config.buses[bus_name], timeout_secs=timeout_secs) as bus:
@@ -222,9 +245,11 @@ async def scan_bus(
                 return EXIT_DEVICE
             if hit is not None:
                 found.append(hit)
-    rows = [[str(h.unit), h.model or "unknown", h.evidence + _also(h.also)] for h in found]
+    rows = [
+        [str(h.unit), h.model or "unknown", h.certainty, h.evidence + _also(h.also)] for h in found
+    ]
     if rows:
-        print(render_table(["unit", "likely model", "evidence"], rows), file=out)
+        print(render_table(["unit", "model", "certainty", "evidence"], rows), file=out)
     print(
         f"answered: {len(found)} of {len(units)} unit(s), in {time.monotonic() - started:.1f} s",
         file=out,
@@ -236,8 +261,15 @@ def _also(models: Sequence[str]) -> str:
     return f"; also fits {', '.join(models)}" if models else ""
 
 
-def _builtin_candidates() -> list[RegisterMap]:
-    return [load_builtin(m) for m in builtin_models() if m != SUNSPEC_MODEL]
+def _candidates(config: Config) -> list[RegisterMap]:
+    """Every built-in map, then the config's own user maps (a site's odd meter is found too)."""
+    candidates = [load_builtin(m) for m in builtin_models() if m != SUNSPEC_MODEL]
+    for meter in config.meters:
+        if meter.register_map is not None:
+            user_map = meter_register_map(meter)
+            if user_map is not None and all(user_map is not c for c in candidates):
+                candidates.append(user_map)
+    return candidates
 
 
 async def probe_unit(
@@ -256,8 +288,16 @@ async def probe_unit(
         key = ("holding", base, 2)
         words = answered[key] if key in answered else await _words(bus, unit, *key, timeout=timeout)
         if words is not None and tuple(words) == SUNSPEC_MARKER:
-            return Found(unit, "sunspec", f"SunS marker at holding {base}")
-    fits = [await fit_map(bus, unit, register_map, timeout) for register_map in candidates]
+            return Found(unit, "sunspec", f"SunS marker at holding {base}", certainty="identified")
+    identities = await identify(bus, unit, candidates, timeout)
+    if identities.identified:
+        (model, evidence), *others = identities.identified.items()
+        return Found(
+            unit, model, f"identity {evidence}", [m for m, _ in others], certainty="identified"
+        )
+    remaining = [m for m in candidates if m.model not in identities.ruled_out]
+    ruled_out = _ruled_out(identities)
+    fits = [await fit_map(bus, unit, register_map, timeout) for register_map in remaining]
     good = sorted(
         (f for f in fits if f.fits and f.nonzero),
         key=lambda f: (-f.nonzero, -f.total, f.model),
@@ -265,17 +305,49 @@ async def probe_unit(
     if good:
         best, *others = good
         evidence = f"{best.plausible}/{best.total} values plausible, {best.nonzero} non-zero"
-        return Found(unit, best.model, evidence, [f.model for f in others])
+        return Found(unit, best.model, evidence + ruled_out, [f.model for f in others])
     closest = max(fits, key=lambda f: (f.plausible, f.nonzero), default=None)
     if closest is None or not closest.plausible:
-        return Found(unit, None, "answers Modbus, but no built-in map fits")
+        return Found(unit, None, "answers Modbus, but no known map fits" + ruled_out, [], "-")
     channel, why = next(iter(closest.misfits.items()))
     return Found(
         unit,
         None,
         f"answers Modbus; closest map {closest.model} "
-        f"({closest.plausible}/{closest.total} plausible; {channel}: {why})",
+        f"({closest.plausible}/{closest.total} plausible; {channel}: {why})" + ruled_out,
+        certainty="-",
     )
+
+
+def _ruled_out(identities: Identities) -> str:
+    if not identities.ruled_out:
+        return ""
+    return "; not " + ", ".join(f"{m} ({why})" for m, why in identities.ruled_out.items())
+
+
+async def identify(
+    bus: ModbusBus, unit: int, candidates: Sequence[RegisterMap], timeout: float
+) -> Identities:
+    """Read every candidate's identity registers (each block once, on its own) and judge."""
+    result = Identities()
+    answers: dict[tuple[str, int, int], list[int] | None] = {}
+    for register_map in candidates:
+        if not register_map.identity:
+            continue
+        said: list[tuple[IdentityCheck, list[int]]] = []
+        for check in register_map.identity:
+            key = (check.table, check.address, check.count)
+            if key not in answers:
+                answers[key] = await _words(bus, unit, *key, timeout=timeout)
+            words = answers[key]
+            if words is not None and len(words) == check.count:
+                said.append((check, words))
+        evidence = ", ".join(check.describe(words) for check, words in said)
+        if any(not check.matches(words) for check, words in said):
+            result.ruled_out[register_map.model] = evidence
+        elif said and len(said) == len(register_map.identity):
+            result.identified[register_map.model] = evidence
+    return result
 
 
 async def fit_map(bus: ModbusBus, unit: int, register_map: RegisterMap, timeout: float) -> Fit:

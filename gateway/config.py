@@ -7,10 +7,10 @@ this module only says what a valid config is.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from drivers.serial_config import DsmrP1Bus, Iec62056Bus, SerialMeterFields, SmlBus
 from gateway.config_base import (
@@ -64,8 +64,8 @@ class GatewaySection(Strict):
     #: Readings are held this long at most for a trusted clock, then stored flagged
     #: `clock_unsynced` (as is every reading after that until the clock is trusted).
     clock_hold_max_secs: Seconds = 900.0
-    #: ... and at most this many readings (all meters together; bounds memory).
-    clock_hold_max_samples: int = Field(default=20_000, ge=1)
+    #: ... and at most this many readings (all meters together; about 2 KB each).
+    clock_hold_max_samples: int = Field(default=5_000, ge=1)
 
     @field_validator("timezone")
     @classmethod
@@ -123,8 +123,15 @@ class Meter(SerialMeterFields):
     id: Identifier
     bus: str
     unit: int = Field(default=1, ge=0, le=247)
-    #: A built-in register map; required on Modbus buses, not used on serial (D0/P1/SML) ones.
+    #: A built-in register map; on Modbus buses this or `register_map` is required; not used
+    #: on serial (D0/P1/SML) ones.
     model: str | None = None
+    #: Your own register map instead of a built-in one: a map file's path (relative to this
+    #: config file's directory) or the map itself inline, in the schema of
+    #: drivers/registers/SCHEMA.md. The loader validates and resolves it (drivers.meter_maps).
+    register_map: str | dict[str, Any] | None = None
+    #: The map `register_map` resolved to, set by the config loader (drivers.meter_maps).
+    _resolved_map: object = PrivateAttr(default=None)
     interval: Seconds = 60.0
     #: Per-read timeout; defaults to the bus timeout.
     timeout_secs: float | None = Field(default=None, gt=0)

@@ -174,13 +174,17 @@ def parse_config(text: str, file: str, environ: Mapping[str, str]) -> Config:
         for error in exc.errors(include_input=False, include_url=False):
             path, line = document.line_of(tuple(error["loc"]))
             problems.append(ConfigProblem(file, line, path, _describe(error, path, error["loc"])))
+    in_map_files: list[ConfigProblem] = []
     if config is not None:
-        for path, message in cross_check(config):
+        from drivers.meter_maps import resolve_maps
+
+        in_config, in_map_files = resolve_maps(config, Path(file).parent)
+        for path, message in [*cross_check(config), *in_config]:
             _, line = document.line_of(path)
             problems.append(ConfigProblem(file, line, path, message))
-    if problems:
+    if problems or in_map_files:
         problems.sort(key=lambda p: (p.line or 0, format_path(p.path)))
-        raise ConfigError(problems)
+        raise ConfigError(problems + in_map_files)  # a map file's problems: in its own order
     assert config is not None
     return config
 
@@ -202,10 +206,9 @@ def _describe(error: Any, path: KeyPath, loc: tuple[Any, ...]) -> str:
 
 def cross_check(config: Config) -> Iterator[tuple[KeyPath, str]]:
     """Relations pydantic cannot see: references between sections and known meter models."""
-    from drivers.register_map import builtin_models
+    from drivers.meter_maps import model_problem
     from drivers.serial_config import is_serial_bus, serial_cross_check
 
-    models = set(builtin_models())
     seen: set[str] = set()
     for index, meter in enumerate(config.meters):
         if meter.id in seen:
@@ -214,12 +217,15 @@ def cross_check(config: Config) -> Iterator[tuple[KeyPath, str]]:
         if meter.bus not in config.buses:
             yield ("meters", index, "bus"), f"no bus named {meter.bus!r} under buses"
         elif is_serial_bus(config.buses[meter.bus]):
-            continue  # D0/P1/SML meters need no register map; serial_cross_check checks them
-        elif meter.model is None:
-            yield ("meters", index), "required key 'model' is missing (a Modbus meter's map)"
-        elif meter.model not in models:
-            known = ", ".join(sorted(models))
-            yield ("meters", index, "model"), f"unknown model {meter.model!r} (built in: {known})"
+            # D0/P1/SML meters need no register map; serial_cross_check checks the rest
+            if meter.register_map is not None:
+                yield (
+                    ("meters", index, "register_map"),
+                    "register_map applies to Modbus meters only",
+                )
+        elif (problem := model_problem(meter)) is not None:
+            key, message = problem
+            yield ("meters", index, key) if key else ("meters", index), message
     yield from serial_cross_check(config)
     for name, source in config.sources:
         if source is None:

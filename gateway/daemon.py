@@ -21,7 +21,7 @@ from gateway import __version__, sdnotify
 from gateway.async_store import AsyncStore
 from gateway.config import Config
 from gateway.health import Health
-from gateway.poller import Poller
+from gateway.poller import poller_for
 from gateway.sources.base import SourceContext
 from gateway.sources.registry import build_sources
 from gateway.store import Store
@@ -62,7 +62,7 @@ class Daemon:
         astore = AsyncStore(open_store(config, self.health))
         try:
             async with open_readers(config, health=self.health) as readers:
-                poller = Poller(config.meters, readers, astore, self.health)
+                poller = poller_for(config, readers, astore, self.health)
                 uplinks = build_uplinks(UplinkContext(config, astore, self.health))
                 async with asyncio.TaskGroup() as group:
                     polling = group.create_task(poller.run(), name="poller")

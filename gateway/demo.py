@@ -26,7 +26,7 @@ DEMO_PASSWORD = "demo-password"  # the fake's, on loopback; not a real secret
 METERS = {"incomer": ("demo-incomer", 1), "pv-inverter": ("demo-pv", 2)}
 
 CONFIG = """\
-gateway: {{id: demo-site, timezone: Europe/Dublin, data_dir: "{data_dir}"}}
+gateway: {{id: demo-site, timezone: Europe/Dublin, data_dir: "{data_dir}", clock_check: none}}
 buses:
   plant: {{type: modbus-tcp, host: 127.0.0.1, port: {modbus_port}, timeout_secs: 1.0}}
 meters:

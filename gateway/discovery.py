@@ -10,7 +10,12 @@ Invariants:
 - Sensors read the retained JSON state topics the monitor publishes anyway (`value_template`),
   so discovery adds no traffic per sample.
 - Energy is offered in kWh (what HA's energy dashboard and tariffs use); the state JSON keeps
-  the gateway's canonical Wh. `state_class: total_increasing` lets the energy dashboard take it.
+  the gateway's canonical Wh. `state_class: total_increasing` lets the energy dashboard take it
+  (electricity totals and tariff registers, heat; gas and water volumes in m³).
+- A meter's sensors are the main channels it delivers: a Modbus meter's register map says
+  which; a serial meter (D0, P1, SML) has none, so its OBIS map and protocol say which it may
+  deliver (drivers.serial_channels). Those it is not sure to deliver are discovered disabled
+  (`enabled_by_default: false`): listed in HA, enabled by the user, never a dead sensor.
 - Every entity is unavailable while the gateway's `status` is `offline`; a meter's measurements
   are also unavailable while that meter is offline (or not read yet), so HA never shows stale
   values as current.
@@ -22,13 +27,13 @@ import json
 import logging
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from gateway.async_store import AsyncStore
 from gateway.channels import CHANNEL_UNITS, PHASES
-from gateway.config import Meter
+from gateway.config import Bus, Meter
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,9 @@ class MeterDescription:
     #: Human-readable model, e.g. the register map's description.
     model: str | None = None
     manufacturer: str | None = None
+    #: Channels the meter may deliver (a serial meter's, before its first telegram): their
+    #: sensors are discovered disabled by default.
+    maybe_channels: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,16 @@ MAIN_CHANNELS: Final[dict[str, _Channel]] = {
     **_phases("current", "Current", "current", 2),
     "energy_active_import": _Channel("Energy import", "energy", 3, "total_increasing"),
     "energy_active_export": _Channel("Energy export", "energy", 3, "total_increasing"),
+    **{
+        f"energy_active_{way}_t{tariff}": _Channel(
+            f"Energy {way} tariff {tariff}", "energy", 3, "total_increasing"
+        )
+        for way in ("import", "export")
+        for tariff in (1, 2)
+    },
+    "gas_volume": _Channel("Gas", "gas", 3, "total_increasing"),
+    "water_volume": _Channel("Water", "water", 3, "total_increasing"),
+    "heat_energy": _Channel("Heat energy", "energy", 3, "total_increasing"),
 }
 
 #: Canonical unit -> the unit HA is told; Wh counters are divided by 1000 for kWh.
@@ -100,6 +118,7 @@ _HA_UNITS: Final[dict[str, str | None]] = {
     "VA": "VA",
     "Hz": "Hz",
     "Wh": "kWh",
+    "m3": "m³",  # HA's gas and water device classes want the superscript
     "": None,  # power factor: a ratio, HA wants no unit
 }
 
@@ -194,7 +213,7 @@ class _Renderer:
             },
         ]
         for channel, spec in MAIN_CHANNELS.items():
-            if channel not in meter.channels:
+            if channel not in meter.channels and channel not in meter.maybe_channels:
                 continue
             payload: dict[str, Any] = {
                 "name": spec.name,
@@ -211,6 +230,8 @@ class _Renderer:
             unit = _HA_UNITS[CHANNEL_UNITS[channel]]
             if unit is not None:
                 payload["unit_of_measurement"] = unit
+            if channel not in meter.channels:
+                payload["enabled_by_default"] = False
             self._add(_object_id("meter", meter.id, channel), payload)
         diagnostics: list[tuple[str, dict[str, Any]]] = [
             (
@@ -372,28 +393,51 @@ def discovery_messages(
     return renderer.render()
 
 
-def describe_meters(meters: Iterable[Meter]) -> tuple[MeterDescription, ...]:
-    """Meter descriptions from their built-in register maps.
+def describe_meters(
+    meters: Iterable[Meter], buses: Mapping[str, Bus] | None = None
+) -> tuple[MeterDescription, ...]:
+    """Meter descriptions from their register maps (built in or user maps), or for serial
+    meters (D0, P1, SML: known from `buses`) from their OBIS map and M-Bus medium.
 
-    A model without a built-in map (user maps, other protocols) gets its diagnostic sensors
-    only, and a log line: better no sensor than one that never has a value.
+    A meter whose map cannot be known in advance (`model: sunspec`, discovered at the first
+    read) gets its diagnostic sensors only, and a log line: better no sensor than one that
+    never has a value.
     """
-    from drivers.register_map import load_builtin
+    from drivers.meter_maps import meter_register_map
+    from drivers.serial_channels import serial_meter_channels
+    from drivers.serial_config import DsmrP1Bus, Iec62056Bus, SmlBus
 
     described: list[MeterDescription] = []
     for meter in meters:
+        bus = (buses or {}).get(meter.bus)
+        if isinstance(bus, Iec62056Bus | DsmrP1Bus | SmlBus):
+            serial = serial_meter_channels(meter, bus)
+            described.append(
+                MeterDescription(
+                    meter.id,
+                    serial.expected,
+                    model_id=bus.type,
+                    model=serial.model,
+                    maybe_channels=serial.possible - serial.expected,
+                )
+            )
+            continue
         try:
-            register_map = load_builtin(meter.model)
-        except KeyError:
+            register_map = meter_register_map(meter)
+        except (KeyError, ValueError) as exc:  # a map the loader would have refused
+            log.warning("HA discovery: no register map for %s: %s", meter.id, exc)
+            register_map = None
+        model_id = meter.model or (register_map.model if register_map is not None else None)
+        if register_map is None:
             log.info("HA discovery: no channel list for model %r of %s", meter.model, meter.id)
-            described.append(MeterDescription(meter.id, frozenset(), model_id=meter.model))
+            described.append(MeterDescription(meter.id, frozenset(), model_id=model_id))
             continue
         described.append(
             MeterDescription(
                 meter.id,
                 frozenset(register_map.channels()),
-                model_id=meter.model,
-                model=getattr(register_map, "description", None) or meter.model,
+                model_id=model_id,
+                model=register_map.description or model_id,
                 manufacturer=getattr(register_map, "manufacturer", None),
             )
         )

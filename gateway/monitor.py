@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -115,6 +116,10 @@ def meter_state(meter: MeterHealth) -> dict[str, Any]:
         "next_attempt_ts": _iso(getattr(meter, "next_attempt_ts_ms", None)),
         "values": {name: _finite(value) for name, value in meter.last_values.items()},
         "units": {name: CHANNEL_UNITS[name] for name in meter.last_values if name in CHANNEL_UNITS},
+        "counter_resets": meter.counter_resets,
+        "counter_jumps": meter.counter_jumps,
+        "last_counter_problem": meter.last_counter_problem,
+        "refused_clock_step": meter.refused_clock_step,
         "facts": dict(meter.facts),
     }
 
@@ -207,6 +212,7 @@ class HealthRenderer:
             "store_full": health.store_full,
             "clock_trusted": health.clock_trusted,
             "clock_synchronized": health.clock_synchronized,
+            "clock": dataclasses.asdict(health.clock),
             "samples_per_min": None if per_s is None else round(60 * per_s, 2),
             "meters": {name: states.count(name) for name in ("ok", "degraded", "offline")},
             "alerts": len(health.alerts),

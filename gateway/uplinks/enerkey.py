@@ -16,6 +16,10 @@ path and field — `cumulative_path`, `consumption_path`, `fields`, `authorizati
   hour_end` stamps the end instead).
 - `value`: in the meter's configured unit (stored Wh divided into kWh by default), rounded to
   `decimals`; consumption is the difference of consecutive rounded hourly readings.
+- Flagged samples (gateway.uplinks.hourly): `clock_unsynced` ones are never used. Across a
+  `counter_reset`/`counter_jump` nothing is interpolated (a reported gap); consumption leaves
+  out the hour in which the counter started a new series (alert, `hours_missing`); cumulative
+  sends the new series' readings as read, with an alert to record the meter change in EnerKey.
 - Hours in time order, one meter per message, a message spans less than
   `max_days_per_message` (365) days: a backlog goes in few large messages.
 
@@ -386,6 +390,16 @@ class EnerKeyUplink:
         if st.last_value is not None and st.last_hour_ms is not None:
             previous = convert(st.last_value, target)
         if target.mode == "cumulative":
+            if reading.series_break is not None:
+                before = "none" if previous is None else f"{previous:g}"
+                self._health.alert(
+                    self.name,
+                    f"meter {st.meter}: {reading.series_break} in the hour ending "
+                    f"{utc_iso8601(reading.hour_ms)} ({before} -> {value:g} {target.unit}): a "
+                    "new counter series starts; sent as read (record the meter change in "
+                    "EnerKey)",
+                )
+                return value
             if previous is not None and value < previous:
                 self._health.alert(
                     self.name,
@@ -395,6 +409,16 @@ class EnerKeyUplink:
             return value
         if previous is None or st.last_hour_ms != reading.hour_ms - HOUR_MS:
             return None  # the hour before was a gap (reported) or this is the first reading
+        if reading.series_break is not None:
+            self._health.alert(
+                self.name,
+                f"meter {st.meter}: {reading.series_break} in the hour ending "
+                f"{utc_iso8601(reading.hour_ms)} ({previous:g} -> {value:g} {target.unit}, "
+                "flagged by the gateway); that hour's consumption is left out",
+            )
+            st.hours_missing += 1
+            self._uplink_health.facts.setdefault("hours_missing", {})[st.meter] = st.hours_missing
+            return None
         consumption = round(value - previous, target.decimals)
         if consumption < 0:
             self._health.alert(
@@ -417,6 +441,9 @@ class EnerKeyUplink:
             f"{self.config.max_interpolation_gap:g} s apart"
             if gap.reason == "no samples"
             else f"the counter went down between {before} and {utc_iso8601(gap.after_ms)}"
+            if gap.reason == "counter decreased"
+            else f"a {gap.reason} flagged at {utc_iso8601(gap.after_ms)}: no interpolation "
+            "across two counter series"
         )
         text = (
             f"meter {st.meter}: no reading for {gap.hours} hour(s) "

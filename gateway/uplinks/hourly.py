@@ -7,6 +7,11 @@ Rules (EnerKey's hourly push, and any other service that wants "the reading at h
 - Nothing is extrapolated: B is decided only once a sample at or after B exists. Until then it
   stays pending, however long the meter is silent.
 - A boundary that cannot be read that way is a Gap (reported, never invented).
+- A sample flagged `clock_unsynced` is ignored (a reading at an unknown time cannot be an hour
+  boundary). A sample flagged `counter_reset`/`counter_jump` (gateway.counters) starts a new
+  series: nothing is interpolated between it and the sample before (those boundaries are a
+  Gap), and the first reading after it says so (`series_break`): a consumption between that
+  reading and the one an hour earlier would span two series.
 - Boundaries are UTC hours (multiples of 3 600 000 ms): a local DST change never adds or
   removes one.
 
@@ -26,6 +31,8 @@ from gateway.timefmt import HOUR_MS, ceil_hour_ms, floor_hour_ms
 
 #: Samples with these flags are not used (their time or value is not trustworthy).
 UNTRUSTED_FLAGS: Final = frozenset({"clock_unsynced"})
+#: Samples with these flags start a new series of the counter (gateway.counters).
+BREAK_FLAGS: Final = {"counter_reset": "counter reset", "counter_jump": "counter jump"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +44,9 @@ class HourReading:
     #: A sample lay exactly on the boundary (no interpolation).
     exact: bool
     cursor: int
+    #: The counter started a new series in the hour ending here ("counter reset" or
+    #: "counter jump"): this reading minus the previous hour's is no consumption.
+    series_break: str | None = None
 
     @property
     def last_hour_ms(self) -> int:
@@ -52,7 +62,8 @@ class Gap:
     #: The samples around the gap (epoch ms); `before_ms` is None when nothing came before.
     before_ms: int | None
     after_ms: int
-    #: "no samples" (further apart than the allowed gap) or "counter decreased".
+    #: "no samples" (further apart than the allowed gap), "counter decreased", or a
+    #: flagged "counter reset" / "counter jump" between the two samples.
     reason: str
     cursor: int
 
@@ -71,7 +82,7 @@ class HourlyReadings:
     first usable sample). Not thread-safe; one instance per meter stream.
     """
 
-    __slots__ = ("_prev", "channel", "max_gap_ms", "next_hour_ms", "skipped")
+    __slots__ = ("_break", "_prev", "channel", "max_gap_ms", "next_hour_ms", "skipped")
 
     def __init__(self, channel: str, max_gap_ms: int, next_hour_ms: int | None = None) -> None:
         if max_gap_ms <= 0:
@@ -85,6 +96,8 @@ class HourlyReadings:
         self._prev: tuple[int, float, int] | None = None
         #: Samples without a usable value for the channel (missing, NaN, untrusted).
         self.skipped = 0
+        #: (ts_ms, reason) of the newest series-breaking sample fed.
+        self._break: tuple[int, str] | None = None
 
     def feed(self, stored: StoredSample, out: list[Event]) -> None:
         """Take the next sample; append the boundaries it decides to `out`, in time order."""
@@ -102,6 +115,13 @@ class HourlyReadings:
         value = float(value)
         ts = sample.ts_ms
         rowid = stored.rowid
+        breaking = None
+        if sample.flags:
+            breaking = next(
+                (BREAK_FLAGS[f] for f in sorted(sample.flags) if f in BREAK_FLAGS), None
+            )
+            if breaking is not None:
+                self._break = (ts, breaking)
         hour = self.next_hour_ms
         if hour is None:
             hour = self.next_hour_ms = ceil_hour_ms(ts)
@@ -109,13 +129,18 @@ class HourlyReadings:
             self._prev = (ts, value, rowid)
             return
         prev = self._prev
-        if prev is not None and ts - prev[0] <= self.max_gap_ms and value >= prev[1]:
+        if (
+            prev is not None
+            and breaking is None
+            and ts - prev[0] <= self.max_gap_ms
+            and value >= prev[1]
+        ):
             prev_ts, prev_value, prev_rowid = prev
             span = ts - prev_ts
             rise = value - prev_value
             while hour < ts:
                 reading = prev_value + rise * ((hour - prev_ts) / span)
-                out.append(HourReading(hour, reading, False, prev_rowid - 1))
+                out.append(HourReading(hour, reading, False, prev_rowid - 1, self._broken(hour)))
                 hour += HOUR_MS
         else:
             last_missing = floor_hour_ms(ts - 1)
@@ -125,14 +150,23 @@ class HourlyReadings:
                 else:
                     before, cursor = prev[0], prev[2] - 1
                 reason = (
-                    "counter decreased"
+                    breaking
+                    if breaking is not None and prev is not None
+                    else "counter decreased"
                     if prev is not None and ts - prev[0] <= self.max_gap_ms
                     else "no samples"
                 )
                 out.append(Gap(hour, last_missing, before, ts, reason, cursor))
             hour = last_missing + HOUR_MS
         if hour == ts:
-            out.append(HourReading(hour, value, True, rowid - 1))
+            out.append(HourReading(hour, value, True, rowid - 1, self._broken(hour)))
             hour += HOUR_MS
         self.next_hour_ms = hour
         self._prev = (ts, value, rowid)
+
+    def _broken(self, hour_ms: int) -> str | None:
+        """Why the hour ending at `hour_ms` spans two series, if it does. Decided by sample
+        time only, so re-reading from an event's cursor decides the same."""
+        if self._break is not None and hour_ms - HOUR_MS < self._break[0] <= hour_ms:
+            return self._break[1]
+        return None

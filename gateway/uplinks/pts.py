@@ -11,10 +11,12 @@ time), one pass (`step`, every check_every_secs, idempotent) does, in order:
    Before the first submission of a window, GetSubmissionStatus tells whether PTS already
    has one (a lost ledger, another tool): a Passed one ends the window for us.
 3. Local checks against GetLastReading (not zero, above and not equal to the last accepted
-   reading, energy ≤ capacity × hours × plausibility_factor), then ARPostTest (validation,
-   nothing saved) when test_before_submit; a test refusing only the date is repeated with the
-   nearest reading after midnight (tests cost no quota). A reading failing is reported with
-   its numbers for a human and NOT submitted (re-checked daily; a human can submit by CLI).
+   reading, energy ≤ capacity × hours × plausibility_factor; a sample flagged counter_reset or
+   counter_jump is never submitted, and clock_unsynced samples are never chosen), then
+   ARPostTest (validation, nothing saved) when test_before_submit; a test refusing only the
+   date is repeated with the nearest reading after midnight (tests cost no quota). A reading
+   failing is reported with its numbers for a human and NOT submitted (re-checked daily; a
+   human can submit by CLI).
 4. ARPost, then GetSubmissionStatus every status_poll_secs until Passed (1) or Failed (-1);
    status and ValidationNotes are recorded and published. A Failed reading is reported; it is
    retried automatically only when the notes name something the gateway can fix (the date,
@@ -61,7 +63,9 @@ from typing import Any, Final
 
 from gateway.async_store import AsyncStore
 from gateway.clock import Clock, SystemClock
+from gateway.clock_hold import CLOCK_UNSYNCED
 from gateway.health import Health
+from gateway.sample import StoredSample
 from gateway.store import PTS_PENDING, PtsClaim, PtsSubmission
 from gateway.timefmt import parse_local_naive
 from gateway.uplinks.policy import Backoff
@@ -77,9 +81,11 @@ from gateway.uplinks.pts_client import (
 from gateway.uplinks.pts_config import PtsSystem
 from gateway.uplinks.pts_config import PtsUplink as PtsConfig
 from gateway.uplinks.pts_rules import (
+    REFUSED_FLAGS,
     LastReading,
     Remedy,
     check_reading,
+    flag_problems,
     remedy_for,
     same_reading,
 )
@@ -103,6 +109,8 @@ _DAY_MS: Final = 86_400_000
 _HOUR_MS: Final = 3_600_000
 #: The heartbeat (last pass) is written at most this often: it dates an outage.
 HEARTBEAT_EVERY_MS: Final = _HOUR_MS
+#: At most this many `clock_unsynced` samples are passed over when choosing a reading.
+MAX_UNTIMED_SKIPPED: Final = 10_000
 #: A submission PTS still does not show after this long is reported.
 UNSEEN_ALERT_MS: Final = 12 * _HOUR_MS
 _COUNTED_FAILED: Final = ("failed", "superseded")
@@ -423,27 +431,54 @@ class PtsUplink:
     async def _choose(
         self, system: _System, window: Window, now: int, *, after_end_only: bool = False
     ) -> Reading | None:
-        store = self._astore.store
+        chosen = await self._choose_flagged(system, window, now, after_end_only=after_end_only)
+        return None if chosen is None else chosen[0]
+
+    async def _choose_flagged(
+        self, system: _System, window: Window, now: int, *, after_end_only: bool = False
+    ) -> tuple[Reading, frozenset[str]] | None:
+        """The reading to report and its sample's quality flags."""
         latest = min(window.close_ms - 1, now)
         channel = system.config.channel
+        found: dict[int, frozenset[str]] = {}
         before = None
         if not after_end_only:
-            stored = await self._astore.call(
-                store.find_sample,
-                system.meter,
-                window.open_ms,
-                min(window.end_ms + 999, latest),
-                channel=channel,
-                last=True,
+            stored = await self._find_timed(
+                system.meter, window.open_ms, min(window.end_ms + 999, latest), channel, last=True
             )
-            before = None if stored is None else reading_of(stored, channel)
+            if stored is not None and (before := reading_of(stored, channel)) is not None:
+                found[stored.rowid] = stored.sample.flags
         after = None
         if latest >= window.end_ms + 1000:
+            stored = await self._find_timed(system.meter, window.end_ms + 1000, latest, channel)
+            if stored is not None and (after := reading_of(stored, channel)) is not None:
+                found[stored.rowid] = stored.sample.flags
+        reading = choose_reading(window, before, after)
+        return None if reading is None else (reading, found[reading.sample_id])
+
+    async def _find_timed(
+        self, meter: str, start_ms: int, end_ms: int, channel: str, *, last: bool = False
+    ) -> StoredSample | None:
+        """Like Store.find_sample, passing over samples stamped by an untrusted clock
+        (`clock_unsynced`: a reading at an unknown time cannot be the month-end reading)."""
+        store = self._astore.store
+        for _ in range(MAX_UNTIMED_SKIPPED):
             stored = await self._astore.call(
-                store.find_sample, system.meter, window.end_ms + 1000, latest, channel=channel
+                store.find_sample, meter, start_ms, end_ms, channel=channel, last=last
             )
-            after = None if stored is None else reading_of(stored, channel)
-        return choose_reading(window, before, after)
+            if stored is None or CLOCK_UNSYNCED not in stored.sample.flags:
+                return stored
+            if last:
+                end_ms = stored.sample.ts_ms - 1
+            else:
+                start_ms = stored.sample.ts_ms + 1
+        return None
+
+    async def _previous_reading(self, system: _System, reading: Reading) -> Reading | None:
+        """The stored reading just before `reading` (the numbers of a counter flag)."""
+        channel = system.config.channel
+        stored = await self._find_timed(system.meter, 0, reading.ts_ms - 1, channel, last=True)
+        return None if stored is None else reading_of(stored, channel)
 
     async def _attempt(
         self,
@@ -458,14 +493,15 @@ class PtsUplink:
         """Choose, check, test and (unless `test`) submit one reading; the outcome as JSON."""
         period = window.period.key
         result: dict[str, Any] = {"fk_system": system.fk, "meter": system.meter, "period": period}
-        reading = await self._choose(system, window, now, after_end_only=after_end_only)
-        if reading is None:
+        chosen = await self._choose_flagged(system, window, now, after_end_only=after_end_only)
+        if chosen is None:
             return {
                 **result,
                 "ok": False,
                 "action": "waiting",
                 "error": f"no stored sample with {system.config.channel} in the window yet",
             }
+        reading, flags = chosen
         result["reading"] = reading.as_json()
         rows = [row for row in await self._ledger(system, period) if not row.test]
         for row in rows:
@@ -480,8 +516,12 @@ class PtsUplink:
             if claim.refusal is not None:
                 return self._refused(system, window, result, claim)
 
+        problems = []
+        if flags & REFUSED_FLAGS.keys():
+            previous = await self._previous_reading(system, reading)
+            problems = flag_problems(reading, flags, previous)
         last = await self._last_reading(system)
-        problems = check_reading(
+        problems += check_reading(
             reading, last, capacity_kw=system.capacity_kw, factor=self.config.plausibility_factor
         )
         if problems:

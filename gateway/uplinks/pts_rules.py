@@ -1,13 +1,16 @@
 """The checks a PTS reading must pass before it may spend quota, and which failures we can fix.
 
-A reading that fails a local check is never submitted: each problem is a sentence with the
-numbers a human needs (the alert and `meter-gateway pts status` show them).
+A reading that fails a local check is never submitted, nor one whose sample the gateway
+flagged `counter_reset`/`counter_jump` (`clock_unsynced` samples are never chosen at all): each
+problem is a sentence with the numbers a human needs (the alert and `meter-gateway pts status`
+show them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 from gateway.uplinks.pts_window import Reading
 
@@ -70,6 +73,32 @@ def check_reading(
                 f"capacity {capacity_kw:g} kW × {hours:.1f} h × factor {factor:g} = "
                 f"{ceiling:.3f} kWh (meter scale wrong, or wrong meter?)"
             )
+    return problems
+
+
+#: Sample flags (gateway.counters) that forbid submitting the reading, and what they mean.
+REFUSED_FLAGS: Final = {
+    "counter_reset": "the counter went down: meter replaced, rolled over or reset?",
+    "counter_jump": "the counter rose faster than the meter's maximum power allows",
+}
+
+
+def flag_problems(reading: Reading, flags: frozenset[str], previous: Reading | None) -> list[str]:
+    """Problems a flagged sample brings: it is never submitted automatically (a human decides,
+    e.g. the help desk records a meter change)."""
+    problems: list[str] = []
+    for flag in sorted(flags & REFUSED_FLAGS.keys()):
+        before = (
+            "no earlier stored sample"
+            if previous is None
+            else f"{previous.value_kwh:g} kWh at {previous.meter_date}"
+        )
+        problems.append(
+            f"MeterValue {reading.value_kwh:g} kWh at {reading.meter_date} is flagged {flag} "
+            f"by the gateway (previous sample: {before}): {REFUSED_FLAGS[flag]} Not submitted: "
+            "check the meter (the help desk records a meter change) and report this month "
+            "in the PTS portal"
+        )
     return problems
 
 

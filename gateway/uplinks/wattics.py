@@ -31,7 +31,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import tzinfo
 from functools import lru_cache
 from typing import Final
@@ -50,6 +50,7 @@ from gateway.uplinks.common import (
     read_limited,
     run_streams_until_cancelled,
 )
+from gateway.uplinks.continuity import CounterContinuity
 from gateway.uplinks.policy import (
     TRANSPORT_ERRORS,
     Backoff,
@@ -243,9 +244,15 @@ class _Stream:
     #: Packets stamped at or before this (Wattics' last processed one) are not sent again.
     skip_until_ms: int | None = None
     resync_skipped: int = 0
+    #: Lifetime counters kept continuous across meter swaps (committed with the cursor).
+    continuity: CounterContinuity = field(default_factory=CounterContinuity)
     failing_since: str | None = None
     failures: int = 0
     in_request: bool = False
+
+
+def _continuity_key(stream: str) -> str:
+    return f"continuity:{stream}"
 
 
 class _Parked(Exception):
@@ -408,6 +415,12 @@ class WatticsUplink:
         )
         st.acked = st.committed = st.read_pos = position
         st.uncommitted = 0
+        if self.config.counter_continuity:
+            st.continuity = CounterContinuity.load(
+                await self._astore.call(
+                    self._astore.store.state, self.name, _continuity_key(st.stream)
+                )
+            )
         st.committed_at = self._clock.monotonic()
         try:
             if self.config.resync_on_start:
@@ -492,6 +505,8 @@ class WatticsUplink:
 
     async def _deliver(self, st: _Stream, stored: StoredSample, ts_ms: int) -> None:
         """Send one sample (as a packet stamped `ts_ms`) until acknowledged or parked."""
+        if self.config.counter_continuity:
+            stored = StoredSample(stored.rowid, st.continuity.apply(stored.sample))
         body = None
         if ts_ms >= 0 and not (st.skip_until_ms is not None and ts_ms <= st.skip_until_ms):
             body = self._encode(st, stored, ts_ms)
@@ -650,6 +665,7 @@ class WatticsUplink:
             body=parked.answer.decode("utf-8", "replace"),
             attempts=parked.attempts,
             now_ms=now_ms,
+            state=self._continuity_state(st),
         )
         st.acked = st.committed = stored.rowid
         st.uncommitted = 0
@@ -703,10 +719,22 @@ class WatticsUplink:
     async def _commit(self, st: _Stream) -> None:
         if st.acked > st.committed:
             position = st.acked
-            await self._astore.call(self._astore.store.advance, self.name, st.stream, position)
+            await self._astore.call(
+                self._astore.store.advance,
+                self.name,
+                st.stream,
+                position,
+                self._continuity_state(st),
+            )
             st.committed = position
         st.uncommitted = 0
         st.committed_at = self._clock.monotonic()
+
+    def _continuity_state(self, st: _Stream) -> dict[str, str] | None:
+        """The counter-continuity state to commit with the cursor (None: nothing to keep)."""
+        if not self.config.counter_continuity or not st.continuity.last:
+            return None
+        return {_continuity_key(st.stream): st.continuity.dump()}
 
     async def _final_commit(self, st: _Stream) -> None:
         """Commit the acknowledged prefix while stopping; a closed store is only logged."""

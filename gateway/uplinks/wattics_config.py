@@ -108,6 +108,10 @@ class WatticsUplink(UplinkSection):
     #: On start, ask Wattics for each stream's last processed packet (GET ?stream=) and skip
     #: what it already has: Wattics would discard those packets as out of order anyway.
     resync_on_start: bool = True
+    #: Keep lifetime counters (pC_n, value datapoints of energy/gas/water/heat registers)
+    #: continuous across meter swaps and resets flagged by the poller, so Wattics never sees
+    #: negative or absurd consumption (gateway.uplinks.continuity). false: forward raw.
+    counter_continuity: bool = True
     #: At shutdown, a request in flight may finish for this long (then it is abandoned and
     #: sent again next start).
     shutdown_grace_secs: float = Field(default=2.0, ge=0)

@@ -135,6 +135,9 @@ class D0Meter:
     #: Send only this many bytes of the data message, then fall silent (a broken readout).
     cut_after: int | None = None
     silent: bool = False
+    #: Mode C: acknowledge a switch to another rate, then fall silent (a head or converter
+    #: that cannot follow); an acknowledgement of the sign-on rate ("0") is served normally.
+    switch_fails: bool = False
     #: Send the data message in 16-byte pieces this far apart (a slow line).
     piece_pause_secs: float = 0.0
     #: Asked at each step for the gateway port's current baud rate (the test can see the
@@ -173,6 +176,8 @@ class D0Meter:
                 if self.echo:
                     await self.device.write(ack)
                 self.acks.append(ack)
+                if self.switch_fails and ack[2:3] != b"0":
+                    continue
             await asyncio.sleep(self.reaction_secs)
             self._note_rate("data")
             message = data_message(self.block, corrupt_bcc=self.corrupt_bcc)

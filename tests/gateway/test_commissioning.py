@@ -244,10 +244,13 @@ async def test_scan_finds_the_units_on_a_line_and_tells_their_models_apart(
     assert code == EXIT_OK
     rows = table_rows(out.getvalue().split("\n", 1)[1])
     assert set(rows) == {"unit", "1", "7", "9", "answered:"}  # header, units, the summary
-    assert rows["1"][0] == "sdm630"
-    # the integer map happens to fit an EM24 too (same first registers), on less evidence
-    assert rows["7"][0] == "em24" and rows["7"][-1] == "integer-meter"
-    assert rows["9"][0] == "integer-meter"
+    # both say what they are in their identity registers: certain, no guessing
+    assert rows["1"][:2] == ["sdm630", "identified"]
+    assert " ".join(rows["1"][2:]) == "identity holding 0xFC02 = 0x0070"
+    assert rows["7"][:2] == ["em24", "identified"]
+    assert " ".join(rows["7"][2:]) == "identity holding 0x000B = 0x0047"
+    # no identity registers: the plausibility fit, and it says it is a guess
+    assert rows["9"][:2] == ["integer-meter", "likely"]
     assert "answered: 3 of 4 unit(s)" in out.getvalue()
 
 
@@ -307,8 +310,8 @@ async def test_scan_recognises_a_sunspec_device_by_its_marker(tmp_path: Path) ->
         await server.stop()
     assert code == EXIT_OK
     rows = table_rows(out.getvalue().split("\n", 1)[1])
-    assert rows["3"] == ["sunspec", "SunS", "marker", "at", "holding", "50000"]
-    assert rows["4"][0] == "unknown"
+    assert rows["3"] == ["sunspec", "identified", "SunS", "marker", "at", "holding", "50000"]
+    assert rows["4"][:2] == ["unknown", "-"]
     assert "5" not in rows
 
 
@@ -353,7 +356,44 @@ async def test_scan_knows_every_built_in_model_at_least_as_a_fit() -> None:
     assert code == EXIT_OK
     rows = table_rows(out.getvalue().split("\n", 1)[1])
     for unit, model in enumerate(models, start=1):
-        likely, evidence = rows[str(unit)][0], " ".join(rows[str(unit)][1:])
+        likely, certainty = rows[str(unit)][:2]
+        if load_builtin(model).identity:  # it says what it is: exactly that, and certain
+            assert (likely, certainty) == (model, "identified"), rows[str(unit)]
+            continue
+        evidence = " ".join(rows[str(unit)][2:])
         fits = [likely] + evidence.split("also fits ", 1)[-1].split(", ") * ("also" in evidence)
         assert model in fits, (model, rows[str(unit)])
     assert sum(rows[str(u)][0] == m for u, m in enumerate(models, start=1)) >= len(models) * 2 // 3
+
+
+async def test_scan_tells_eastron_models_of_one_layout_apart_by_their_meter_code() -> None:
+    """SDM630, SDM72 and SDM120 answer at the same input addresses, so values alone cannot tell
+    them apart; the meter code at holding 0xFC02 can. A unit whose code belongs to no map is
+    not reported as one that claims another code, however well that map's layout fits."""
+    sdm630, sdm72, sdm120 = (load_builtin(m) for m in ("sdm630", "sdm72", "sdm120"))
+    devices = [plausible(sdm630, 1), plausible(sdm72, 2), plausible(sdm120, 3)]
+    devices[2].set_words("holding", 0xFC02, [0x0020])  # a code none of our maps lists
+    devices.append(plausible(sdm120, 4))  # firmware without the register: exception 2
+    async with serve_modbus_tcp(devices) as server:
+        config = Config.model_validate(
+            {
+                "gateway": {"id": "site"},
+                "buses": {"din": {"type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}},
+            }
+        )
+        out = io.StringIO()
+        code = await scan_bus(
+            config, "din", [1, 2, 3, 4], timeout_secs=0.2, models=[sdm630, sdm72, sdm120], out=out
+        )
+    assert code == EXIT_OK
+    rows = table_rows(out.getvalue().split("\n", 1)[1])
+    assert rows["1"][:2] == ["sdm630", "identified"]
+    assert rows["2"][:2] == ["sdm72", "identified"]
+    assert " ".join(rows["2"][2:]) == "identity holding 0xFC02 = 0x0089"
+    assert rows["3"][:2] == ["sdm120", "likely"]
+    evidence = " ".join(rows["3"][2:])
+    assert "not sdm630 (holding 0xFC02 = 0x0020), sdm72 (holding 0xFC02 = 0x0020)" in evidence
+    assert "also fits" not in evidence  # the SDM630/SDM72 layouts fit, but the code says no
+    # no answer at the identity register rules nothing out: the layouts that fit are listed
+    assert rows["4"][1] == "likely"
+    assert "also fits sdm72" in " ".join(rows["4"]) and "not sdm" not in " ".join(rows["4"])

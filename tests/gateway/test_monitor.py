@@ -192,6 +192,8 @@ def test_health_renders_to_state_topics() -> None:
     health.store_budget_bytes = 1024 * 1024
     health.clock_trusted = True
     health.clock_synchronized = False
+    health.clock.check = "auto"
+    health.clock.held = 3
     health.uplink("wattics").backlog_rows = 12
     health.uplink("wattics").oldest_undelivered_ts_ms = 1_700_000_000_000
     health.uplink("wattics").dead_letters = 1
@@ -210,6 +212,15 @@ def test_health_renders_to_state_topics() -> None:
         "store_full": False,
         "clock_trusted": True,
         "clock_synchronized": False,
+        "clock": {
+            "check": "auto",
+            "held": 3,
+            "released": 0,
+            "unsynced_stored": 0,
+            "steps": 0,
+            "last_step_s": None,
+            "refused_after_step": 0,
+        },
         "samples_per_min": round(7 * 60 / 61.4, 2),  # 7 reads since start
         "meters": {"ok": 0, "degraded": 1, "offline": 0},
         "alerts": 0,
@@ -391,6 +402,10 @@ async def test_meter_and_uplink_state_carry_health_values(mosquitto: MosquittoBr
             "next_attempt_ts": None,
             "values": {"power_active": 1234.5, "frequency": None},
             "units": {"power_active": "W", "frequency": "Hz"},
+            "counter_resets": 0,
+            "counter_jumps": 0,
+            "last_counter_problem": None,
+            "refused_clock_step": 0,
             "facts": {},
         }
         assert uplink == {

@@ -21,7 +21,7 @@ ZONE = "America/New_York"
 STEP_MS = 300_000
 
 CONFIG = """\
-gateway: {{id: e2e, timezone: {zone}, data_dir: "{data_dir}"}}
+gateway: {{id: e2e, timezone: {zone}, data_dir: "{data_dir}", clock_check: none}}
 {source}uplinks:
   wattics:
     url: "{wattics}"

@@ -18,7 +18,7 @@ from tests.fixtures.wattics import PASSWORD, USERNAME
 ZONE = "Australia/Adelaide"  # +10:30 / +09:30: catches fixed-offset and UTC/local mix-ups
 
 CONFIG = """\
-gateway: {{id: site-42, timezone: {zone}, data_dir: "{data_dir}"}}
+gateway: {{id: site-42, timezone: {zone}, data_dir: "{data_dir}", clock_check: none}}
 sources:
   mts:
     base_url: "{mts_url}"

@@ -17,7 +17,7 @@ from tests.fakes.enerkey import FakeEnerKey
 from tests.fixtures.enerkey import KEY_A, KEY_B
 
 CONFIG = """\
-gateway: {{id: e2e, timezone: Europe/Helsinki, data_dir: "{data_dir}"}}
+gateway: {{id: e2e, timezone: Europe/Helsinki, data_dir: "{data_dir}", clock_check: none}}
 buses:
   plant: {{type: modbus-tcp, host: 127.0.0.1, port: {modbus_port}, timeout_secs: 1.0}}
 meters:
