@@ -71,7 +71,12 @@ from gateway.clock import Clock, SystemClock
 from gateway.health import Health
 from gateway.timefmt import HOUR_MS, local_iso8601, utc_iso8601, zone
 from gateway.uplinks import enerkey_config as ekc
-from gateway.uplinks.common import AuthGate, read_limited, run_streams_until_cancelled
+from gateway.uplinks.common import (
+    AuthGate,
+    WakeableClock,
+    read_limited,
+    run_streams_until_cancelled,
+)
 from gateway.uplinks.enerkey_keys import ApiKey, KeyRing
 from gateway.uplinks.hourly import Event, Gap, HourlyReadings, HourReading
 from gateway.uplinks.policy import (
@@ -210,7 +215,8 @@ class EnerKeyUplink:
         self._health = health
         self._tz = zone(timezone)
         self._session_factory = session_factory
-        self._clock: Clock = clock or SystemClock()
+        # Waits on this clock end early on flush(); the rate budget keeps the plain one.
+        self._clock = WakeableClock(clock or SystemClock())
         self._rng = rng
         self._session: aiohttp.ClientSession | None = None
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
@@ -218,7 +224,9 @@ class EnerKeyUplink:
         # Secrets: only ever put into the Authorization header of a request.
         self._keys = keys or KeyRing(config.api_keys)
         self._key_label: str | None = None
-        self._budget = RateBudget(config.rate_limit_per_day, config.rate_limit_burst, self._clock)
+        self._budget = RateBudget(
+            config.rate_limit_per_day, config.rate_limit_burst, self._clock.clock
+        )
         self._max_gap_ms = round(config.max_interpolation_gap * 1000)
         self._span_ms = config.max_days_per_message * DAY_MS
         self._keep_ms = config.keep_delivered_days * DAY_MS
@@ -231,6 +239,12 @@ class EnerKeyUplink:
 
     def streams(self) -> dict[str, str]:
         return dict(self._streams)
+
+    def flush(self) -> None:
+        """Retry now (MQTT `cmd/uplinks/<name>/flush`): waits in a retry backoff, an auth or
+        misdirection probe, or idle end at once. The daily rate budget still applies."""
+        log.info("%s: flush requested: retrying now", self.name)
+        self._clock.wake()
 
     @property
     def paused(self) -> bool:
@@ -463,7 +477,7 @@ class EnerKeyUplink:
             store = self._astore.store
             newer = await self._astore.call(store.read, st.meter, st.read_after, 1)
             if not newer:
-                await waiter
+                await self._clock.race(waiter)
         finally:
             waiter.cancel()
 

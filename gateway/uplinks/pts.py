@@ -68,6 +68,7 @@ from gateway.health import Health
 from gateway.sample import StoredSample
 from gateway.store import PTS_PENDING, PtsClaim, PtsSubmission
 from gateway.timefmt import parse_local_naive
+from gateway.uplinks.common import WakeableClock
 from gateway.uplinks.policy import Backoff
 from gateway.uplinks.pts_client import (
     FAILED,
@@ -191,7 +192,8 @@ class PtsUplink:
         self.config = config
         self._astore = store
         self._health = health
-        self._clock: Clock = clock or SystemClock()
+        # The wait between passes ends early on flush().
+        self._clock = WakeableClock(clock or SystemClock())
         self._client = PtsClient(
             config.api_root,
             config.subscription_key,
@@ -227,6 +229,13 @@ class PtsUplink:
     @property
     def clock(self) -> Clock:
         return self._clock
+
+    def flush(self) -> None:
+        """Run a pass now (MQTT `cmd/uplinks/pts/flush`): a credentials pause is probed at
+        once. Quota, window and validation rules apply to that pass as to any other."""
+        log.info("%s: flush requested: running a pass now", self.name)
+        self._paused_until_ms = None
+        self._clock.wake()
 
     async def aclose(self) -> None:
         await self._client.aclose()

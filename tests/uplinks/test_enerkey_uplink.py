@@ -540,3 +540,25 @@ async def test_more_than_a_year_of_backlog_goes_in_two_messages_the_fake_accepts
     assert len(fake_enerkey.pushes[0].values) == 365 * 24
     assert fake_enerkey.rejected == []
     assert fake_enerkey.hours(4711)[hour(24 * days)] == pytest.approx(kwh(hour(24 * days)))
+
+
+async def test_the_flush_command_cuts_a_long_retry_backoff_short(
+    fake_enerkey: FakeEnerKey, astore: AsyncStore
+) -> None:
+    from gateway.commands import CommandHandler
+    from gateway.config import MqttCommands
+
+    await append(astore, samples("incomer", hour(0), hour(3)))
+    fake_enerkey.fail_next(1, 503)
+    health = Health()
+    uplink = uplink_for(
+        fake_enerkey, astore, health, {"incomer": 4711}, retry_initial_secs=600, retry_max_secs=600
+    )
+    handler = CommandHandler(MqttCommands(flush=True), health=health, uplinks={"enerkey": uplink})
+    async with running(uplink):
+        await fake_enerkey.wait_requests(1)
+        await asyncio.sleep(0.2)
+        assert fake_enerkey.hours(4711) == {}  # waiting out a backoff of up to 10 min
+        outcome = await handler.handle("uplinks/enerkey/flush", b"")
+        assert outcome["ok"] is True, outcome
+        await fake_enerkey.wait_hours(4711, 2, timeout=2)

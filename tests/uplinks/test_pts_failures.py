@@ -405,3 +405,25 @@ async def test_nothing_happens_while_the_clock_is_untrusted(
     assert fake_pts.calls == []
     assert refused["ok"] is False and "clock" in refused["error"]
     assert health.uplink("pts").facts["clock_trusted"] is False
+
+
+async def test_flush_after_the_key_is_fixed_probes_at_once(
+    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+) -> None:
+    """The operator fixes the key at the help desk and sends `cmd/uplinks/pts/flush`: the
+    next pass calls PTS instead of waiting out the 10-minute credentials pause."""
+    fake_pts.key = "rotated-by-the-help-desk"
+    health = Health()
+    uplink = make_uplink(make_config(fake_pts, auth_probe_secs=600), january, pts_clock, health)
+    try:
+        pts_clock.now = eastern_s(2026, 2, 2, 1)
+        assert await uplink.step() == 600
+        fake_pts.key = KEY
+        await uplink.step()
+        assert len(fake_pts.calls) == 1  # still paused: no call
+        uplink.flush()
+        await uplink.step()
+    finally:
+        await uplink.aclose()
+    assert health.uplink("pts").paused_reason is None
+    assert len(fake_pts.submitted(1000)) == 1
