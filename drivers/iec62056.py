@@ -222,6 +222,7 @@ class Iec62056Line(SerialLine):
             max_baudrate=bus.max_baudrate,
             timeout_secs=timeout_secs or bus.timeout_secs,
             readout_timeout_secs=bus.readout_timeout_secs,
+            fast_retry_after=bus.fast_retry_after,
         )
 
     def reader(self, meter: Meter) -> Iec62056Reader:

@@ -60,6 +60,9 @@ class Iec62056Bus(_SerialLine):
     #: Pause after our acknowledgement before switching baud rate (the standard: 200-1500 ms
     #: reaction time), so the last byte leaves at the old rate.
     switch_delay_ms: float = Field(default=300.0, ge=0, le=1500)
+    #: After a readout that failed once switched to the faster rate, a meter is read this many
+    #: times at the sign-on rate before the faster rate is tried again (0: never fall back).
+    fast_retry_after: int = Field(default=10, ge=0)
 
     @model_validator(mode="after")
     def _rates(self) -> Iec62056Bus:

@@ -175,3 +175,12 @@ def test_codes_are_normalised_and_map_files_checked() -> None:
         parse_map({"power_active": [["16.7"]]}, "x.yaml")
     # the shipped map loads and names only known channels
     assert "energy_active_import" in default_map().rules
+
+
+def test_the_d0_fallback_setting_reaches_the_line() -> None:
+    from drivers.iec62056 import Iec62056Line
+
+    bus = Iec62056Bus(type="iec62056-21", port="/dev/ttyUSB0", fast_retry_after=3)
+    assert Iec62056Line.from_config("d0", bus).fast_retry_after == 3
+    default = Iec62056Bus(type="iec62056-21", port="/dev/ttyUSB0")
+    assert Iec62056Line.from_config("d0", default).fast_retry_after == 10
