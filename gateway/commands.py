@@ -66,7 +66,7 @@ def parse_payload(payload: bytes) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CommandError("payload must be empty or a JSON object") from exc
     if not isinstance(data, dict):
         raise CommandError("payload must be empty or a JSON object")

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from gateway.clock import Clock, SystemClock
 from gateway.sources import mts_parse
-from gateway.uplinks.common import read_limited
+from gateway.uplinks.common import KeptSession, SessionFactory, read_limited
 from gateway.uplinks.policy import (
     TRANSPORT_ERRORS,
     Outcome,
@@ -34,7 +34,6 @@ from gateway.uplinks.policy import (
 
 log = logging.getLogger(__name__)
 
-SessionFactory = Callable[[], aiohttp.ClientSession]
 
 #: A test-status answer with a long survey is larger than an uplink's error body.
 MAX_ANSWER_BYTES: Final = 16 * 1024 * 1024
@@ -75,10 +74,8 @@ class MtsClient:
     ) -> None:
         self._base = base_url.rstrip("/")
         self._token = token
-        self._timeout = timeout_secs
         self._clock: Clock = clock or SystemClock()
-        self._session_factory = session_factory
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions = KeptSession(timeout_secs, factory=session_factory)
         self._slots = asyncio.Semaphore(max_concurrency)
         #: clock.monotonic() before which no call is made (a 429's retryAfter).
         self._not_before = 0.0
@@ -86,19 +83,10 @@ class MtsClient:
         self.calls: Counter[str] = Counter()
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        await self._sessions.close()
 
     def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            if self._session_factory is not None:
-                self._session = self._session_factory()
-            else:
-                self._session = aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=self._timeout)
-                )
-        return self._session
+        return self._sessions.get()
 
     # -- operations ---------------------------------------------------------------------------
 

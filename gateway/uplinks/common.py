@@ -38,6 +38,42 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER
     return b"".join(chunks)
 
 
+SessionFactory = Callable[[], aiohttp.ClientSession]
+
+
+class KeptSession:
+    """One kept-alive aiohttp session per client, opened on first use and again after a
+    close (tests inject `factory`); closing twice is harmless."""
+
+    def __init__(
+        self,
+        timeout_secs: float,
+        *,
+        max_connections: int = 100,
+        factory: SessionFactory | None = None,
+    ) -> None:
+        self._timeout_secs = timeout_secs
+        self._max_connections = max_connections
+        self._factory = factory
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            if self._factory is not None:
+                self._session = self._factory()
+            else:
+                self._session = aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=self._timeout_secs),
+                    connector=aiohttp.TCPConnector(limit=self._max_connections),
+                )
+        return self._session
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+
 class WakeableClock:
     """The uplink's clock, whose sleeps end early on `wake()`: the MQTT `flush` command
     ("retry now") cuts a retry backoff, an auth probe wait or an idle wait short."""

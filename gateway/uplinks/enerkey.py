@@ -73,6 +73,8 @@ from gateway.timefmt import HOUR_MS, local_iso8601, utc_iso8601, zone
 from gateway.uplinks import enerkey_config as ekc
 from gateway.uplinks.common import (
     AuthGate,
+    KeptSession,
+    SessionFactory,
     WakeableClock,
     read_limited,
     run_streams_until_cancelled,
@@ -100,7 +102,6 @@ READ_BATCH: Final = 2000
 IDLE_RECHECK_SECS: Final = 30.0
 DAY_MS: Final = 86_400_000
 
-SessionFactory = Callable[[], aiohttp.ClientSession]
 
 #: Exceptions after which EnerKey may have processed the request although no answer came.
 _MAYBE_SENT: Final = (
@@ -214,11 +215,12 @@ class EnerKeyUplink:
         self._astore = store
         self._health = health
         self._tz = zone(timezone)
-        self._session_factory = session_factory
         # Waits on this clock end early on flush(); the rate budget keeps the plain one.
         self._clock = WakeableClock(clock or SystemClock())
         self._rng = rng
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions = KeptSession(
+            config.timeout_secs, max_connections=config.max_concurrency, factory=session_factory
+        )
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
         self._gate = AuthGate()
         # Secrets: only ever put into the Authorization header of a request.
@@ -264,20 +266,10 @@ class EnerKeyUplink:
 
     async def aclose(self) -> None:
         """Close the HTTP session; safe to call twice."""
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        await self._sessions.close()
 
     def _open_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            if self._session_factory is not None:
-                self._session = self._session_factory()
-            else:
-                self._session = aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=self.config.timeout_secs),
-                    connector=aiohttp.TCPConnector(limit=self.config.max_concurrency),
-                )
-        return self._session
+        return self._sessions.get()
 
     async def run(self) -> None:
         """Deliver every meter until cancelled; closes the session on the way out."""

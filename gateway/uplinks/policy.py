@@ -145,7 +145,7 @@ def retry_after_from_json(body: bytes | str | object, key: str = "retryAfter") -
     if isinstance(body, bytes | str):
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested beyond the parser's depth: no value
             return None
     candidates: list[object] = []
     if isinstance(data, dict):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -25,7 +25,7 @@ import aiohttp
 import yarl
 from pydantic import SecretStr
 
-from gateway.uplinks.common import read_limited
+from gateway.uplinks.common import KeptSession, SessionFactory, read_limited
 from gateway.uplinks.policy import (
     TRANSPORT_ERRORS,
     Outcome,
@@ -33,8 +33,6 @@ from gateway.uplinks.policy import (
     classify_exception,
     classify_response,
 )
-
-SessionFactory = Callable[[], aiohttp.ClientSession]
 
 #: Validation statuses of GetSubmissionStatus.
 VALIDATING: Final = 0
@@ -170,27 +168,16 @@ class PtsClient:
     ) -> None:
         self._root = api_root.rstrip("/")
         self._key = key
-        self._timeout = timeout_secs
         self._query_method = query_method
-        self._session_factory = session_factory
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions = KeptSession(timeout_secs, factory=session_factory)
         #: Calls made, by operation (for status and tests of "few calls").
         self.calls: dict[str, int] = {}
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        await self._sessions.close()
 
     def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            if self._session_factory is not None:
-                self._session = self._session_factory()
-            else:
-                self._session = aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=self._timeout)
-                )
-        return self._session
+        return self._sessions.get()
 
     # -- operations -------------------------------------------------------------------------
 
@@ -295,7 +282,7 @@ class PtsClient:
             return None
         try:
             return json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested beyond the parser's depth: not JSON to us
             if operation in ("ARPost", "ARPostTest"):
                 return None  # "200: Received Data" may come as text
             raise PtsCallError(

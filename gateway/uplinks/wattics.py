@@ -46,6 +46,8 @@ from gateway.sample import Sample, StoredSample
 from gateway.timefmt import local_iso8601_ms, parse_iso8601_ms, zone
 from gateway.uplinks.common import (
     AuthGate,
+    KeptSession,
+    SessionFactory,
     WakeableClock,
     read_limited,
     run_streams_until_cancelled,
@@ -221,8 +223,6 @@ def last_timestamp_ms(body: object, *, depth: int = 4) -> int | None:
 # -- time and the session, injectable for tests -------------------------------------------------
 
 
-SessionFactory = Callable[[], aiohttp.ClientSession]
-
 #: Samples read from the store per query.
 READ_BATCH: Final = 500
 #: A caught-up stream re-reads the store at least this often even without an append signal.
@@ -290,10 +290,11 @@ class WatticsUplink:
         self._site_tz = zone(timezone)
         # Packets are rendered in site time, or in UTC on the UTC route.
         self._tz = zone("UTC") if config.timestamps == "utc" else self._site_tz
-        self._session_factory = session_factory
         self._clock = WakeableClock(clock or SystemClock())
         self._rng = rng
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions = KeptSession(
+            config.timeout_secs, max_connections=config.max_concurrency, factory=session_factory
+        )
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
         self._gate = AuthGate()
         # Secret: only ever sent as a header; never logged, never put into health or alerts.
@@ -342,20 +343,10 @@ class WatticsUplink:
 
     async def aclose(self) -> None:
         """Close the HTTP session; safe to call twice."""
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        await self._sessions.close()
 
     def _open_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            if self._session_factory is not None:
-                self._session = self._session_factory()
-            else:
-                self._session = aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=self.config.timeout_secs),
-                    connector=aiohttp.TCPConnector(limit=self.config.max_concurrency),
-                )
-        return self._session
+        return self._sessions.get()
 
     def _new_stream(self, point: WatticsDatapoint) -> _Stream:
         picker: IntervalPicker[StoredSample] | None = None
