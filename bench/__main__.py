@@ -168,6 +168,50 @@ def _serial_rows() -> list[Row]:
     ]
 
 
+def _daemon_rows() -> list[Row]:
+    """The daemon as a real process (bench.resources); MG_BENCH_SECONDS sets each run's length."""
+    from bench.resources import measure_backlog, measure_site, run_seconds
+
+    seconds = run_seconds()
+    site = asyncio.run(measure_site(50, "1s", seconds))
+    disk = asyncio.run(measure_site(20, "10s", seconds))
+    backlog = asyncio.run(measure_backlog(1_000_000, seconds))
+    growth = backlog.rss_max_mb - backlog.rss_after_warmup_mb
+    minutes = f"{seconds / 60:g} min"
+    return [
+        Row(
+            f"daemon: CPU, 50 TCP meters at 1 s + 3 uplinks ({minutes})",
+            site.cpu_pct,
+            "% of core",
+            "<= 15",
+            site.cpu_pct <= 15,
+        ),
+        Row("daemon: RSS (max), same run", site.rss_max_mb, "MB", "<= 60", site.rss_max_mb <= 60),
+        Row(
+            "daemon: storage writes, 20 meters at 10 s + 3 uplinks",
+            disk.write_bytes_per_day / 1e6,
+            "MB/day",
+            "-",
+            None,
+        ),
+        Row(
+            f"daemon: RSS (max) draining a 1M-sample backlog ({minutes})",
+            backlog.rss_max_mb,
+            "MB",
+            "<= 60",
+            backlog.rss_max_mb <= 60,
+        ),
+        Row("daemon: RSS growth while draining", growth, "MB", "flat (<= 2)", growth <= 2),
+        Row(
+            "daemon: backlog drain rate (1M store, real process)",
+            backlog.extra["drain_per_s"],
+            "packets/s",
+            "-",
+            None,
+        ),
+    ]
+
+
 SECTIONS: list[Callable[[], list[Row]]] = [
     _store_rows,
     _wattics_rows,
@@ -176,6 +220,7 @@ SECTIONS: list[Callable[[], list[Row]]] = [
     _modbus_plan_rows,
     _enerkey_rows,
     _serial_rows,
+    _daemon_rows,
 ]
 
 

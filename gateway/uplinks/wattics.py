@@ -802,7 +802,7 @@ class WatticsUplink:
                 return None
         try:
             data = json.loads(answer)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested beyond the parser: not JSON to us
             self._no_resync(stream, "the answer is not JSON")
             return None
         last = last_timestamp_ms(data)

@@ -1,0 +1,1 @@
+"""Security of inputs: fuzzed device and cloud answers; secrets never leak."""
