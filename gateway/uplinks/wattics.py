@@ -5,9 +5,10 @@ Invariants (every change must keep them):
    sent before packet n was answered 200 or parked. Streams run concurrently (at most
    max_concurrency requests in flight) over ONE kept-alive aiohttp session.
 2. A cursor never passes a packet that was neither answered 200 nor parked. Acknowledged
-   packets are committed in groups (commit_every_packets / commit_every_secs, and at once when
-   the stream is caught up, is about to wait, or stops), so catch-up needs no fsync per packet
-   and a crash re-sends at most one group. With resync_on_start the stream first asks Wattics
+   positions are committed in group commits, every stream in one transaction
+   (commit_every_packets of one stream, or commit_every_secs after the last group, and when
+   stopping), so neither catch-up nor a quiet site costs an fsync per packet, and a crash
+   re-sends at most one group. With resync_on_start the stream first asks Wattics
    for its last processed packet and skips what it already has (Wattics discards any packet
    not later than that one, so skipping loses nothing).
 3. Nothing is dropped for a transient failure or refused credentials: RETRY re-sends the SAME
@@ -240,7 +241,6 @@ class _Stream:
     acked: int = 0
     committed: int = 0
     uncommitted: int = 0
-    committed_at: float = 0.0
     #: Packets stamped at or before this (Wattics' last processed one) are not sent again.
     skip_until_ms: int | None = None
     resync_skipped: int = 0
@@ -317,6 +317,10 @@ class WatticsUplink:
         self.skipped = 0  # samples with nothing this datapoint takes, or between boundaries
         self._stopping = False
         self._resync_fallback_logged = False
+        #: Streams whose acknowledged position waits for the next group commit.
+        self._dirty: dict[str, _Stream] = {}
+        self._group_committed_at = self._clock.monotonic()
+        self._commit_lock = asyncio.Lock()
 
     def streams(self) -> dict[str, str]:
         """Wattics datapoint id -> the meter feeding it."""
@@ -412,7 +416,6 @@ class WatticsUplink:
                     self._astore.store.state, self.name, _continuity_key(st.stream)
                 )
             )
-        st.committed_at = self._clock.monotonic()
         try:
             if self.config.resync_on_start:
                 await self._resync(st)
@@ -465,6 +468,9 @@ class WatticsUplink:
         deadline = st.picker.deadline_ms() if st.picker is not None else None
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline / 1000 - self._clock.time()) + 0.01)
+        commit_due = self._group_commit_due_in()
+        if commit_due is not None:
+            timeout = min(timeout, commit_due + 0.01)
         # Arm the wait BEFORE re-reading, so an append between the read and the wait is seen.
         waiter = asyncio.get_running_loop().create_task(
             self._astore.wait_appended(timeout), name=f"{self.name}:{st.stream}:idle"
@@ -476,6 +482,8 @@ class WatticsUplink:
                 await self._clock.race(waiter)
         finally:
             waiter.cancel()
+        if not batch:
+            await self._commit(st)  # the group commit may have come due while waiting
         return self._decide(st, batch) if batch else self._expired(st)
 
     # -- sending --------------------------------------------------------------------------------
@@ -701,25 +709,45 @@ class WatticsUplink:
     # -- cursor ---------------------------------------------------------------------------------
 
     async def _maybe_commit(self, st: _Stream) -> None:
-        if st.uncommitted >= self.config.commit_every_packets or (
-            st.uncommitted
-            and self._clock.monotonic() - st.committed_at >= self.config.commit_every_secs
-        ):
-            await self._commit(st)
+        if st.uncommitted:
+            await self._commit(st, now=st.uncommitted >= self.config.commit_every_packets)
 
-    async def _commit(self, st: _Stream) -> None:
+    async def _commit(self, st: _Stream, *, now: bool = False) -> None:
+        """Make `st`'s acknowledged position durable with the uplink's next group commit.
+
+        One transaction carries every stream's cursor, at most every commit_every_secs (at
+        once with `now`: a full group during catch-up, or stopping). A cursor lagging by a few
+        seconds costs at most a re-send after a crash, which resync skips and Wattics would
+        discard anyway; one fsync per packet and stream would cost an SD card gigabytes a day.
+        """
         if st.acked > st.committed:
-            position = st.acked
-            await self._astore.call(
-                self._astore.store.advance,
-                self.name,
-                st.stream,
-                position,
-                self._continuity_state(st),
-            )
-            st.committed = position
-        st.uncommitted = 0
-        st.committed_at = self._clock.monotonic()
+            self._dirty[st.stream] = st
+        due = self._clock.monotonic() - self._group_committed_at >= self.config.commit_every_secs
+        if self._dirty and (now or due):
+            await self._commit_group()
+
+    def _group_commit_due_in(self) -> float | None:
+        """Seconds until uncommitted positions are due (None: nothing waits)."""
+        if not self._dirty:
+            return None
+        elapsed = self._clock.monotonic() - self._group_committed_at
+        return max(0.0, self.config.commit_every_secs - elapsed)
+
+    async def _commit_group(self) -> None:
+        async with self._commit_lock:
+            dirty, self._dirty = self._dirty, {}
+            streams = [st for st in dirty.values() if st.acked > st.committed]
+            rows = [(st.stream, st.acked, self._continuity_state(st)) for st in streams]
+            try:
+                if rows:
+                    await self._astore.call(self._astore.store.advance_many, self.name, rows)
+            except BaseException:
+                self._dirty = {**dirty, **self._dirty}
+                raise
+            for st, (_, position, _) in zip(streams, rows, strict=True):
+                st.committed = position
+                st.uncommitted = 0
+            self._group_committed_at = self._clock.monotonic()
 
     def _continuity_state(self, st: _Stream) -> dict[str, str] | None:
         """The counter-continuity state to commit with the cursor (None: nothing to keep)."""
@@ -730,7 +758,7 @@ class WatticsUplink:
     async def _final_commit(self, st: _Stream) -> None:
         """Commit the acknowledged prefix while stopping; a closed store is only logged."""
         try:
-            await self._commit(st)
+            await self._commit(st, now=True)
         except Exception:
             log.warning(
                 "%s/%s: could not commit cursor %d at stop; up to %d packet(s) will be re-sent",

@@ -100,11 +100,12 @@ class WatticsUplink(UplinkSection):
     #: Send per-phase energy (pC_1..3 <- energy_active_import_l1..l3) instead of the total in
     #: pC_1 (the API's rule for "one total value").
     energy_per_phase: bool = False
-    #: Acknowledged packets are committed to the cursor in groups: after this many packets or
-    #: this many seconds, and at once when a stream is caught up, waits, or stops. After a crash
-    #: at most one group is sent again (and resync_on_start usually skips even that).
+    #: Acknowledged packets are committed to the cursors in groups, every stream in one
+    #: transaction: after a stream acknowledged this many packets, or this many seconds after
+    #: the last group, and when stopping. After a crash at most that much is sent again (and
+    #: resync_on_start usually skips even that). Fewer commits spare the SD card.
     commit_every_packets: int = Field(default=100, ge=1)
-    commit_every_secs: float = Field(default=5.0, gt=0)
+    commit_every_secs: float = Field(default=30.0, gt=0)
     #: On start, ask Wattics for each stream's last processed packet (GET ?stream=) and skip
     #: what it already has: Wattics would discard those packets as out of order anyway.
     resync_on_start: bool = True

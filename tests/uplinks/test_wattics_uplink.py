@@ -26,7 +26,7 @@ from gateway.store import Store
 from gateway.timefmt import local_iso8601_ms
 from gateway.uplinks.wattics import READ_BATCH, WatticsUplink
 from tests.fakes.wattics import FakeWattics
-from tests.fixtures.wattics import PASSWORD, USERNAME
+from tests.fixtures.wattics import PASSWORD, STREAMS, USERNAME
 
 TZ = "Europe/Dublin"
 START_MS = 1_729_987_200_000  # 2024-10-27T00:00:00Z: the Dublin autumn change is in the data
@@ -50,6 +50,8 @@ def make_config(fake: FakeWattics, meters: dict[str, str], **overrides: Any) -> 
         "retry_initial_secs": 0.01,
         "retry_max_secs": 0.02,
         "auth_probe_secs": 0.05,
+        # Group commits come quickly here, so tests can watch the durable cursor.
+        "commit_every_secs": 0.05,
         **overrides,
     }
     return cfg.WatticsUplink.model_validate(settings)
@@ -413,6 +415,37 @@ async def test_durable_cursor_lags_acknowledgements_by_at_most_one_group(
             await asyncio.sleep(0.002)
         await wait_cursor(astore, ids[-1])
     assert 0 < worst <= 10 + 1  # one group, plus the packet whose answer is on its way
+
+
+async def test_caught_up_streams_share_one_commit_per_interval(
+    fake_wattics: FakeWattics, astore: AsyncStore
+) -> None:
+    """A quiet site (every stream caught up, a sample now and then) costs one transaction per
+    commit_every_secs for all streams together, not one fsync per packet and stream (the SD
+    card's wear); stopping commits what is left."""
+    store = astore.store
+    commits: list[int] = []
+    real = store.advance_many
+
+    def counting(uplink: str, rows: list[tuple[str, int, dict[str, str] | None]]) -> None:
+        commits.append(len(rows))
+        real(uplink, rows)
+
+    store.advance_many = counting  # type: ignore[method-assign]
+    meters = {f"m{i}": stream for i, stream in enumerate(sorted(STREAMS))}
+    uplink = uplink_for(fake_wattics, astore, Health(), meters, commit_every_secs=0.4)
+    last: dict[str, int] = {}
+    async with running(uplink):
+        for round_ in range(12):
+            ids = await append(astore, [make_samples(m, 1, first=round_)[0] for m in meters])
+            last = dict(zip(meters.values(), ids, strict=True))
+            await fake_wattics.wait_accepted(len(meters) * (round_ + 1))
+            await asyncio.sleep(0.1)
+    assert fake_wattics.total_accepted() == 48
+    assert len(commits) <= 6, commits  # ~1.2 s at one group per 0.4 s, plus the stop
+    assert max(commits) > 1  # several streams in one transaction
+    for stream, sample_id in last.items():
+        assert await cursor(astore, stream) == sample_id  # nothing left uncommitted
 
 
 async def test_shutdown_is_prompt_with_a_request_in_flight(
