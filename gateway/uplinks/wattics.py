@@ -226,6 +226,10 @@ def last_timestamp_ms(body: object, *, depth: int = 4) -> int | None:
 
 #: Samples read from the store per query.
 READ_BATCH: Final = 500
+#: ... and at most about this many samples read ahead by all streams together: ten meters
+#: catching up must not hold 5000 decoded samples (a Pi's RSS budget), one may read 500.
+READ_AHEAD_TOTAL: Final = 1000
+MIN_READ_BATCH: Final = 20
 #: A caught-up stream re-reads the store at least this often even without an append signal.
 IDLE_RECHECK_SECS: Final = 30.0
 
@@ -314,6 +318,9 @@ class WatticsUplink:
                 )
             self._points[point.id] = point
         self._uplink_health = health.uplink(name)
+        self._read_batch = max(
+            MIN_READ_BATCH, min(READ_BATCH, READ_AHEAD_TOTAL // max(1, len(self._points)))
+        )
         self.skipped = 0  # samples with nothing this datapoint takes, or between boundaries
         self._stopping = False
         self._resync_fallback_logged = False
@@ -434,7 +441,9 @@ class WatticsUplink:
     # -- reading --------------------------------------------------------------------------------
 
     async def _read(self, st: _Stream) -> list[StoredSample]:
-        return await self._astore.call(self._astore.store.read, st.meter, st.read_pos, READ_BATCH)
+        return await self._astore.call(
+            self._astore.store.read, st.meter, st.read_pos, self._read_batch
+        )
 
     def _decide(self, st: _Stream, batch: list[StoredSample]) -> list[tuple[StoredSample, int]]:
         """(sample, packet time) for each sample in order; -1: pass over, send nothing."""
