@@ -21,6 +21,7 @@ from gateway import __version__, sdnotify
 from gateway.async_store import AsyncStore
 from gateway.config import Config
 from gateway.health import Health
+from gateway.memory import release_free_memory
 from gateway.poller import poller_for
 from gateway.sources.base import SourceContext
 from gateway.sources.registry import build_sources
@@ -92,6 +93,7 @@ class Daemon:
                             uplinks=uplinks,
                         )
                         monitoring = [group.create_task(job, name=name) for name, job in plane]
+                    release_free_memory()  # start-up's garbage, before the steady state
                     sdnotify.notify("READY=1")
                     sdnotify.notify(
                         f"STATUS=polling {len(config.meters)} meter(s), {len(uplinks)} uplink(s)"
@@ -121,6 +123,7 @@ class Daemon:
             deleted = await astore.call(astore.store.prune, int(time.time() * 1000), retention_ms)
             if deleted:
                 log.debug("retention deleted %d delivered sample(s)", deleted)
+            release_free_memory()  # a catch-up's batches are garbage by now
 
     async def _watchdog_forever(self) -> None:
         """Tell systemd we are alive only while the event loop really turns."""

@@ -134,6 +134,8 @@ class Health:
     buses: dict[str, BusHealth] = field(default_factory=dict)
     store_full: bool = False
     alerts: deque[Alert] = field(default_factory=lambda: deque(maxlen=100))
+    #: Alerts raised since start (the deque keeps the newest 100).
+    alerts_total: int = 0
     # Filled periodically by the daemon (None until first measured).
     store_bytes: int | None = None
     store_budget_bytes: int | None = None
@@ -156,6 +158,7 @@ class Health:
         """Something a human should hear about: logged as an error and published."""
         log.error("%s: %s", source, message)
         self.alerts.append(Alert(int(time.time() * 1000), source, message))
+        self.alerts_total += 1
 
 
 #: adjtimex(2) answers TIME_ERROR while the kernel clock is not synchronised.

@@ -324,6 +324,8 @@ class Monitor:
         self._commands_running: set[asyncio.Task[None]] = set()
         self._renderer = HealthRenderer(version)
         self._discovery_settled = False
+        #: Alerts already queued for the `alerts` topic (Health.alerts_total at the time).
+        self._alerts_published = 0
         self._wake = asyncio.Event()
         self._connected = False
         self._broker_seen: bool | None = None  # None until the first attempt ends either way
@@ -363,6 +365,18 @@ class Monitor:
         extra = {"mqtt": {"dropped": self.dropped, "coalesced": self.coalesced}}
         for suffix, payload in self._renderer.render(self.health, extra_state=extra):
             self.publish(suffix, payload, retain=True, qos=1)
+        self._publish_new_alerts()
+
+    def _publish_new_alerts(self) -> None:
+        """Every alert raised since the last call, one message each on `alerts` (QoS 1, not
+        retained, never coalesced): `state` shows only the last one, and several often come
+        within one publish interval."""
+        new = self.health.alerts_total - self._alerts_published
+        self._alerts_published = self.health.alerts_total
+        recent = list(self.health.alerts)[-new:] if new > 0 else []
+        for alert in recent:
+            payload = {"ts": _iso(alert.ts_ms), "source": alert.source, "message": alert.message}
+            self._queue_fifo(f"{self.base_topic}/alerts", payload)
 
     def publish_sample(self, sample: Sample) -> None:
         """Queue one sample for `meters/<id>/values` (not retained; coalesced while the broker
@@ -546,8 +560,11 @@ class Monitor:
         self._answer(suffix, await self.commands.handle(suffix, payload))
 
     def _answer(self, suffix: str, outcome: Mapping[str, Any]) -> None:
-        topic = f"{self.command_topic}/{suffix}/result"
-        self._results.append((topic, _Outgoing(_encode(outcome), 1, False)))
+        self._queue_fifo(f"{self.command_topic}/{suffix}/result", outcome)
+
+    def _queue_fifo(self, topic: str, payload: Payload) -> None:
+        """The lane that is never coalesced (command answers, alerts); bounded all the same."""
+        self._results.append((topic, _Outgoing(_encode(payload), 1, False)))
         while len(self._results) > MAX_PENDING_RESULTS:
             self._results.popleft()
             self.dropped += 1

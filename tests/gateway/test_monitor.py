@@ -442,6 +442,30 @@ async def test_meter_and_uplink_state_carry_health_values(mosquitto: MosquittoBr
     assert json.loads(await retained(mosquitto, topic("meters/incomer/state")))["reads"] == 8
 
 
+async def test_every_alert_is_published_even_several_within_one_interval(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """`state` names only the last alert; the `alerts` topic carries each one, in order."""
+    health = Health()
+    health.alert("store", "database was corrupt: moved aside")  # before the monitor runs
+    monitor = fast_monitor(mqtt_config(mosquitto), health, interval_secs=1.0)
+    async with Subscriber(mosquitto) as operator, running(monitor):
+        await operator.until(topic("state"), lambda p: json.loads(p)["alerts"] == 1)
+        for n in range(3):  # within one publish interval
+            health.alert("enerkey", f"key {n} refused")
+        await operator.until(topic("state"), lambda p: json.loads(p)["alerts"] == 4)
+        await asyncio.sleep(0.2)
+    alerts = [json.loads(p) for p in operator.history[topic("alerts")]]
+    assert [(a["source"], a["message"]) for a in alerts] == [
+        ("store", "database was corrupt: moved aside"),
+        ("enerkey", "key 0 refused"),
+        ("enerkey", "key 1 refused"),
+        ("enerkey", "key 2 refused"),
+    ]
+    assert all(a["ts"].endswith("Z") for a in alerts)
+    assert topic("alerts") not in await retained_under(mosquitto, topic("#"))  # events, not state
+
+
 async def test_broker_away_publish_stays_instant_and_bounded_then_state_is_current(
     mosquitto: MosquittoBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
