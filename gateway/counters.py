@@ -27,6 +27,7 @@ from typing import Final
 
 from gateway.channels import COUNTER_CHANNELS, unit_of
 from gateway.clock_hold import CLOCK_UNSYNCED
+from gateway.health import Health
 from gateway.sample import Sample
 from gateway.timefmt import utc_iso8601
 
@@ -62,6 +63,20 @@ class CounterProblem:
         else:
             why = f"a rise above the meter's maximum of {self.limit:g} {unit} in that time"
         return f"meter {meter}: {change}; {why} Sample flagged {self.flag}"
+
+
+def report_counter_problems(health: Health, sample: Sample, problems: list[CounterProblem]) -> None:
+    """Count a flagged sample in its meter's health and raise one alert with the numbers."""
+    if not problems:
+        return
+    meter = health.meter(sample.meter)
+    meter.counter_resets += COUNTER_RESET in sample.flags
+    meter.counter_jumps += COUNTER_JUMP in sample.flags
+    text = problems[0].describe(sample.meter)
+    if len(problems) > 1:
+        text += f" (and {len(problems) - 1} other counter(s))"
+    meter.last_counter_problem = text
+    health.alert("counters", text)
 
 
 @dataclass(slots=True)

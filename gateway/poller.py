@@ -47,7 +47,7 @@ from gateway.clock_hold import (
 )
 from gateway.clock_sync import StepDetector, clock_for
 from gateway.config import Config, Meter
-from gateway.counters import COUNTER_JUMP, COUNTER_RESET, CounterGuard
+from gateway.counters import CounterGuard, report_counter_problems
 from gateway.health import Health, MeterHealth, MeterState
 from gateway.sample import Sample
 from gateway.store import StoreFull
@@ -351,15 +351,7 @@ class Poller:
         if guard is None:
             return sample
         sample, problems = guard.check(sample)
-        if problems:
-            health = self.health.meter(sample.meter)
-            health.counter_resets += COUNTER_RESET in sample.flags
-            health.counter_jumps += COUNTER_JUMP in sample.flags
-            text = problems[0].describe(sample.meter)
-            if len(problems) > 1:
-                text += f" (and {len(problems) - 1} other counter(s))"
-            health.last_counter_problem = text
-            self.health.alert("counters", text)
+        report_counter_problems(self.health, sample, problems)
         return sample
 
     async def _append(self, samples: list[Sample], unsynced: int) -> None:

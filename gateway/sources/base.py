@@ -9,6 +9,7 @@ from typing import Protocol
 from gateway.async_store import AsyncStore
 from gateway.clock import Clock, SystemClock
 from gateway.config_base import KeyPath, Strict
+from gateway.counters import CounterGuard, report_counter_problems
 from gateway.health import Health
 from gateway.sample import Sample
 from gateway.store import StoreFull
@@ -43,14 +44,48 @@ class SourceContext:
     clock: Clock = field(default_factory=SystemClock)
 
 
-async def store_new_samples(store: AsyncStore, samples: Sequence[Sample]) -> list[Sample]:
+#: Later than any sample's time (for "the newest stored sample" queries).
+_FAR_FUTURE_MS = 2**62
+
+
+class SourceCounters:
+    """Counter integrity for a source's meters, as the poller checks polled ones: a lifetime
+    register that goes down (a meter swapped behind the head-end) or leaps is flagged
+    (gateway.counters), counted and alerted. Each meter's baseline is its newest stored
+    sample, read once."""
+
+    def __init__(self, store: AsyncStore, health: Health) -> None:
+        self._store = store
+        self._health = health
+        self._guards: dict[str, CounterGuard] = {}
+
+    async def check(self, sample: Sample) -> Sample:
+        guard = self._guards.get(sample.meter)
+        if guard is None:
+            guard = self._guards[sample.meter] = CounterGuard(sample.meter)
+            store = self._store.store
+            last = await self._store.call(
+                store.find_sample, sample.meter, 0, _FAR_FUTURE_MS, last=True
+            )
+            if last is not None:
+                guard.seed(last.sample)
+        checked, problems = guard.check(sample)
+        report_counter_problems(self._health, checked, problems)
+        return checked
+
+
+async def store_new_samples(
+    store: AsyncStore, samples: Sequence[Sample], counters: SourceCounters | None = None
+) -> list[Sample]:
     """Store, per meter in time order, the samples newer than what the store already holds
     for that meter; return those stored.
 
     Overlaps (consecutive MTS surveys, a Locus backfill window reaching back) are thus stored
-    once, and an older sample never reaches the store's per-meter order check. Raises
+    once, and an older sample never reaches the store's per-meter order check. With
+    `counters`, each new sample is counter-checked (and flagged) before it is stored. Raises
     StoreFull (storing nothing) when the disk budget is reached: the caller keeps its place
-    and tries again later.
+    and tries again later (the check then sees those samples again: harmless, they are the
+    baseline they would have become).
     """
     ordered = sorted(samples, key=lambda s: (s.meter, s.ts_ms))
     fresh: list[Sample] = []
@@ -64,8 +99,17 @@ async def store_new_samples(store: AsyncStore, samples: Sequence[Sample]) -> lis
             newest[sample.meter] = sample.ts_ms
     if not fresh:
         return []
+    if counters is not None:
+        fresh = [await counters.check(sample) for sample in fresh]
     ids = await store.append(fresh)
     return [sample for sample, row in zip(fresh, ids, strict=True) if row is not None]
 
 
-__all__ = ["Source", "SourceContext", "SourceSection", "StoreFull", "store_new_samples"]
+__all__ = [
+    "Source",
+    "SourceContext",
+    "SourceCounters",
+    "SourceSection",
+    "StoreFull",
+    "store_new_samples",
+]

@@ -23,7 +23,7 @@ from gateway.async_store import AsyncStore
 from gateway.clock import Clock, next_boundary
 from gateway.health import Health, MeterState
 from gateway.poller import OFFLINE_AFTER
-from gateway.sources.base import StoreFull, store_new_samples
+from gateway.sources.base import SourceCounters, StoreFull, store_new_samples
 from gateway.sources.locus_auth import LocusApiError
 from gateway.sources.locus_client import LocusClient
 from gateway.sources.locus_config import LocusMeter, LocusSource
@@ -77,6 +77,7 @@ class LocusMeterWorker:
         self.client = client
         self.store = store
         self.health = health
+        self.counter_check = SourceCounters(store, health)
         self.clock = clock
         self.step_ms = meter.granularity_secs * 1000
         self.window_ms = section.window_secs(meter) * 1000
@@ -300,7 +301,7 @@ class LocusMeterWorker:
             start_ms=start_ms,
             end_ms=end_ms,
         )
-        stored = await store_new_samples(self.store, built.samples)
+        stored = await store_new_samples(self.store, built.samples, self.counter_check)
         if self.health.store_full:
             log.warning("store accepts samples again")
             self.health.store_full = False

@@ -41,7 +41,13 @@ from typing import Final
 from gateway.async_store import AsyncStore
 from gateway.clock import Clock, SystemClock
 from gateway.health import Health, MeterHealth, MeterState
-from gateway.sources.base import Source, SourceContext, SourceSection, store_new_samples
+from gateway.sources.base import (
+    Source,
+    SourceContext,
+    SourceCounters,
+    SourceSection,
+    store_new_samples,
+)
 from gateway.sources.mts_client import MtsClient, MtsError, SessionFactory
 from gateway.sources.mts_config import MtsSource
 from gateway.sources.mts_ingest import ingest
@@ -82,6 +88,7 @@ class MtsRuntime:
         self.config = config
         self._store = store
         self._health = health
+        self._counter_check = SourceCounters(store, health)
         self._gateway = gateway_id
         self._tz = timezone
         self._clock: Clock = clock or SystemClock()
@@ -352,7 +359,7 @@ class MtsRuntime:
             period_secs=self.config.survey_period_secs,
         )
         problems = [*status.problems, *result.problems]
-        stored = await store_new_samples(self._store, result.samples)
+        stored = await store_new_samples(self._store, result.samples, self._counter_check)
         if self._health.store_full:
             log.warning("store accepts samples again")
             self._health.store_full = False

@@ -151,3 +151,30 @@ def test_coarse_registers_slack_volumes_and_unknown_times() -> None:
     assert checked.flags == frozenset()  # compared with the untimed baseline: no speed check
     checked, problems = guard.check(Sample("m", t + 65_000, {ENERGY: 9e10}))
     assert checked.flags == {COUNTER_JUMP} and problems[0].limit == pytest.approx(83.611, abs=1e-3)
+
+
+async def test_a_head_end_sources_counter_that_goes_down_is_flagged_and_alerted(
+    tmp_path: Path,
+) -> None:
+    """A meter swapped behind MTS or Locus: its survey's register drops. The source's samples
+    get the same check as polled ones; the baseline is the newest stored sample."""
+    from gateway.sources.base import SourceCounters, store_new_samples
+
+    astore = AsyncStore(Store(tmp_path / "s.sqlite3"))
+    try:
+        await astore.append([Sample("mts-1", 1_000, {"energy_active_import": 5_000.0})])
+        health = Health()
+        counters = SourceCounters(astore, health)  # a fresh runtime: seeded from the store
+        survey = [
+            Sample("mts-1", 2_000, {"energy_active_import": 5_100.0}),
+            Sample("mts-1", 3_000, {"energy_active_import": 12.0}),  # the new meter
+            Sample("mts-1", 4_000, {"energy_active_import": 40.0}),
+        ]
+        stored = await store_new_samples(astore, survey, counters)
+        rows = await astore.call(astore.store.read, "mts-1", 0)
+    finally:
+        await astore.aclose()
+    assert [sorted(s.flags) for s in stored] == [[], ["counter_reset"], []]
+    assert [sorted(r.sample.flags) for r in rows][1:] == [[], ["counter_reset"], []]
+    assert health.meter("mts-1").counter_resets == 1
+    assert "went from 5100" in (health.meter("mts-1").last_counter_problem or "")
