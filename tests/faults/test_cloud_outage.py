@@ -1,6 +1,7 @@
 """The cloud goes away and comes back while the daemon polls: 503s, timeouts and dropped
-connections, then recovery. Afterwards every stored sample reached Wattics once, in order;
-the meters kept their schedule throughout."""
+connections, then recovery. Afterwards every stored sample was taken by Wattics once, in
+order (a request that timed out after Wattics took it is repeated and discarded, never counted
+twice); the meters kept their schedule throughout."""
 
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ async def test_503s_timeouts_and_dropped_connections_then_everything_arrives_in_
         await wait_until(lambda: wattics.total_accepted() >= 4, 10, "first packets")
         wattics.fail_for(PHASE_S, 503, retry_after=0.1)  # the service is down
         await asyncio.sleep(PHASE_S)
+        slow_from = wattics.requests
         wattics.slow(1.0)  # answers slower than the uplink's 0.3 s timeout
         await asyncio.sleep(PHASE_S)
         wattics.slow(0)
+        slow_requests = wattics.requests - slow_from
         wattics.drop_connections(6)  # a flaky load balancer
         await asyncio.sleep(PHASE_S)
         assert await daemon.stop() == 0
@@ -87,5 +90,11 @@ async def test_503s_timeouts_and_dropped_connections_then_everything_arrives_in_
         assert sent[: len(stamps)] == stamps, meter  # all of it, once, in order
         gaps = [b - a for a, b in itertools.pairwise(stamps)]
         assert max(gaps) == INTERVAL_MS, f"{meter}: polling paused during the outage"
-    assert wattics.all_discarded() == [], "a packet was sent twice"
+    # A request that timed out may still have been taken (the slow phase answers after the
+    # uplink gave up, and its resync GET times out too): then the re-send is a repeat, which
+    # Wattics discards. Never more than one per timed-out request, never double-counted.
+    accepted = {(p["id"], p["tsISO8601"]) for s in ("s-m1", "s-m2") for p in wattics.delivered(s)}
+    repeats = [(p["id"], p["tsISO8601"]) for p in wattics.all_discarded()]
+    assert set(repeats) <= accepted
+    assert len(repeats) <= slow_requests  # at most one per request that outlived its timeout
     assert "Traceback" not in daemon.all_logs()
