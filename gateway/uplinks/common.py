@@ -6,12 +6,17 @@ all streams while credentials are refused, and per-stream tasks with a graceful 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Final
 
 import aiohttp
 
 from gateway.clock import Clock
+from gateway.health import UplinkHealth
+from gateway.uplinks.policy import Backoff
+
+log = logging.getLogger(__name__)
 
 #: Bytes of an answer body kept (for the dead-letter table and last_error).
 MAX_ANSWER_BYTES: Final = 16_384
@@ -112,6 +117,26 @@ class WakeableClock:
             await asyncio.gather(woken, task, return_exceptions=True)
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+
+async def restart_on_error(
+    run: Callable[[], Awaitable[None]],
+    *,
+    what: str,
+    stopping: Callable[[], bool],
+    backoff: Backoff,
+    clock: Clock,
+    health: UplinkHealth,
+) -> None:
+    """Run one uplink stream until stopping; a bug or a store error restarts it (from its
+    cursor, which `run` reads itself) after a backoff, instead of ending the daemon."""
+    while not stopping():
+        try:
+            await run()
+        except Exception as exc:
+            log.exception("%s: stream stopped by an error; restarting", what)
+            health.last_error = f"internal: {type(exc).__name__}"
+            await clock.sleep(backoff.next_delay())
 
 
 class AuthGate:

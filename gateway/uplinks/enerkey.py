@@ -77,6 +77,7 @@ from gateway.uplinks.common import (
     SessionFactory,
     WakeableClock,
     read_limited,
+    restart_on_error,
     run_streams_until_cancelled,
 )
 from gateway.uplinks.enerkey_keys import ApiKey, KeyRing
@@ -309,14 +310,14 @@ class EnerKeyUplink:
 
     async def _supervise(self, st: _Stream) -> None:
         """Run one stream; a bug or store error restarts it from its cursor, not the daemon."""
-        backoff = self._backoff()
-        while not self._stopping:
-            try:
-                await self._run_stream(st)
-            except Exception as exc:
-                log.exception("%s/%s: stream stopped by an error; restarting", self.name, st.stream)
-                self._uplink_health.last_error = f"internal: {type(exc).__name__}"
-                await self._clock.sleep(backoff.next_delay())
+        await restart_on_error(
+            functools.partial(self._run_stream, st),
+            what=f"{self.name}/{st.stream}",
+            stopping=lambda: self._stopping,
+            backoff=self._backoff(),
+            clock=self._clock,
+            health=self._uplink_health,
+        )
 
     async def _run_stream(self, st: _Stream) -> None:
         store = self._astore.store

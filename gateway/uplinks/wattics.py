@@ -51,6 +51,7 @@ from gateway.uplinks.common import (
     SessionFactory,
     WakeableClock,
     read_limited,
+    restart_on_error,
     run_streams_until_cancelled,
 )
 from gateway.uplinks.continuity import CounterContinuity
@@ -400,16 +401,14 @@ class WatticsUplink:
 
     async def _supervise(self, st: _Stream) -> None:
         """Run one stream; a bug or store error restarts it from its cursor, not the daemon."""
-        backoff = self._backoff()
-        while not self._stopping:
-            try:
-                await self._run_stream(st)
-            except Exception as exc:
-                log.exception("%s/%s: stream stopped by an error; restarting", self.name, st.stream)
-                self._uplink_health.last_error = f"internal: {type(exc).__name__}"
-                await self._clock.sleep(backoff.next_delay())
-                fresh = self._new_stream(st.point)
-                st.picker, st.skip_until_ms = fresh.picker, None
+        await restart_on_error(
+            functools.partial(self._run_stream, st),
+            what=f"{self.name}/{st.stream}",
+            stopping=lambda: self._stopping,
+            backoff=self._backoff(),
+            clock=self._clock,
+            health=self._uplink_health,
+        )
 
     async def _run_stream(self, st: _Stream) -> None:
         position = await self._astore.call(
@@ -417,6 +416,8 @@ class WatticsUplink:
         )
         st.acked = st.committed = st.read_pos = position
         st.uncommitted = 0
+        # A (re)start decides boundaries and resync afresh from the cursor.
+        st.picker, st.skip_until_ms = self._new_stream(st.point).picker, None
         if self.config.counter_continuity:
             st.continuity = CounterContinuity.load(
                 await self._astore.call(

@@ -38,6 +38,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 #: The gateway's documented default paths, written out here on purpose (not imported).
 CUMULATIVE_PATH = "/api/v2/Values/PushCumulativeReadingsForMeter"
 CONSUMPTION_PATH = "/api/v2/Values/PushConsumptionsForMeter"
@@ -156,7 +158,7 @@ def validate_message(
     return meter, values, stamps
 
 
-class FakeEnerKey:
+class FakeEnerKey(LoopbackServer):
     """Strict fake EnerKey on loopback; `async with` starts and stops it (safe to exit twice)."""
 
     def __init__(
@@ -200,27 +202,6 @@ class FakeEnerKey:
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> FakeEnerKey:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
 
     @property
     def url(self) -> str:

@@ -48,6 +48,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 MINUTE_MS = 60_000
 #: Span limits written out here on purpose (not imported from the gateway).
 SPAN_LIMIT = {
@@ -135,7 +137,7 @@ def _error(status: int, message: str) -> _Refused:
     return _Refused(status, {"statusCode": status, "message": message})
 
 
-class FakeLocus:
+class FakeLocus(LoopbackServer):
     """Strict fake Locus API on loopback; `async with` starts and stops it."""
 
     def __init__(
@@ -175,21 +177,6 @@ class FakeLocus:
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> FakeLocus:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
 
     @property
     def url(self) -> str:

@@ -46,6 +46,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 PERIOD_MS = 1_800_000
 DAY_MS = 86_400_000
 
@@ -141,7 +143,7 @@ class _Injected:
     retry_after: float | None = None
 
 
-class FakeMts:
+class FakeMts(LoopbackServer):
     """Strict fake MTS on loopback; `async with` starts and stops it (safe to exit twice)."""
 
     def __init__(
@@ -195,27 +197,6 @@ class FakeMts:
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
-
-    async def __aenter__(self) -> FakeMts:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
 
     @property
     def url(self) -> str:

@@ -47,6 +47,8 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 EASTERN = ZoneInfo("America/New_York")
 OPERATIONS = ("GetSystems", "GetLastReading", "ARPostTest", "ARPost", "GetSubmissionStatus")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}", re.ASCII)
@@ -107,7 +109,7 @@ class _Quota:
 
 
 @dataclass
-class FakePts:
+class FakePts(LoopbackServer):
     """Strict fake PTS on loopback; `async with` starts and stops it (safe to exit twice)."""
 
     key: str
@@ -137,27 +139,6 @@ class FakePts:
     _runner: web.AppRunner | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> FakePts:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
 
     @property
     def base_url(self) -> str:

@@ -53,6 +53,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 PATH = "/measurements/v2/unifiedjson/"
 UTC_PATH = "/measurements/v2/unifiedjson_utc/"
 
@@ -168,7 +170,7 @@ def validate_packet(body: bytes) -> tuple[Packet, int]:
     return packet, round(when.timestamp() * 1000)
 
 
-class FakeWattics:
+class FakeWattics(LoopbackServer):
     """Strict fake Wattics on loopback; `async with` starts and stops it (safe to exit twice)."""
 
     def __init__(
@@ -218,27 +220,9 @@ class FakeWattics:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> FakeWattics:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
         self._wake.set()  # answer slowed requests now rather than at the shutdown timeout
-        if runner is not None:
-            await runner.cleanup()
+        await super().stop()
 
     @property
     def url(self) -> str:
