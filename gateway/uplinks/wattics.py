@@ -360,16 +360,16 @@ class WatticsUplink:
     def _open_session(self) -> aiohttp.ClientSession:
         return self._sessions.get()
 
-    def _new_stream(self, point: WatticsDatapoint) -> _Stream:
-        picker: IntervalPicker[StoredSample] | None = None
-        if point.interval is not None:
-            picker = IntervalPicker(
-                interval_ms=round(point.interval * 1000),
-                tolerance_ms=round((point.tolerance or 0.0) * 1000),
-                wait_ms=round(self.config.boundary_wait_secs * 1000),
-                tz=self._site_tz,
-            )
-        return _Stream(point.id, point.meter, point, picker)
+    def _new_picker(self, point: WatticsDatapoint) -> IntervalPicker[StoredSample] | None:
+        """The boundary picker of a datapoint with a registered interval (None: every sample)."""
+        if point.interval is None:
+            return None
+        return IntervalPicker(
+            interval_ms=round(point.interval * 1000),
+            tolerance_ms=round((point.tolerance or 0.0) * 1000),
+            wait_ms=round(self.config.boundary_wait_secs * 1000),
+            tz=self._site_tz,
+        )
 
     async def run(self) -> None:
         """Deliver every stream until cancelled; closes the session on the way out."""
@@ -381,7 +381,9 @@ class WatticsUplink:
             self._url.with_user(None).with_query(None),
         )
         self._stopping = False
-        streams = {stream: self._new_stream(point) for stream, point in self._points.items()}
+        streams = {
+            stream: _Stream(stream, point.meter, point) for stream, point in self._points.items()
+        }
 
         def stop() -> None:
             self._stopping = True
@@ -417,7 +419,7 @@ class WatticsUplink:
         st.acked = st.committed = st.read_pos = position
         st.uncommitted = 0
         # A (re)start decides boundaries and resync afresh from the cursor.
-        st.picker, st.skip_until_ms = self._new_stream(st.point).picker, None
+        st.picker, st.skip_until_ms = self._new_picker(st.point), None
         if self.config.counter_continuity:
             st.continuity = CounterContinuity.load(
                 await self._astore.call(
