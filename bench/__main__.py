@@ -115,7 +115,7 @@ def _modbus_timing_rows() -> list[Row]:
 
 def _modbus_plan_rows() -> list[Row]:
     from bench.modbus_plans import naive_requests, plan_rows
-    from drivers.register_map import load_builtin
+    from drivers.modbus.register_map import load_builtin
 
     return [
         Row(

@@ -1,8 +1,9 @@
 """EnerKey: how fast hourly readings are decided, and how fast a long backlog is caught up.
 
-`decide`: samples fed to gateway.uplinks.hourly from the store (1-minute samples, never on the
-hour, so every hour is interpolated). `catchup`: the whole uplink, store to the strict local
-fake, for `days` of 1-minute samples of one meter (a long outage of EnerKey or the network).
+`decide`: samples fed to gateway.uplinks.enerkey.hourly from the store (1-minute samples,
+never on the hour, so every hour is interpolated). `catchup`: the whole uplink, store to the
+strict local fake, for `days` of 1-minute samples of one meter (a long outage of EnerKey or
+the network).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.async_store import AsyncStore
-from gateway.health import Health
-from gateway.sample import Sample
-from gateway.store import Store
-from gateway.uplinks.enerkey import EnerKeyUplink
-from gateway.uplinks.enerkey_config import EnerKeyUplink as EnerKeyConfig
-from gateway.uplinks.hourly import Event, HourlyReadings
+from core.health import Health
+from core.sample import Sample
+from gateway.store.async_store import AsyncStore
+from gateway.store.database import Store
+from gateway.uplinks.enerkey.config import EnerKeyUplink as EnerKeyConfig
+from gateway.uplinks.enerkey.hourly import Event, HourlyReadings
+from gateway.uplinks.enerkey.uplink import EnerKeyUplink
 from tests.fakes.enerkey import FakeEnerKey
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z

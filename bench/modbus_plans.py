@@ -6,14 +6,14 @@
   price of not reading addresses we cannot vouch for.
 - `naive`: one request per value, what per-register readers (ThingsBoard, mbmd) send.
 
-Pure computation (no I/O): it plans exactly what drivers.modbus.ModbusReader plans for a
+Pure computation (no I/O): it plans exactly what drivers.modbus.bus.ModbusReader plans for a
 device that refuses nothing, scale-factor registers included.
 """
 
 from __future__ import annotations
 
-from drivers.planner import ReadRequest, plan_reads
-from drivers.register_map import MAX_ADDRESS, RegisterMap, builtin_models, load_builtin
+from drivers.modbus.planner import ReadRequest, plan_reads
+from drivers.modbus.register_map import MAX_ADDRESS, RegisterMap, builtin_models, load_builtin
 
 
 def full_plan(register_map: RegisterMap) -> list[ReadRequest]:

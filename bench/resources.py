@@ -38,10 +38,10 @@ from bench import procstat
 from bench.wattics_drain import PASSWORD as DRAIN_PASSWORD
 from bench.wattics_drain import SDM630_LIKE, _fake_process
 from bench.wattics_drain import USERNAME as DRAIN_USERNAME
-from drivers.register_map import load_builtin
+from core.sample import Sample
+from drivers.modbus.register_map import load_builtin
 from drivers.simulator import SimulatedMeter, SimulatorServer
-from gateway.sample import Sample
-from gateway.store import Store
+from gateway.store.database import Store
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 MB: Final = 1024 * 1024

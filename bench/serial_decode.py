@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from drivers.dsmr_p1 import decode_telegram
-from drivers.iec62056 import parse_data_message
-from drivers.obis_map import default_map
-from drivers.sml import decode_file
+from drivers.serial.dsmr_p1 import decode_telegram
+from drivers.serial.iec62056 import parse_data_message
+from drivers.serial.obis_map import default_map
+from drivers.serial.sml import decode_file
 from tests.fakes.serial_meters import data_message
 from tests.fakes.telegrams import D0_BLOCK, EMUCS_EXAMPLE, HOLLEY_SML, dsmr5_example
 

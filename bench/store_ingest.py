@@ -6,8 +6,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.sample import Sample
-from gateway.store import Store
+from core.sample import Sample
+from gateway.store.database import Store
 
 SDM630_LIKE = {
     **{f"voltage_l{i}": 230.0 + i for i in (1, 2, 3)},

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway import config as cfg
-from gateway.async_store import AsyncStore
-from gateway.health import Health
-from gateway.sample import Sample
-from gateway.store import Store
-from gateway.uplinks.wattics import WatticsUplink, basic_auth, build_packet, encode_packet
+from core.health import Health
+from core.sample import Sample
+from gateway.config import schema as cfg
+from gateway.store.async_store import AsyncStore
+from gateway.store.database import Store
+from gateway.uplinks.wattics.uplink import WatticsUplink, basic_auth, build_packet, encode_packet
 
 ROOT = Path(__file__).resolve().parents[1]
 USERNAME, PASSWORD = "bench", "bench-secret"

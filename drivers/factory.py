@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from core.health import BusHealth, Health
 from drivers.base import MeterReader
-from drivers.meter_maps import SUNSPEC_MODEL, meter_register_map
-from drivers.modbus import (
+from drivers.modbus.bus import (
     ModbusBus,
     ModbusReader,
     ModbusRtuBus,
     ModbusRtuOverTcpBus,
     ModbusTcpBus,
 )
-from drivers.serial_lines import SERIAL_LINES, SerialLine
-from gateway import config as cfg
-from gateway.health import BusHealth, Health
+from drivers.modbus.maps import SUNSPEC_MODEL, meter_register_map
+from drivers.serial.lines import SERIAL_LINES, SerialLine
+from gateway.config import schema as cfg
 
 __all__ = ["SUNSPEC_MODEL", "build_bus", "build_reader", "bus_timeout", "open_readers"]
 
@@ -30,7 +30,7 @@ def build_bus(
 ) -> ModbusBus | SerialLine:
     """One bus for a config entry; `timeout_secs` overrides the configured transport timeout."""
     timeout = bus.timeout_secs if timeout_secs is None else timeout_secs
-    if bus.type in SERIAL_LINES:  # D0, DSMR P1, SML: built by drivers.serial_lines
+    if bus.type in SERIAL_LINES:  # D0, DSMR P1, SML: built by drivers.serial.lines
         return SERIAL_LINES[bus.type](name, bus, timeout_secs=timeout, health=health)
     if isinstance(bus, cfg.ModbusTcpBus):
         return ModbusTcpBus(
@@ -72,15 +72,15 @@ def build_bus(
 def build_reader(meter: cfg.Meter, bus: ModbusBus | SerialLine, bus_config: cfg.Bus) -> MeterReader:
     """The reader of one configured meter on its (already built) bus.
 
-    A Modbus meter is read with its built-in or user map (drivers.meter_maps). `model:
+    A Modbus meter is read with its built-in or user map (drivers.modbus.maps). `model:
     sunspec` has no fixed map: the reader discovers the device's model chain at its first
-    read (drivers.sunspec) and keeps the map it found.
+    read (drivers.modbus.sunspec) and keeps the map it found.
     """
     if isinstance(bus, SerialLine):
         return bus.reader(meter)
     timeout = meter.timeout_secs or bus_config.timeout_secs
     if meter.model == SUNSPEC_MODEL:
-        from drivers.sunspec import discover_sunspec
+        from drivers.modbus.sunspec import discover_sunspec
 
         return ModbusReader(
             meter.id, bus, meter.unit, timeout_secs=timeout, discover=discover_sunspec

@@ -7,7 +7,7 @@ reader that decodes them back proves the map, the planner and the decoder agree 
 Values behind a SunSpec-style scale-factor register share that register: the simulator picks
 the exponent (0, -1, 1, -2, ...) at which every value of the group is exact and fits its type,
 writes it, and encodes the group with it. `sunspec_meter` builds a whole SunSpec device (SunS
-marker, common model with identity strings, model chain, end marker) from drivers.sunspec's
+marker, common model with identity strings, model chain, end marker) from drivers.modbus.sunspec's
 tables, the same ones discovery reads it with.
 
 Like a real meter, the simulated one answers any read inside the address span its map (and any
@@ -36,9 +36,9 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers import sunspec
-from drivers.decode import decode_value, encode_scale_factor, encode_value
-from drivers.register_map import RegisterMap, RegisterSpec, ScaleRegister
+from drivers.modbus import sunspec
+from drivers.modbus.decode import decode_value, encode_scale_factor, encode_value
+from drivers.modbus.register_map import RegisterMap, RegisterSpec, ScaleRegister
 
 _TABLE_OF_FUNCTION = {3: "holding", 4: "input"}
 #: Exponents tried for a scale-factor group, most natural first.

@@ -1,6 +1,6 @@
 """Counter integrity: a cumulative register that goes down or leaps is flagged, not trusted.
 
-Lifetime registers (gateway.channels.COUNTER_CHANNELS) only grow. When one does not, uplinks
+Lifetime registers (core.channels.COUNTER_CHANNELS) only grow. When one does not, uplinks
 that derive consumption from differences would send negative or absurd energy, so each new
 sample of a meter is compared with that meter's previous one (the last sample offered to the
 store; at start the newest stored sample):
@@ -17,7 +17,7 @@ store; at start the newest stored sample):
 A flagged sample is stored (its values are what the meter said) and becomes the new baseline:
 the next sample is compared with it, so a meter swap is one event, and a one-read glitch is two
 (the leap and the return). Uplinks decide what a flag means for them (EnerKey and PTS: see
-gateway.uplinks.hourly and gateway.uplinks.pts_rules).
+gateway.uplinks.enerkey.hourly and gateway.uplinks.pts.rules).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.channels import COUNTER_CHANNELS, unit_of
-from gateway.clock_hold import CLOCK_UNSYNCED
-from gateway.health import Health
-from gateway.sample import Sample
+from core.channels import COUNTER_CHANNELS, unit_of
+from core.health import Health
+from core.sample import Sample
+from gateway.clock.hold import CLOCK_UNSYNCED
 from gateway.timefmt import utc_iso8601
 
 COUNTER_RESET: Final = "counter_reset"

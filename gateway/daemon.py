@@ -16,17 +16,18 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from core.health import Health
 from drivers.factory import open_readers
-from gateway import __version__, sdnotify
-from gateway.async_store import AsyncStore
-from gateway.config import Config
-from gateway.health import Health
+from gateway import __version__
+from gateway.config.schema import Config
 from gateway.memory import release_free_memory
+from gateway.ops import sdnotify
 from gateway.poller import poller_for
 from gateway.sources.base import SourceContext
 from gateway.sources.registry import build_sources
-from gateway.store import Store
-from gateway.store_recovery import open_store_checked
+from gateway.store.async_store import AsyncStore
+from gateway.store.database import Store
+from gateway.store.recovery import open_store_checked
 from gateway.uplinks.registry import UplinkContext, build_uplinks
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class Daemon:
                     ]
                     monitoring: list[asyncio.Task[None]] = []
                     if config.mqtt is not None:
-                        from gateway.monitor import operations_plane
+                        from gateway.ops.monitor import operations_plane
 
                         plane = operations_plane(
                             config,

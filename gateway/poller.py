@@ -14,7 +14,7 @@ interval boundaries. So a unit that is gone costs a shared RTU line one timeout 
 instead of one per interval, and the first successful retry is an ordinary aligned sample
 after which the normal schedule resumes.
 
-Time integrity (gateway.clock_sync, gateway.clock_hold): while the clock is not trusted, meters
+Time integrity (gateway.clock.sync, gateway.clock.hold): while the clock is not trusted, meters
 are read on the monotonic clock every interval and their readings HELD; once it is trusted they
 are stamped `trusted_now - (monotonic_now - monotonic_at_read)` and stored in read order
 before any newer sample. If it is not trusted within the hold bounds, they are stored flagged
@@ -34,23 +34,23 @@ import logging
 import math
 import time
 
+from core.health import Health, MeterHealth, MeterState
+from core.sample import Sample
 from drivers.base import MeterReader, MeterReadError
 from drivers.stamped import StampedReader
-from gateway.async_store import AsyncStore
-from gateway.clock import Clock, SystemClock, next_boundary
-from gateway.clock_hold import (
+from gateway.clock.clocks import Clock, SystemClock, next_boundary
+from gateway.clock.hold import (
     CLOCK_UNSYNCED,
     ClockHold,
     HeldReading,
     trusted_stamp_ms,
     unsynced_stamp_ms,
 )
-from gateway.clock_sync import StepDetector, clock_for
-from gateway.config import Config, Meter
+from gateway.clock.sync import StepDetector, clock_for
+from gateway.config.schema import Config, Meter
 from gateway.counters import CounterGuard, report_counter_problems
-from gateway.health import Health, MeterHealth, MeterState
-from gateway.sample import Sample
-from gateway.store import StoreFull
+from gateway.store.async_store import AsyncStore
+from gateway.store.database import StoreFull
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from drivers.simulator import SimulatedMeter
 from tests.fakes.wattics import FakeWattics
 from tests.fixtures.modbus import SDM630_VALUES
 from tests.fixtures.mosquitto import MosquittoBroker
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "e2e-Pa55word-never-logged"
 ZONE = "Australia/Adelaide"  # +10:30 / +09:30: a half-hour offset catches fixed-offset bugs
 
@@ -101,7 +101,7 @@ async def test_daemon_forwards_meter_values_in_local_time_and_stops_cleanly(
         }
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "gateway", "run", "-c", str(config)),
-            cwd=ROOT,
+            cwd=REPO,
             env=environment,
             stdout=log,
             stderr=log,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "install.sh"
+from tests.paths import REPO
+
+SCRIPT = REPO / "scripts" / "install.sh"
 
 
 def run(destdir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -25,10 +25,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from core.sample import Sample
 from drivers.simulator import serve_modbus_tcp
 from gateway.daemon import DB_FILE
-from gateway.sample import Sample
-from gateway.store import Store
+from gateway.store.database import Store
 from gateway.timefmt import HOUR_MS, floor_hour_ms
 from tests.fakes.enerkey import FakeEnerKey
 from tests.fakes.pts import FakePts, FakeSystem
@@ -36,8 +36,8 @@ from tests.fakes.wattics import FakeWattics
 from tests.faults.conftest import sdm630_meters
 from tests.fixtures.modbus import SDM630_VALUES
 from tests.fixtures.mosquitto import MosquittoBroker
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 #: env name -> value. The middle of each value is a token found nowhere else.
 SECRETS = {
     "WATTICS_USER": "wattics-user-QzT81vXa",
@@ -107,7 +107,7 @@ mqtt:
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", "--log-level", "DEBUG", "check-config", str(path)],
-        cwd=ROOT,
+        cwd=REPO,
         env={**os.environ, **SECRETS},
         capture_output=True,
         text=True,
@@ -218,7 +218,7 @@ async def test_the_daemon_at_debug_and_its_mqtt_traffic_never_show_a_secret(
                     "-c",
                     str(config),
                 ),
-                cwd=ROOT,
+                cwd=REPO,
                 env={**os.environ, **SECRETS},
                 stdout=log,
                 stderr=log,

@@ -6,13 +6,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.async_store import AsyncStore
-from gateway.clock import Clock, SystemClock
-from gateway.config_base import KeyPath, Strict
+from core.config_base import KeyPath, Strict
+from core.health import Health
+from core.sample import Sample
+from gateway.clock.clocks import Clock, SystemClock
 from gateway.counters import CounterGuard, report_counter_problems
-from gateway.health import Health
-from gateway.sample import Sample
-from gateway.store import StoreFull
+from gateway.store.async_store import AsyncStore
+from gateway.store.database import StoreFull
 
 
 class SourceSection(Strict):
@@ -38,7 +38,7 @@ class Source(Protocol):
 class SourceContext:
     """What every source may use besides its own config section."""
 
-    config: object  # gateway.config.Config (not imported: config imports source sections)
+    config: object  # gateway.config.schema.Config (not imported: config imports source sections)
     store: AsyncStore
     health: Health
     clock: Clock = field(default_factory=SystemClock)

@@ -12,13 +12,13 @@ from gateway.sources.base import Source, SourceContext, SourceSection
 
 
 def _mts(section: SourceSection, context: SourceContext) -> Source:
-    from gateway.sources.mts import build_source
+    from gateway.sources.mts.source import build_source
 
     return build_source(section, context)
 
 
 def _locus(section: SourceSection, context: SourceContext) -> Source:
-    from gateway.sources.locus import build_source
+    from gateway.sources.locus.source import build_source
 
     return build_source(section, context)
 

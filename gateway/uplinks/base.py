@@ -18,6 +18,6 @@ class Uplink(Protocol):
 
         On cancellation, finish or abandon the request in flight (never advance a cursor past
         what the service acknowledged) and return. Never raises for a cloud's misbehaviour:
-        those are retried, parked or reported through gateway.health.
+        those are retried, parked or reported through core.health.
         """
         ...

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.async_store import AsyncStore
-from gateway.config import Config
-from gateway.config_base import UplinkSection
-from gateway.health import Health
+from core.config_base import UplinkSection
+from core.health import Health
+from gateway.config.schema import Config
+from gateway.store.async_store import AsyncStore
 from gateway.uplinks.base import Uplink
-from gateway.uplinks.enerkey_config import build_uplink as _enerkey
-from gateway.uplinks.pts_config import build_uplink as _pts
+from gateway.uplinks.enerkey.config import build_uplink as _enerkey
+from gateway.uplinks.pts.config import build_uplink as _pts
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,8 @@ class UplinkContext:
 
 
 def _wattics(section: UplinkSection, context: UplinkContext) -> Uplink:
-    from gateway.config import WatticsUplink as WatticsConfig
-    from gateway.uplinks.wattics import WatticsUplink
+    from gateway.config.schema import WatticsUplink as WatticsConfig
+    from gateway.uplinks.wattics.uplink import WatticsUplink
 
     assert isinstance(section, WatticsConfig)
     return WatticsUplink(

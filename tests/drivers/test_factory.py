@@ -9,9 +9,9 @@ import pytest
 
 from drivers.base import MeterReadError
 from drivers.factory import open_readers
-from drivers.modbus import ModbusReader, ModbusRtuBus, ModbusTcpBus
-from drivers.register_map import load_builtin
-from gateway.config import Config
+from drivers.modbus.bus import ModbusReader, ModbusRtuBus, ModbusTcpBus
+from drivers.modbus.register_map import load_builtin
+from gateway.config.schema import Config
 from tests.fakes.modbus_device import SimulatedMeter, serve_modbus_tcp
 from tests.fixtures.modbus import SDM630_VALUES
 from tests.fixtures.network import free_port

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from drivers.register_map import load_builtin
+from drivers.modbus.register_map import load_builtin
 from drivers.simulator import SimulatedMeter
 from tests.fixtures.modbus import SDM630_VALUES
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 #: How long a daemon may take from exec to its "running" line (imports, store open).
 START_TIMEOUT_S = 15.0
 
@@ -86,7 +86,7 @@ class DaemonProcess:
         with self.log_path.open("wb") as log:
             self.process = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "gateway", *extra_args, "run", "-c", str(self.config)),
-                cwd=ROOT,
+                cwd=REPO,
                 env=self.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,

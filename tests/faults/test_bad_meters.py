@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from core.health import Health, MeterState
 from drivers.simulator import serve_modbus_tcp
-from gateway.config import Config
+from gateway.config.schema import Config
 from gateway.daemon import DB_FILE, Daemon
-from gateway.health import Health, MeterState
 from tests.faults.conftest import long_form, sdm630_meters, stored_stamps, wait_until
 
 INTERVAL_MS = 200

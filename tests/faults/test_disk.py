@@ -25,13 +25,13 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from core.health import Health
+from core.sample import Sample
 from drivers.simulator import serve_modbus_tcp
 from gateway import daemon as daemon_module
-from gateway.config import Config
+from gateway.config.schema import Config
 from gateway.daemon import DB_FILE, Daemon
-from gateway.health import Health
-from gateway.sample import Sample
-from gateway.store import Store
+from gateway.store.database import Store
 from tests.fakes.wattics import FakeWattics
 from tests.faults.conftest import (
     DaemonProcess,

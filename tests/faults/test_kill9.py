@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from core.sample import Sample
 from drivers.simulator import serve_modbus_tcp
 from gateway.daemon import DB_FILE
-from gateway.sample import Sample
-from gateway.store import Store
+from gateway.store.database import Store
 from tests.fakes.wattics import FakeWattics
 from tests.faults.conftest import (
     DaemonProcess,

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.async_store import AsyncStore
-from gateway.clock_hold import CLOCK_UNSYNCED
-from gateway.config import Meter
+from core.health import Health
+from core.sample import Sample
+from gateway.clock.hold import CLOCK_UNSYNCED
+from gateway.config.schema import Meter
 from gateway.counters import COUNTER_JUMP, COUNTER_RESET, CounterGuard
-from gateway.health import Health
 from gateway.poller import Poller
-from gateway.sample import Sample
-from gateway.store import Store
+from gateway.store.async_store import AsyncStore
+from gateway.store.database import Store
 
 ENERGY = "energy_active_import"
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
 
 PROBE = """
 import ctypes, ctypes.util
@@ -42,7 +41,7 @@ def test_freed_heap_is_returned_to_the_system() -> None:
     done = subprocess.run(
         [sys.executable, "-c", PROBE],
         check=False,
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=30,

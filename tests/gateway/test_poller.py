@@ -6,13 +6,13 @@ import asyncio
 import itertools
 from pathlib import Path
 
+from core.health import Health, MeterState
 from drivers.base import MeterReadError
-from gateway.async_store import AsyncStore
-from gateway.clock import SystemClock
-from gateway.config import Meter
-from gateway.health import Health, MeterState
+from gateway.clock.clocks import SystemClock
+from gateway.config.schema import Meter
 from gateway.poller import Poller
-from gateway.store import Store
+from gateway.store.async_store import AsyncStore
+from gateway.store.database import Store
 
 
 class ScriptedReader:
@@ -109,7 +109,7 @@ async def test_nothing_is_stamped_while_the_clock_is_untrusted(tmp_path: Path) -
     try:
         await run_for(poller, 0.35)
         assert await astore.call(astore.store.count) == 0
-        # read on the monotonic clock and held (tests/gateway/test_clock_integrity.py)
+        # read on the monotonic clock and held (tests/gateway/clock/test_clock_integrity.py)
         assert reader.reads >= 3 and health.clock.held == reader.reads
     finally:
         await astore.aclose()

@@ -9,14 +9,14 @@ import math
 import time
 from pathlib import Path
 
+from core.health import Health, MeterHealth, MeterState
 from drivers.base import MeterReadError
-from drivers.modbus import ModbusReader, ModbusRtuBus
-from drivers.register_map import load_builtin
-from gateway.async_store import AsyncStore
-from gateway.config import Meter
-from gateway.health import Health, MeterHealth, MeterState
+from drivers.modbus.bus import ModbusReader, ModbusRtuBus
+from drivers.modbus.register_map import load_builtin
+from gateway.config.schema import Meter
 from gateway.poller import Poller, offline_retry_delay, retry_boundary
-from gateway.store import Store
+from gateway.store.async_store import AsyncStore
+from gateway.store.database import Store
 from tests.fakes.modbus_device import SimulatedMeter, SimulatorServer
 from tests.fixtures.modbus import SDM630_VALUES
 from tests.fixtures.socat import PtyPair

@@ -28,13 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from gateway.async_store import AsyncStore
-from gateway.config import Config
-from gateway.health import Health, UplinkHealth
-from gateway.sample import Sample
-from gateway.store import Store
+from core.health import Health, UplinkHealth
+from core.sample import Sample
+from gateway.config.schema import Config
+from gateway.store.async_store import AsyncStore
+from gateway.store.database import Store
 from gateway.timefmt import HOUR_MS, floor_hour_ms
-from gateway.uplinks.pts_client import PtsCallError, PtsClient
+from gateway.uplinks.pts.client import PtsCallError, PtsClient
 from gateway.uplinks.registry import UplinkContext, build_uplinks
 
 TIMEOUT_S = 0.2

@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 from pymodbus.framer import FramerRTU
 
 from drivers.base import MeterReadError
-from drivers.decode import decode_blocks
-from drivers.modbus import ModbusBus, ModbusReader, ModbusRtuOverTcpBus, ModbusTcpBus
-from drivers.planner import plan_map
-from drivers.register_map import RegisterMap, builtin_models, load_builtin
+from drivers.modbus.bus import ModbusBus, ModbusReader, ModbusRtuOverTcpBus, ModbusTcpBus
+from drivers.modbus.decode import decode_blocks
+from drivers.modbus.planner import plan_map
+from drivers.modbus.register_map import RegisterMap, builtin_models, load_builtin
 
 MAPS: dict[str, RegisterMap] = {model: load_builtin(model) for model in builtin_models()}
-#: The kinds a read failure may have (drivers.modbus): anything else is a new, unclassified path.
+#: The kinds a read failure may have (drivers.modbus.bus): anything else is a new, unknown path.
 KINDS = {"timeout", "connection", "exception", "crc", "short_frame", "garbage"}
 TIMEOUT_S = 0.05
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.base import MeterReadError
-from drivers.dsmr_p1 import MAX_TELEGRAM_BYTES, P1Framer, decode_telegram
-from drivers.iec62056 import ETX, STX, bcc, parse_data_message, parse_identification
-from drivers.serial_lines import FrameProblem
-from drivers.sml import MAX_FILE_BYTES, SmlFramer, decode_file
+from drivers.serial.dsmr_p1 import MAX_TELEGRAM_BYTES, P1Framer, decode_telegram
+from drivers.serial.iec62056 import ETX, STX, bcc, parse_data_message, parse_identification
+from drivers.serial.lines import FrameProblem
+from drivers.serial.sml import MAX_FILE_BYTES, SmlFramer, decode_file
 from tests.fakes.telegrams import D0_BLOCK, DSMR5_EXAMPLE_BODY, HOLLEY_SML, dsmr5_example
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

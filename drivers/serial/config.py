@@ -1,0 +1,237 @@
+"""Config of serial utility meters: D0 (IEC 62056-21), DSMR P1 and SML buses, and the meter
+keys only they use. gateway.config.schema puts these buses in its `Bus` union and mixes
+`SerialMeterFields` into `Meter`; `serial_cross_check` is run by the config loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from core.channels import CHANNEL_UNITS
+from core.config_base import KeyPath, Strict
+from drivers.serial.obis_map import UNITS, ObisMapError, Override, config_code
+
+if TYPE_CHECKING:
+    from gateway.config.schema import Config
+
+#: The DSMR flavours the P1 driver knows (dsmr-parser's telegram specifications).
+DsmrVersion = Literal["2.2", "3", "4", "5", "5B", "5L", "5S"]
+
+#: EN 13757-3 M-Bus device types a medium may have (what 0-n:24.1.0 says).
+MEDIUM_DEVICE_TYPES: Mapping[str, frozenset[int]] = {
+    "gas": frozenset({0x03}),
+    "water": frozenset({0x06, 0x07, 0x15, 0x16}),
+    "heat": frozenset({0x04, 0x0C, 0x0D}),
+}
+#: The channel an M-Bus medium's reading feeds.
+MEDIUM_CHANNELS: Mapping[str, str] = {
+    "gas": "gas_volume",
+    "water": "water_volume",
+    "heat": "heat_energy",
+}
+
+
+class _SerialLine(Strict):
+    #: A device path; prefer the stable /dev/serial/by-id/... link of a USB adapter.
+    port: str = Field(min_length=1)
+    #: Re-opening a lost port (adapter unplugged, USB re-enumerated) backs off up to this.
+    reconnect_max_secs: float = Field(default=30.0, gt=0)
+
+
+class Iec62056Bus(_SerialLine):
+    """IEC 62056-21 (D0) readout over an optical head or RS-485: the gateway asks, the meter
+    answers. Mode C (baud-rate switch with acknowledgement) by default; the meter's
+    identification decides, so mode A and B meters are read too."""
+
+    type: Literal["iec62056-21"]
+    #: Sign-on rate (the standard's 300 baud); the readout runs at up to `max_baudrate`.
+    baudrate: int = Field(default=300, ge=300, le=19200)
+    max_baudrate: int = Field(default=9600, ge=300, le=19200)
+    bytesize: Literal[7, 8] = 7
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    #: Longest silence within an exchange (the standard allows 1.5 s between characters).
+    timeout_secs: float = Field(default=2.0, gt=0)
+    #: Longest whole readout; a long readout at 300 baud (mode A) takes tens of seconds.
+    readout_timeout_secs: float = Field(default=60.0, gt=0)
+    #: Pause after our acknowledgement before switching baud rate (the standard: 200-1500 ms
+    #: reaction time), so the last byte leaves at the old rate.
+    switch_delay_ms: float = Field(default=300.0, ge=0, le=1500)
+    #: After a readout that failed once switched to the faster rate, a meter is read this many
+    #: times at the sign-on rate before the faster rate is tried again (0: never fall back).
+    fast_retry_after: int = Field(default=10, ge=0)
+
+    @model_validator(mode="after")
+    def _rates(self) -> Iec62056Bus:
+        if self.max_baudrate < self.baudrate:
+            raise ValueError("max_baudrate must not be below baudrate (the sign-on rate)")
+        return self
+
+
+class DsmrP1Bus(_SerialLine):
+    """A DSMR P1 port (NL, BE e-MUCS, LU): the meter pushes a telegram every 1 or 10 s."""
+
+    type: Literal["dsmr-p1"]
+    #: 2.2 | 3 | 4 | 5 | 5B (Belgian e-MUCS) | 5L (Luxembourg Smarty) | 5S (Sweden).
+    dsmr_version: DsmrVersion = "5"
+    #: Default 115200 baud, 9600 for 2.2 and 3.
+    baudrate: int | None = Field(default=None, ge=300, le=921600)
+    #: Default 8N1, 7E1 for 2.2 and 3.
+    bytesize: Literal[7, 8] | None = None
+    parity: Literal["N", "E", "O"] | None = None
+    stopbits: Literal[1, 2] = 1
+    #: A read fails ("stale") when the newest complete telegram is older than this; the port
+    #: is also re-opened after this long without a byte.
+    max_telegram_age_secs: float = Field(default=30.0, gt=0)
+    #: Bounds each wait for bytes (the poller's guard uses it too).
+    timeout_secs: float = Field(default=5.0, gt=0)
+
+    @field_validator("dsmr_version", mode="before")
+    @classmethod
+    def _version_text(cls, value: object) -> object:
+        # YAML reads `dsmr_version: 5` as an int and `2.2` as a float.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    def line_settings(self) -> tuple[int, int, str]:
+        """(baudrate, bytesize, parity) with the version's defaults filled in."""
+        old = self.dsmr_version in ("2.2", "3")
+        return (
+            self.baudrate or (9600 if old else 115200),
+            self.bytesize or (7 if old else 8),
+            self.parity or ("E" if old else "N"),
+        )
+
+
+class SmlBus(_SerialLine):
+    """An SML IR head (German eHZ/EDL meters): the meter pushes a binary telegram every 1-4 s."""
+
+    type: Literal["sml"]
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    #: The telegram checksum: x25 (the SML standard); a few meters use kermit.
+    crc: Literal["x25", "kermit"] = "x25"
+    max_telegram_age_secs: float = Field(default=30.0, gt=0)
+    timeout_secs: float = Field(default=5.0, gt=0)
+
+
+SerialBus = Iec62056Bus | DsmrP1Bus | SmlBus
+SERIAL_BUS_TYPES: tuple[type[Strict], ...] = (Iec62056Bus, DsmrP1Bus, SmlBus)
+
+
+class ObisTarget(Strict):
+    """`obis: {"1.8.0": {channel: energy_active_import, unit: kWh}}`: a channel, and the unit
+    to assume when the meter prints none."""
+
+    channel: str
+    unit: str | None = None
+
+    @field_validator("channel")
+    @classmethod
+    def _known_channel(cls, value: str) -> str:
+        return _channel(value)
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, value: str | None) -> str | None:
+        if value is not None and value not in UNITS:
+            raise ValueError(f"unknown unit {value!r} (known: {', '.join(UNITS)})")
+        return value
+
+
+def _channel(value: str) -> str:
+    if value not in CHANNEL_UNITS:
+        raise ValueError(f"unknown channel {value!r} (see the README's channel list)")
+    return value
+
+
+ObisOverrideValue = Annotated[str, Field(min_length=1)] | ObisTarget | None
+
+
+class SerialMeterFields(Strict):
+    """Meter keys for D0, P1 and SML meters (mixed into gateway.config.schema.Meter)."""
+
+    #: D0 on a shared RS-485 line: the device address sent in the sign-on (`/?ADDRESS!`).
+    address: str | None = Field(default=None, pattern=r"^[0-9A-Za-z ]{1,32}$")
+    #: DSMR P1: the M-Bus channel (1-4) of a gas, water or heat meter behind the electricity
+    #: meter. Such a meter's samples carry the time the telegram gives its reading.
+    mbus_channel: int | None = Field(default=None, ge=1, le=4)
+    #: What that M-Bus device measures (default gas); checked against the device type the
+    #: telegram reports, so a water meter is never stored as gas.
+    medium: Literal["gas", "water", "heat"] | None = None
+    #: OBIS code -> channel (or null to ignore the code), overriding drivers/obis/default.yaml.
+    obis: dict[str, ObisOverrideValue] | None = None
+
+    @field_validator("obis")
+    @classmethod
+    def _valid_overrides(
+        cls, value: dict[str, ObisOverrideValue] | None
+    ) -> dict[str, ObisOverrideValue] | None:
+        if value is None:
+            return None
+        for code, target in value.items():
+            try:
+                config_code(code)
+            except ObisMapError as exc:
+                raise ValueError(str(exc)) from None
+            if isinstance(target, str):
+                _channel(target)
+        return value
+
+    def obis_overrides(self) -> dict[str, Override]:
+        """The `obis:` overrides in the OBIS map's normal form."""
+        overrides: dict[str, Override] = {}
+        for code, target in (self.obis or {}).items():
+            if isinstance(target, ObisTarget):
+                overrides[config_code(code)] = Override(target.channel, target.unit)
+            else:
+                overrides[config_code(code)] = Override(target)
+        return overrides
+
+
+def is_serial_bus(bus: object) -> bool:
+    return isinstance(bus, SERIAL_BUS_TYPES)
+
+
+def serial_cross_check(config: Config) -> Iterator[tuple[KeyPath, str]]:
+    """Meter keys that only make sense on some bus types, and one meter per M-Bus channel."""
+    channels: dict[tuple[str, int], str] = {}
+    for index, meter in enumerate(config.meters):
+        bus = config.buses.get(meter.bus)
+        if bus is None:
+            continue
+        path: KeyPath = ("meters", index)
+        if not is_serial_bus(bus):
+            for key in ("address", "mbus_channel", "medium", "obis"):
+                if getattr(meter, key) is not None:
+                    yield (*path, key), f"{key} applies to serial meters (D0, P1, SML) only"
+            continue
+        kind = bus.type
+        if meter.model is not None:
+            yield (*path, "model"), f"model applies to Modbus meters only, not on a {kind} bus"
+        if "unit" in meter.model_fields_set:
+            yield (*path, "unit"), f"unit applies to Modbus meters only, not on a {kind} bus"
+        if meter.address is not None and kind != "iec62056-21":
+            yield (*path, "address"), "address applies to iec62056-21 (D0) buses only"
+        if kind != "dsmr-p1":
+            for key in ("mbus_channel", "medium"):
+                if getattr(meter, key) is not None:
+                    yield (*path, key), f"{key} applies to dsmr-p1 buses only"
+            continue
+        if meter.medium is not None and meter.mbus_channel is None:
+            yield (*path, "medium"), "medium needs mbus_channel (which M-Bus device to read)"
+        if meter.mbus_channel is not None:
+            key_ = (meter.bus, meter.mbus_channel)
+            if key_ in channels:
+                yield (
+                    (*path, "mbus_channel"),
+                    f"M-Bus channel {meter.mbus_channel} of bus {meter.bus!r} is already read "
+                    f"by meter {channels[key_]!r}",
+                )
+            channels.setdefault(key_, meter.id)

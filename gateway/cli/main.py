@@ -1,0 +1,163 @@
+"""The `meter-gateway` command line: run, check-config, demo, deadletters, read, scan,
+registers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+from gateway.config.loader import ConfigError, load_config
+from gateway.config.schema import Config
+from gateway.logsetup import setup_logging
+from gateway.uplinks.pts import cli as pts_cli
+
+EXIT_CONFIG = 2
+DEFAULT_CONFIG = "/etc/meter-gateway/config.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meter-gateway",
+        description="Read meters, keep every sample, forward it to energy platforms.",
+    )
+    parser.add_argument("--version", action="version", version=f"meter-gateway {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the gateway daemon")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+
+    check = commands.add_parser("check-config", help="validate a config without touching hardware")
+    check.add_argument("config", nargs="?", default=None)
+    check.add_argument("-c", "--config", dest="config_option", default=None)
+
+    demo = commands.add_parser(
+        "demo", help="simulated meters and local fake clouds, end to end, printed live"
+    )
+    demo.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
+    demo.add_argument("--interval", type=float, default=5.0, help="meter poll interval, seconds")
+
+    dead = commands.add_parser("deadletters", help="list items an uplink parked as undeliverable")
+    dead.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    dead.add_argument("--uplink", default=None)
+    dead.add_argument("--stream", default=None, help="only this datapoint / stream")
+    dead.add_argument(
+        "--requeue",
+        nargs="*",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="send these parked items again (no ID: all that match --uplink/--stream)",
+    )
+
+    read = commands.add_parser("read", help="read one meter now and print its values")
+    read.add_argument("meter", help="meter id from the config")
+    read.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    read.add_argument("--raw", action="store_true", help="also print the raw registers")
+
+    scan = commands.add_parser("scan", help="find the units answering on a bus, guess models")
+    scan.add_argument("bus", help="bus name from the config")
+    scan.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    scan.add_argument("--units", type=_units, default="1-247", help="e.g. 1-247 or 1,5,10-12")
+    scan.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for each unit (default 0.3; an empty address costs two)",
+    )
+
+    registers = commands.add_parser("registers", help="print a register map and its read plan")
+    registers.add_argument("model", help="built-in model (e.g. sdm630) or a map file path")
+    pts_cli.add_parser(commands, DEFAULT_CONFIG)
+    return parser
+
+
+def _units(text: str) -> list[int]:
+    from gateway.cli.commissioning import parse_units
+
+    try:
+        return parse_units(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _check_config(path: str) -> int:
+    config = _load(path)
+    uplinks = [name for name, value in config.uplinks if value is not None]
+    print(
+        f"{path}: OK — gateway {config.gateway.id}, {len(config.meters)} meter(s) on "
+        f"{len(config.buses)} bus(es), uplinks: {', '.join(uplinks) or 'none'}, "
+        f"mqtt: {'yes' if config.mqtt else 'no'}"
+    )
+    return 0
+
+
+def _deadletters(path: str, uplink: str | None, stream: str | None, ids: list[int] | None) -> int:
+    from gateway.cli import deadletters as deadletters_cli
+    from gateway.daemon import open_store
+
+    config = _load(path)
+    with open_store(config) as store:
+        if ids is None:
+            return deadletters_cli.list_letters(store, uplink)
+        return deadletters_cli.requeue(config, store, uplink=uplink, stream=stream, ids=ids)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.command == "check-config":
+        return _check_config(args.config_option or args.config or DEFAULT_CONFIG)
+    if args.command == "run":
+        from gateway.daemon import run_until_signalled
+
+        config = _load(args.config)
+        return asyncio.run(run_until_signalled(config))
+    if args.command == "demo":
+        from gateway.cli.demo import run_demo
+
+        try:
+            return asyncio.run(run_demo(seconds=args.seconds, interval=args.interval))
+        except KeyboardInterrupt:
+            return 0
+    if args.command == "deadletters":
+        return _deadletters(args.config, args.uplink, args.stream, args.requeue)
+    if args.command in ("read", "scan", "registers"):
+        return _commissioning(args)
+    if args.command == "pts":
+        return pts_cli.run(args, _load(args.config))
+    raise AssertionError(args.command)
+
+
+def _commissioning(args: argparse.Namespace) -> int:
+    """read / scan / registers (gateway.cli.commissioning): exit 0 ok, 1 device failed, 2 config."""
+    from gateway.cli import commissioning
+
+    try:
+        if args.command == "registers":
+            return commissioning.print_map(args.model)
+        config = _load(args.config)
+        if args.command == "read":
+            return asyncio.run(commissioning.read_meter(config, args.meter, raw=args.raw))
+        timeout = args.timeout or commissioning.DEFAULT_SCAN_TIMEOUT_SECS
+        units = args.units if isinstance(args.units, list) else _units(args.units)
+        return asyncio.run(commissioning.scan_bus(config, args.bus, units, timeout_secs=timeout))
+    except commissioning.CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG

@@ -1,0 +1,186 @@
+"""The MTS API over HTTP: five calls, one error type, the rate limit shared by all meters.
+
+Every failure becomes an MtsError carrying gateway.net.policy's Verdict (the one table of
+what to do): RETRY (network, timeout, 429 with `retryAfter`, 5xx, an unreadable 200), AUTH
+(401/403: a human must act), REJECT (400 and other 4xx; `details` is kept for the report).
+A 429 holds back every later call of this client until its `retryAfter` has passed, since MTS's
+limit is per token, not per meter. The token is sent as a Bearer header only; it is never put
+into an error, a log line or health. `service-status` goes without it, as documented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Final
+
+import aiohttp
+import yarl
+from pydantic import SecretStr
+
+from gateway.clock.clocks import Clock, SystemClock
+from gateway.net.common import KeptSession, SessionFactory, read_limited
+from gateway.net.policy import (
+    TRANSPORT_ERRORS,
+    Outcome,
+    Verdict,
+    classify_exception,
+    classify_response,
+)
+from gateway.sources.mts import parse as mts_parse
+
+log = logging.getLogger(__name__)
+
+
+#: A test-status answer with a long survey is larger than an uplink's error body.
+MAX_ANSWER_BYTES: Final = 16 * 1024 * 1024
+
+
+class MtsError(Exception):
+    """A call that did not give a usable answer; `verdict.outcome` says what to do."""
+
+    def __init__(self, operation: str, verdict: Verdict, details: str = "") -> None:
+        self.operation = operation
+        self.verdict = verdict
+        self.details = details
+        text = details or verdict.detail
+        super().__init__(f"{operation}: {text}")
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.verdict.outcome
+
+    @property
+    def garbage(self) -> bool:
+        """A 2xx whose body was not the JSON object MTS promises."""
+        return self.verdict.status is not None and 200 <= self.verdict.status < 300
+
+
+class MtsClient:
+    """One MTS base URL and token; `aclose()` is safe to call twice."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: SecretStr,
+        *,
+        timeout_secs: float = 30.0,
+        max_concurrency: int = 2,
+        clock: Clock | None = None,
+        session_factory: SessionFactory | None = None,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._token = token
+        self._clock: Clock = clock or SystemClock()
+        self._sessions = KeptSession(timeout_secs, factory=session_factory)
+        self._slots = asyncio.Semaphore(max_concurrency)
+        #: clock.monotonic() before which no call is made (a 429's retryAfter).
+        self._not_before = 0.0
+        #: Calls made, by operation (and "429" for rate-limited answers).
+        self.calls: Counter[str] = Counter()
+
+    async def aclose(self) -> None:
+        await self._sessions.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        return self._sessions.get()
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def service_status(self) -> Mapping[str, Any]:
+        body = await self._call("service-status", "GET", auth=False)
+        return _object("service-status", body)
+
+    async def request_test(self, params: Mapping[str, object]) -> int:
+        """test-request: the new test's id."""
+        body = _object("test-request", await self._call("test-request", "POST", body=params))
+        test_id = mts_parse.integer(mts_parse.key(body, "testId"))
+        if test_id is None:
+            raise _unreadable("test-request", "no testId in the answer")
+        return test_id
+
+    async def test_status(self, test_id: int) -> Mapping[str, Any]:
+        body = await self._call("test-status", "GET", query={"testId": str(test_id)})
+        return _object("test-status", body)
+
+    async def search(self, query: Mapping[str, str]) -> Mapping[str, Any]:
+        return _object("test-search", await self._call("test-search", "GET", query=query))
+
+    async def cancel(self, test_id: int) -> None:
+        """test-cancel: DELETE with a JSON body (MTS answers positively for a finished test)."""
+        await self._call("test-cancel", "DELETE", body={"testId": test_id}, need_json=False)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, object] | None = None,
+        auth: bool = True,
+        need_json: bool = True,
+    ) -> object:
+        url = yarl.URL(f"{self._base}/{operation}")
+        if query:
+            url = url.with_query(dict(query))
+        headers = {"Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        async with self._slots:
+            wait = self._not_before - self._clock.monotonic()
+            if wait > 0:
+                await self._clock.sleep(wait)
+            self.calls[operation] += 1
+            try:
+                async with self._open().request(
+                    method, url, data=data, headers=headers, allow_redirects=False
+                ) as response:
+                    raw = await read_limited(response, MAX_ANSWER_BYTES)
+                    status = response.status
+                    response_headers = response.headers
+            except TRANSPORT_ERRORS as exc:
+                raise MtsError(operation, classify_exception(exc)) from exc
+        verdict = classify_response(
+            status, response_headers, raw, now=self._clock.time(), json_retry_after_key="retryAfter"
+        )
+        if verdict.outcome is not Outcome.OK:
+            if status == 429:
+                self.calls["429"] += 1
+                pause = verdict.retry_after_secs if verdict.retry_after_secs is not None else 1.0
+                self._not_before = max(self._not_before, self._clock.monotonic() + pause)
+            raise MtsError(operation, verdict, mts_parse.details(_json(raw)))
+        parsed = _json(raw)
+        if parsed is _NOT_JSON:
+            if not need_json:
+                return None
+            raise _unreadable(operation, "answer is not JSON", status)
+        return parsed
+
+
+_NOT_JSON: Final = object()
+
+
+def _json(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return _NOT_JSON
+
+
+def _object(operation: str, body: object) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise _unreadable(operation, "answer is not a JSON object")
+    return body
+
+
+def _unreadable(operation: str, why: str, status: int = 200) -> MtsError:
+    return MtsError(operation, Verdict(Outcome.RETRY, status, None, why), why)

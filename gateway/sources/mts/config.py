@@ -1,0 +1,246 @@
+"""Config of the Coherent MTS head-end source (`sources: mts:`).
+
+MTS (Coherent Research's Meter Test System) reads modem-connected utility meters for us: we
+ask for a "test" of a meter, MTS dials it (at once or overnight) and keeps the result, which we
+poll. Each configured meter becomes one or two series in the store: `<id>` with the half-hourly
+survey, and `registers_meter` (default `<id>-registers`) with the register snapshot read during
+the test. Two series, because a snapshot stamped at the dial-in time would otherwise sit between
+survey periods and make the next survey's earlier periods "older than the newest" (refused).
+
+Survey values: the document says each reading is "the value of the register" at the start of
+the half hour, and its example values rise monotonically: by default a survey value is read as
+the register reading (`kind: cumulative`). A meter whose profile holds the energy OF each period
+is configured `kind: interval`; its value is then turned into the average rate over the period
+(kWh per half hour -> W), which needs no anchoring and is exact.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from datetime import time
+from typing import Final, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from core.channels import CHANNEL_UNITS
+from core.config_base import Identifier, KeyPath, Strict
+from core.durations import Seconds
+from gateway.sources.base import SourceSection
+
+MTS_URL: Final = "https://www.coherent-research.co.uk/MTS"
+
+#: Register name (as MTS reports it; case-insensitive) -> channel, used unless overridden.
+DEFAULT_REGISTERS: Final[Mapping[str, str]] = {
+    "Active Energy Import": "energy_active_import",
+    "Active Energy Export": "energy_active_export",
+    "Reactive Energy Import": "energy_reactive_import",
+    "Reactive Energy Export": "energy_reactive_export",
+    "Total Active Power": "power_active",
+}
+
+#: Survey channel name -> channel (kind cumulative), used unless overridden.
+DEFAULT_SURVEY: Final[Mapping[str, str]] = {
+    "kWh Import": "energy_active_import",
+    "kWh Export": "energy_active_export",
+    "kvarh Import": "energy_reactive_import",
+    "kvarh Export": "energy_reactive_export",
+}
+
+#: Canonical units of the rates an interval value may become.
+RATE_UNITS: Final = frozenset({"W", "var", "VA"})
+
+_HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+class MtsChannel(Strict):
+    """Where one MTS register or survey channel goes."""
+
+    channel: str
+    #: Multiplier into the channel's canonical unit; default: from the unit MTS reports
+    #: (kWh -> Wh is 1000). A value whose unit does not fit the channel is counted, not stored.
+    scale: float | None = Field(default=None, gt=0)
+    #: Survey only. cumulative: the reading itself; interval: the energy of the period, stored
+    #: as the average rate over it (the channel must then be a power channel: W, var or VA).
+    kind: Literal["cumulative", "interval"] = "cumulative"
+
+    @field_validator("channel")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in CHANNEL_UNITS:
+            raise ValueError(f"unknown channel {value!r} (see gateway/channels.py)")
+        return value
+
+    @model_validator(mode="after")
+    def _interval_is_rate(self) -> MtsChannel:
+        if self.kind == "interval" and CHANNEL_UNITS[self.channel] not in RATE_UNITS:
+            raise ValueError(
+                "an interval value becomes an average rate: use a W, var or VA channel"
+            )
+        return self
+
+
+def _channel_spec(value: object) -> object:
+    """`name: channel` is short for `name: {channel: channel}`; null removes a default."""
+    return {"channel": value} if isinstance(value, str) else value
+
+
+ChannelMap = dict[str, MtsChannel | None]
+
+
+class MtsSchedule(Strict):
+    """When a meter is tested: `daily_at` site-local time (gateway.timezone), or `every`."""
+
+    daily_at: time | None = None
+    every: Seconds | None = None
+
+    @field_validator("daily_at", mode="before")
+    @classmethod
+    def _hh_mm(cls, value: object) -> object:
+        if isinstance(value, int):  # YAML 1.1 reads an unquoted 2:00 as 120
+            raise ValueError("write the time in quotes, e.g. daily_at: '02:00'")
+        if isinstance(value, str):
+            match = _HHMM.match(value.strip())
+            if not match:
+                raise ValueError("a site-local time HH:MM, e.g. '02:00'")
+            return time(int(match.group(1)), int(match.group(2)))
+        return value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> MtsSchedule:
+        if (self.daily_at is None) == (self.every is None):
+            raise ValueError("give exactly one of daily_at ('02:00') or every (e.g. 6h)")
+        return self
+
+
+class MtsMeter(Strict):
+    """One meter MTS reads; the first group are test-request parameters, as MTS names them
+    in snake case."""
+
+    meter_type: str = Field(min_length=1)
+    remote_address: str = Field(min_length=1)
+    outstation_address: str | None = None
+    #: Modem data bits, parity, stop bits (e.g. 7E1); normally left out.
+    coms_settings: str | None = Field(default=None, pattern=r"^[5-8][NEOMS][12]$")
+    #: Checked by MTS against the meter; a mismatch is reported (health and alert).
+    serial_number: str | None = None
+    password: SecretStr | None = None
+    #: Days of half-hourly survey per test; 0: registers only.
+    survey_days: int = Field(default=1, ge=0, le=366)
+    #: true: MTS dials at once; false: overnight (MTS's default).
+    immediate: bool = False
+    schedule: MtsSchedule = Field(default_factory=lambda: MtsSchedule(daily_at=time(2, 0)))
+    #: Register name -> channel, merged over DEFAULT_REGISTERS (null removes one).
+    registers: ChannelMap = Field(default_factory=dict)
+    #: Survey channel name -> channel, merged over DEFAULT_SURVEY (null removes one).
+    survey: ChannelMap = Field(default_factory=dict)
+    #: Meter id of the register snapshots; default `<id>-registers`. It may be the meter's own
+    #: id only when survey_days is 0 (else snapshots would refuse survey periods).
+    registers_meter: Identifier | None = None
+
+    @field_validator("registers", "survey", mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {key: _channel_spec(item) for key, item in value.items()}
+        return value
+
+    @field_validator("remote_address", "meter_type")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if any(c in value for c in "\r\n"):
+            raise ValueError("cannot contain a line break")
+        return value.strip()
+
+    def register_map(self) -> dict[str, MtsChannel]:
+        """Lower-cased register name -> target, defaults merged with this meter's entries."""
+        return _merged(DEFAULT_REGISTERS, self.registers)
+
+    def survey_map(self) -> dict[str, MtsChannel]:
+        return _merged(DEFAULT_SURVEY, self.survey)
+
+
+def _merged(defaults: Mapping[str, str], overrides: ChannelMap) -> dict[str, MtsChannel]:
+    merged: dict[str, MtsChannel | None] = {
+        name.lower(): MtsChannel(channel=channel) for name, channel in defaults.items()
+    }
+    merged.update({name.lower(): target for name, target in overrides.items()})
+    return {name: target for name, target in merged.items() if target is not None}
+
+
+class MtsSource(SourceSection):
+    base_url: str = MTS_URL
+    #: The MTS API access token (an administrator creates it in MTS: Extras - MTS API).
+    token: SecretStr
+    #: Gateway meter id -> the meter MTS reads.
+    meters: dict[Identifier, MtsMeter] = Field(min_length=1)
+    timeout_secs: float = Field(default=30.0, gt=0)
+    #: A pending test is polled after this long, then at doubling intervals up to poll_max_secs.
+    poll_initial_secs: Seconds = 60.0
+    poll_max_secs: Seconds = 1800.0
+    #: A test still PENDING after this long is cancelled and reported; the next one follows
+    #: the schedule.
+    pending_timeout_secs: Seconds = 172_800.0
+    #: Backoff for network errors, timeouts, 5xx and unreadable answers (429: MTS's retryAfter).
+    retry_initial_secs: Seconds = 5.0
+    retry_max_secs: Seconds = 900.0
+    #: While MTS refuses the token (401/403), ask again this often.
+    auth_probe_secs: Seconds = 3600.0
+    #: test-search page size (`limit`) when looking for a test requested before a crash.
+    #: MTS's maximum is not published: by default no limit is sent and pages are as long as
+    #: the server makes them.
+    search_page_size: int | None = Field(default=None, ge=1, le=1000)
+    #: After an outage longer than survey_days, the next test reads back to the newest stored
+    #: period, at most this many days.
+    max_catchup_days: int = Field(default=31, ge=1, le=366)
+    #: A meter clock further off than this (MTS's meterTime offset) is alerted.
+    clock_offset_alert_secs: float = Field(default=60.0, gt=0)
+    #: Length of a survey period (interval values are divided by it into a rate).
+    survey_period_secs: Seconds = 1800.0
+    #: HTTP requests to MTS in flight at once, across all meters.
+    max_concurrency: int = Field(default=2, ge=1, le=16)
+    #: A test whose meter gave another serial number than configured (or that MTS reports as
+    #: a mismatch) read some other meter: skip (default) stores none of it; store keeps it.
+    #: Either way it is reported (health, alert).
+    on_serial_mismatch: Literal["skip", "store"] = "skip"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if not secret.strip() or any(c in secret for c in "\r\n "):
+            raise ValueError("a token is one word without spaces or line breaks")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MtsSource:
+        if self.poll_max_secs < self.poll_initial_secs:
+            raise ValueError("poll_max_secs is below poll_initial_secs")
+        for meter_id, meter in self.meters.items():
+            if self.registers_meter(meter_id) == meter_id and meter.survey_days > 0:
+                raise ValueError(
+                    f"meters.{meter_id}.registers_meter: the meter's own id only with "
+                    "survey_days: 0 (snapshots would refuse survey periods)"
+                )
+        return self
+
+    def registers_meter(self, meter_id: str) -> str:
+        meter = self.meters[meter_id]
+        return meter.registers_meter or f"{meter_id}-registers"
+
+    def meter_ids(self) -> Iterator[tuple[KeyPath, str]]:
+        for meter_id, meter in self.meters.items():
+            yield ("meters", meter_id), meter_id
+            registers = self.registers_meter(meter_id)
+            if registers != meter_id:
+                path: KeyPath = ("meters", meter_id)
+                if meter.registers_meter is not None:
+                    path = (*path, "registers_meter")
+                yield path, registers

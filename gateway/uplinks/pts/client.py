@@ -1,0 +1,338 @@
+"""The five PTS Automated Reporting operations over one aiohttp session, and nothing else.
+
+Every call carries `Ocp-Apim-Subscription-Key` and `Ocp-Apim-Trace: true`; ARPost and
+ARPostTest repeat the key as `APIKey` in the body, as the document shows. GetSystems and
+GetLastReading go as `GET ?fk_system=1000,2000` or `POST {"systems": [...]}` (config);
+GetSubmissionStatus is a GET with a `systems` body, as specified. Answers are parsed
+defensively (keys case-insensitive; the answer bodies of ARPost/ARPostTest are not
+documented): what cannot be read is treated as "no per-system information", never as success
+of validation. The key is never logged, never put into an error, never stored.
+
+Failures become one exception type, PtsCallError, classified by gateway.net.policy. PTS
+answers 400 for a bad API key (ARPostTest: "Bad Request"), so 400 is a credentials problem
+here except for ARPostTest, where it rejects the reading.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+import yarl
+from pydantic import SecretStr
+
+from gateway.net.common import KeptSession, SessionFactory, read_limited
+from gateway.net.policy import (
+    TRANSPORT_ERRORS,
+    Outcome,
+    Verdict,
+    classify_exception,
+    classify_response,
+)
+
+#: Validation statuses of GetSubmissionStatus.
+VALIDATING: Final = 0
+PASSED: Final = 1
+FAILED: Final = -1
+
+#: Bytes of an answer read at most (a garbage answer must not eat the Pi's memory).
+MAX_ANSWER_BYTES: Final = 1 << 20
+
+
+class PtsCallError(Exception):
+    """A PTS call without a usable answer. `kind`: retry (transient), auth (a human must fix
+    the key), rejected (this request is refused). `maybe_sent`: the request may have reached
+    PTS (a POST whose outcome is unknown)."""
+
+    def __init__(self, operation: str, verdict: Verdict, *, kind: str, maybe_sent: bool) -> None:
+        super().__init__(f"{operation}: {verdict.detail}")
+        self.operation = operation
+        self.verdict = verdict
+        self.kind = kind
+        self.maybe_sent = maybe_sent
+
+    @property
+    def status(self) -> int | None:
+        return self.verdict.status
+
+
+@dataclass(frozen=True, slots=True)
+class SystemInfo:
+    fk_system: int
+    system_id: str | None
+    name: str | None
+    capacity_kw: float | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingInfo:
+    """A GetLastReading or GetSubmissionStatus entry (status and notes only in the latter)."""
+
+    fk_system: int
+    value_kwh: float | None
+    meter_date: str | None
+    period_end: str | None
+    status: int | None
+    notes: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PostAnswer:
+    """What an ARPost/ARPostTest answer says about one system (often nothing: undocumented)."""
+
+    fk_system: int
+    error: str | None
+    status: int | None
+    notes: str | None
+
+
+def _lower(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {str(key).lower(): value for key, value in item.items()}
+
+
+def _items(body: object) -> list[dict[str, Any]]:
+    """The per-system objects of an answer: a list, or a list under `systems`/`value`/`data`."""
+    if isinstance(body, dict):
+        lowered = _lower(body)
+        for key in ("systems", "value", "data", "results"):
+            if isinstance(lowered.get(key), list):
+                body = lowered[key]
+                break
+        else:
+            body = [body] if "fk_system" in lowered else []
+    if not isinstance(body, list):
+        return []
+    return [_lower(item) for item in body if isinstance(item, dict)]
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _float(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value)
+    text = text.strip()
+    return text[:1000] or None
+
+
+def _by_system(body: object) -> dict[int, dict[str, Any]]:
+    found: dict[int, dict[str, Any]] = {}
+    for item in _items(body):
+        fk = _int(item.get("fk_system"))
+        if fk is not None:
+            found[fk] = item
+    return found
+
+
+class PtsClient:
+    """One PTS API root (`base_url + path_prefix`) and key; `aclose()` is safe twice."""
+
+    def __init__(
+        self,
+        api_root: str,
+        key: SecretStr,
+        *,
+        timeout_secs: float = 30.0,
+        query_method: str = "GET",
+        session_factory: SessionFactory | None = None,
+    ) -> None:
+        self._root = api_root.rstrip("/")
+        self._key = key
+        self._query_method = query_method
+        self._sessions = KeptSession(timeout_secs, factory=session_factory)
+        #: Calls made, by operation (for status and tests of "few calls").
+        self.calls: dict[str, int] = {}
+
+    async def aclose(self) -> None:
+        await self._sessions.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        return self._sessions.get()
+
+    # -- operations -------------------------------------------------------------------------
+
+    async def get_systems(self, systems: Sequence[int]) -> dict[int, SystemInfo]:
+        """The organisation's active systems among `systems` (absent or `Error`: not active)."""
+        body = await self._query("GetSystems", systems)
+        return {
+            fk: SystemInfo(
+                fk,
+                _text(item.get("systemid")),
+                _text(item.get("systemname")),
+                _float(item.get("capacity")),
+                _text(item.get("error")),
+            )
+            for fk, item in _by_system(body).items()
+        }
+
+    async def get_last_reading(self, systems: Sequence[int]) -> dict[int, ReadingInfo]:
+        return _readings(await self._query("GetLastReading", systems))
+
+    async def submission_status(self, systems: Sequence[int]) -> dict[int, ReadingInfo]:
+        """Status of this window's submissions (GET with a `systems` body, as specified)."""
+        body = await self._call("GetSubmissionStatus", "GET", body=_systems_body(systems))
+        return _readings(body)
+
+    async def post_test(
+        self, readings: Iterable[Mapping[str, object]], notes: str | None
+    ) -> dict[int, PostAnswer]:
+        """ARPostTest: validation without saving (costs no quota)."""
+        return _answers(
+            await self._call("ARPostTest", "POST", body=self._post_body(readings, notes))
+        )
+
+    async def post(
+        self, readings: Iterable[Mapping[str, object]], notes: str | None
+    ) -> dict[int, PostAnswer]:
+        """ARPost: the submission that counts (validated, added to production at window end)."""
+        return _answers(await self._call("ARPost", "POST", body=self._post_body(readings, notes)))
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _post_body(
+        self, readings: Iterable[Mapping[str, object]], notes: str | None
+    ) -> dict[str, object]:
+        return {
+            "APIKey": self._key.get_secret_value(),
+            "Notes": notes,
+            "systems": [dict(reading) for reading in readings],
+        }
+
+    async def _query(self, operation: str, systems: Sequence[int]) -> object:
+        if self._query_method == "POST":
+            return await self._call(operation, "POST", body=_systems_body(systems))
+        query = "fk_system=" + ",".join(str(fk) for fk in systems)
+        return await self._call(operation, "GET", query=query)
+
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        *,
+        query: str | None = None,
+        body: Mapping[str, object] | None = None,
+    ) -> object:
+        url = yarl.URL(f"{self._root}/{operation}")
+        if query is not None:
+            url = url.with_query(query)
+        headers = {
+            "Ocp-Apim-Subscription-Key": self._key.get_secret_value(),
+            "Ocp-Apim-Trace": "true",
+            "Accept": "application/json",
+        }
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body, allow_nan=False).encode()
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+        session = self._open()
+        try:
+            async with session.request(
+                method, url, data=data, headers=headers, allow_redirects=False
+            ) as response:
+                raw = await read_limited(response, MAX_ANSWER_BYTES)
+                status, answer_headers = response.status, response.headers
+        except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
+            raise PtsCallError(
+                operation, classify_exception(exc), kind="retry", maybe_sent=False
+            ) from None
+        except TRANSPORT_ERRORS as exc:
+            raise PtsCallError(
+                operation, classify_exception(exc), kind="retry", maybe_sent=method == "POST"
+            ) from None
+        verdict = classify_response(status, answer_headers, _scrub(raw, self._key))
+        if verdict.outcome is not Outcome.OK:
+            raise PtsCallError(
+                operation,
+                verdict,
+                kind=_kind(operation, verdict),
+                maybe_sent=method == "POST" and verdict.outcome is Outcome.RETRY,
+            )
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):  # nested beyond the parser's depth: not JSON to us
+            if operation in ("ARPost", "ARPostTest"):
+                return None  # "200: Received Data" may come as text
+            raise PtsCallError(
+                operation,
+                Verdict(Outcome.RETRY, status, None, f"HTTP {status}: answer is not JSON"),
+                kind="retry",
+                maybe_sent=False,
+            ) from None
+
+
+def _kind(operation: str, verdict: Verdict) -> str:
+    if verdict.outcome is Outcome.AUTH:
+        return "auth"
+    if verdict.outcome is Outcome.REJECT:
+        return "auth" if verdict.status == 400 and operation != "ARPostTest" else "rejected"
+    return "retry"
+
+
+def _scrub(raw: bytes, key: SecretStr) -> bytes:
+    """An answer echoing our request must not carry the key into logs and health."""
+    secret = key.get_secret_value().encode()
+    return raw.replace(secret, b"**********") if secret else raw
+
+
+def _systems_body(systems: Sequence[int]) -> dict[str, object]:
+    return {"systems": [{"fk_system": fk} for fk in systems]}
+
+
+def _readings(body: object) -> dict[int, ReadingInfo]:
+    return {
+        fk: ReadingInfo(
+            fk,
+            _float(item.get("metervalue")),
+            _text(item.get("meterdate")),
+            _text(item.get("periodenddate")),
+            _int(item.get("validationstatus")),
+            _text(item.get("validationnotes")),
+            _text(item.get("error")),
+        )
+        for fk, item in _by_system(body).items()
+    }
+
+
+def _answers(body: object) -> dict[int, PostAnswer]:
+    return {
+        fk: PostAnswer(
+            fk,
+            _text(item.get("error")),
+            _int(item.get("validationstatus")),
+            _text(item.get("validationnotes")),
+        )
+        for fk, item in _by_system(body).items()
+    }

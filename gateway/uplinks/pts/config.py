@@ -1,0 +1,144 @@
+"""Config of the MassCEC PTS uplink (`uplinks.pts`): which meter reports for which system.
+
+The staging host and prefix are known (NOTES.md); the production prefix is not published, so
+`environment: production` refuses to start until `base_url` and `path_prefix` are set from
+what the MassCEC help desk gives with production access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from core.channels import CHANNEL_UNITS
+from core.config_base import KeyPath, Strict, UplinkSection
+
+if TYPE_CHECKING:
+    from gateway.uplinks.base import Uplink
+    from gateway.uplinks.registry import UplinkContext
+
+PTS_STAGING_BASE_URL = "https://automatedreporting.masscec-pts.com"
+PTS_STAGING_PATH_PREFIX = "/ptsstaging"
+
+
+class PtsSystem(Strict):
+    """One PTS system, fed by the meter whose id is the key in `systems`."""
+
+    #: The PTS key of the system (the API's `fk_system`).
+    fk_system: int = Field(gt=0)
+    #: The lifetime (cumulative) production register: Wh in the store, submitted in kWh.
+    channel: str = "energy_active_import"
+    #: Expected capacity for the plausibility check; default: the capacity GetSystems reports.
+    capacity_kw: float | None = Field(default=None, gt=0)
+    #: Sent as the reading's `Notes`.
+    notes: str | None = Field(default=None, max_length=500)
+
+    @field_validator("channel")
+    @classmethod
+    def _energy_in_wh(cls, value: str) -> str:
+        if CHANNEL_UNITS.get(value) != "Wh" or not value.startswith("energy_"):
+            raise ValueError("must be a cumulative energy channel in Wh, e.g. energy_active_import")
+        return value
+
+
+class PtsUplink(UplinkSection):
+    subscription_key: SecretStr
+    #: `staging` needs nothing else; `production` needs base_url AND path_prefix (UNKNOWN
+    #: until MassCEC grants production access: they are not published).
+    environment: Literal["staging", "production"] = "staging"
+    base_url: str | None = None
+    path_prefix: str | None = None
+    #: meter id -> the PTS system its lifetime energy register reports for.
+    systems: dict[str, PtsSystem] = Field(min_length=1)
+    #: Batch-level `Notes` of each submission.
+    notes: str | None = Field(default=None, max_length=500)
+    #: The window, in Eastern time, runs from local midnight `window_days_before` days before
+    #: the first of the next month to local midnight `window_days_after` days after it
+    #: (5/5: January 27 00:00 to February 6 00:00, i.e. "January 27th – February 5th").
+    window_days_before: int = Field(default=5, ge=0, le=20)
+    window_days_after: int = Field(default=5, ge=1, le=20)
+    #: The automatic submission is made this long after the month end (not on the last day).
+    submit_after_days: float = Field(default=1.0, ge=0)
+    #: Energy since the last accepted reading may not exceed capacity × hours × this factor.
+    plausibility_factor: float = Field(default=1.0, gt=0)
+    #: Run the reading through ARPostTest (validation, nothing saved) before spending quota.
+    test_before_submit: bool = True
+    #: Submissions per system and window; raise only when the help desk has raised them
+    #: (`meter-gateway pts quota` records a raise for one system and window).
+    quota_valid: int = Field(default=2, ge=1)
+    quota_failed: int = Field(default=3, ge=1)
+    #: Retry a Failed submission automatically when the failure names something the gateway
+    #: can fix, and only while a failed submission stays in reserve for a human.
+    auto_retry: bool = True
+    #: Alert this long before the window closes while a system has no Passed reading.
+    missed_window_alert_hours: float = Field(default=48.0, ge=0)
+    #: GetSubmissionStatus is polled this often while a submission is Validating.
+    status_poll_secs: float = Field(default=300.0, gt=0)
+    #: GetSystems confirms the configured systems at start and this often (daily).
+    systems_check_secs: float = Field(default=86_400.0, gt=0)
+    #: The uplink re-evaluates its systems at least this often.
+    check_every_secs: float = Field(default=300.0, gt=0)
+    #: GetSystems / GetLastReading: `GET ?fk_system=1,2` or `POST {"systems": [...]}`.
+    query_method: Literal["GET", "POST"] = "GET"
+    timeout_secs: float = Field(default=30.0, gt=0)
+    retry_initial_secs: float = Field(default=5.0, gt=0)
+    retry_max_secs: float = Field(default=900.0, gt=0)
+    #: While the key is refused (400 "Bad API Key", 401, 403), probe this often.
+    auth_probe_secs: float = Field(default=3600.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return None if value is None else value.rstrip("/")
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError("must start with '/' (e.g. /ptsstaging), or be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PtsUplink:
+        if self.environment == "production" and (self.base_url is None or self.path_prefix is None):
+            raise ValueError(
+                "environment production needs base_url and path_prefix (the production "
+                "address is not published: use the one MassCEC gave with production access)"
+            )
+        if self.submit_after_days >= self.window_days_after:
+            raise ValueError("submit_after_days must be less than window_days_after")
+        seen: dict[int, str] = {}
+        for meter, system in self.systems.items():
+            if system.fk_system in seen:
+                raise ValueError(
+                    f"fk_system {system.fk_system} is configured for two meters "
+                    f"({seen[system.fk_system]!r} and {meter!r})"
+                )
+            seen[system.fk_system] = meter
+        return self
+
+    @property
+    def api_root(self) -> str:
+        """`base_url + path_prefix`: operations are `<api_root>/GetSystems` and so on."""
+        base = self.base_url or PTS_STAGING_BASE_URL
+        prefix = PTS_STAGING_PATH_PREFIX if self.path_prefix is None else self.path_prefix
+        return base + prefix
+
+    def meter_references(self) -> Iterator[tuple[KeyPath, str]]:
+        for meter_id in self.systems:
+            yield ("systems", meter_id), meter_id
+
+
+def build_uplink(section: UplinkSection, context: UplinkContext) -> Uplink:
+    """The `pts` entry of gateway.uplinks.registry.FACTORIES (the uplink is imported lazily)."""
+    from gateway.uplinks.pts.uplink import PtsUplink as Pts
+
+    assert isinstance(section, PtsUplink)
+    return Pts(section, store=context.store, health=context.health)

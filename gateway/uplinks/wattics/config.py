@@ -1,0 +1,170 @@
+"""Config of the Wattics uplink (`uplinks: wattics:`): credentials, datapoints, delivery policy.
+
+A Wattics *datapoint* (stream id) receives either electricity packets (the 21 named
+parameters, filled from a meter's canonical channels) or single-value packets
+(`{"id","tsISO8601","value"}`, one channel of one meter). `meters:` is the short form for
+one electricity datapoint per meter; `datapoints:` lists any mix, so one meter can feed an
+electricity datapoint and separate value datapoints (e.g. export energy, gas volume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from core.channels import is_known_channel
+from core.config_base import KeyPath, Strict, UplinkSection
+from core.durations import Seconds
+
+WATTICS_PRODUCTION_URL = "https://web-collector.wattics.com/measurements/v2/unifiedjson/"
+#: The route on which Wattics converts UTC timestamps to the site's local time (NOTES.md).
+UTC_ROUTE_SEGMENT = "unifiedjson_utc/"
+LOCAL_ROUTE_SEGMENT = "unifiedjson/"
+
+
+class _Cadence(Strict):
+    #: The transmission interval the datapoint is registered with at Wattics (e.g. 5m, 15m).
+    #: None: every stored sample is sent with its own timestamp. With an interval, one packet
+    #: per boundary of that interval in site-local time (see gateway.uplinks.wattics.interval).
+    interval: Seconds | None = None
+    #: With an interval: a boundary without a sample exactly on it takes the newest sample at
+    #: most this much before it (stamped at the boundary); none that close leaves a hole.
+    tolerance: Seconds | None = None
+
+    @field_validator("interval")
+    @classmethod
+    def _whole_seconds_dividing_a_day(cls, value: float | None) -> float | None:
+        if value is not None and (value < 1 or value != int(value) or 86400 % int(value)):
+            raise ValueError("must be whole seconds that divide a day (e.g. 60s, 5m, 15m, 1h)")
+        return value
+
+
+class WatticsMeter(_Cadence):
+    """Short form: this meter's electricity packets go to datapoint `id`."""
+
+    #: The Wattics data stream id the platform assigned to this meter.
+    id: str = Field(min_length=1)
+
+
+class WatticsDatapoint(_Cadence):
+    """One Wattics datapoint fed by one meter."""
+
+    id: str = Field(min_length=1)
+    meter: str = Field(min_length=1)
+    #: A canonical channel (core.channels) for a single-value packet; none: an
+    #: electricity packet built from every electricity channel the meter has.
+    channel: str | None = None
+    #: Multiplies the value before sending (e.g. 0.001 when the datapoint is registered in
+    #: kWh and the channel is in Wh). Value packets only.
+    scale: float = 1.0
+
+    @field_validator("channel")
+    @classmethod
+    def _known_channel(cls, value: str | None) -> str | None:
+        if value is not None and not is_known_channel(value):
+            raise ValueError(f"unknown channel {value!r} (see the channel list in the README)")
+        return value
+
+    @model_validator(mode="after")
+    def _scale_only_for_values(self) -> WatticsDatapoint:
+        if self.channel is None and self.scale != 1.0:
+            raise ValueError("scale applies to value datapoints (with a channel) only")
+        return self
+
+
+class WatticsUplink(UplinkSection):
+    url: str = WATTICS_PRODUCTION_URL
+    #: `local`: site-local timestamps with offset on the documented route. `utc`: UTC
+    #: timestamps on the `unifiedjson_utc/` route, where Wattics converts them itself.
+    timestamps: Literal["local", "utc"] = "local"
+    username: SecretStr
+    password: SecretStr
+    meters: dict[str, WatticsMeter] = Field(default_factory=dict)
+    datapoints: list[WatticsDatapoint] = Field(default_factory=list)
+    #: Default tolerance of datapoints with an interval that do not set their own.
+    tolerance: Seconds = 60.0
+    #: A sample at most `tolerance` before a boundary is sent once no better one can come:
+    #: when a later sample is stored, or this long after the boundary.
+    boundary_wait_secs: float = Field(default=30.0, ge=0)
+    timeout_secs: float = Field(default=30.0, gt=0)
+    #: How many Wattics streams are sent concurrently (each stream stays in order).
+    max_concurrency: int = Field(default=4, ge=1, le=64)
+    #: A packet answered 400/404/422 this many times is parked in the dead-letter table.
+    max_attempts_rejected: int = Field(default=3, ge=1)
+    retry_initial_secs: float = Field(default=1.0, gt=0)
+    retry_max_secs: float = Field(default=300.0, gt=0)
+    #: While credentials are refused (401/403), probe again this often.
+    auth_probe_secs: float = Field(default=300.0, gt=0)
+    #: Send per-phase energy (pC_1..3 <- energy_active_import_l1..l3) instead of the total in
+    #: pC_1 (the API's rule for "one total value").
+    energy_per_phase: bool = False
+    #: Acknowledged packets are committed to the cursors in groups, every stream in one
+    #: transaction: after a stream acknowledged this many packets, or this many seconds after
+    #: the last group, and when stopping. After a crash at most that much is sent again (and
+    #: resync_on_start usually skips even that). Fewer commits spare the SD card.
+    commit_every_packets: int = Field(default=100, ge=1)
+    commit_every_secs: float = Field(default=30.0, gt=0)
+    #: On start, ask Wattics for each stream's last processed packet (GET ?stream=) and skip
+    #: what it already has: Wattics would discard those packets as out of order anyway.
+    resync_on_start: bool = True
+    #: Keep lifetime counters (pC_n, value datapoints of energy/gas/water/heat registers)
+    #: continuous across meter swaps and resets flagged by the poller, so Wattics never sees
+    #: negative or absurd consumption (gateway.uplinks.wattics.continuity). false: forward raw.
+    counter_continuity: bool = True
+    #: At shutdown, a request in flight may finish for this long (then it is abandoned and
+    #: sent again next start).
+    shutdown_grace_secs: float = Field(default=2.0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("username")
+    @classmethod
+    def _basic_auth_username(cls, value: SecretStr) -> SecretStr:
+        if ":" in value.get_secret_value():
+            raise ValueError("a basic-auth username cannot contain ':'")
+        return value
+
+    @model_validator(mode="after")
+    def _datapoints_are_distinct(self) -> WatticsUplink:
+        if not self.meters and not self.datapoints:
+            raise ValueError("name at least one datapoint, under `meters` or `datapoints`")
+        seen: dict[str, str] = {}
+        for datapoint in self.all_datapoints():
+            if datapoint.id in seen:
+                raise ValueError(
+                    f"Wattics datapoint {datapoint.id!r} is configured twice "
+                    f"({seen[datapoint.id]!r} and {datapoint.meter!r})"
+                )
+            seen[datapoint.id] = datapoint.meter
+        return self
+
+    def post_url(self) -> str:
+        """The push route: the configured URL, switched to the UTC route when asked."""
+        if self.timestamps == "utc" and self.url.endswith(LOCAL_ROUTE_SEGMENT):
+            return self.url[: -len(LOCAL_ROUTE_SEGMENT)] + UTC_ROUTE_SEGMENT
+        return self.url
+
+    def all_datapoints(self) -> list[WatticsDatapoint]:
+        """The `meters:` short form and `datapoints:` as one list, each with its tolerance."""
+        points = [
+            WatticsDatapoint(id=m.id, meter=meter, interval=m.interval, tolerance=m.tolerance)
+            for meter, m in self.meters.items()
+        ]
+        points.extend(self.datapoints)
+        return [
+            p.model_copy(update={"tolerance": self.tolerance}) if p.tolerance is None else p
+            for p in points
+        ]
+
+    def meter_references(self) -> Iterator[tuple[KeyPath, str]]:
+        for meter_id in self.meters:
+            yield ("meters", meter_id), meter_id
+        for index, datapoint in enumerate(self.datapoints):
+            yield ("datapoints", index, "meter"), datapoint.meter

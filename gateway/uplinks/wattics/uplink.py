@@ -1,0 +1,851 @@
+"""Wattics uplink: one JSON packet per sample, each stream in time order, over one HTTP session.
+
+Invariants (every change must keep them):
+1. Per stream, packets leave in store order, which per meter is time order: packet n+1 is not
+   sent before packet n was answered 200 or parked. Streams run concurrently (at most
+   max_concurrency requests in flight) over ONE kept-alive aiohttp session.
+2. A cursor never passes a packet that was neither answered 200 nor parked. Acknowledged
+   positions are committed in group commits, every stream in one transaction
+   (commit_every_packets of one stream, or commit_every_secs after the last group, and when
+   stopping), so neither catch-up nor a quiet site costs an fsync per packet, and a crash
+   re-sends at most one group. With resync_on_start the stream first asks Wattics
+   for its last processed packet and skips what it already has (Wattics discards any packet
+   not later than that one, so skipping loses nothing).
+3. Nothing is dropped for a transient failure or refused credentials: RETRY re-sends the SAME
+   packet after a jittered backoff; AUTH pauses every stream, alerts once and probes every
+   auth_probe_secs. Only a packet rejected (other 4xx) max_attempts_rejected times is parked
+   in the dead-letter table, with status and body, and the stream moves on.
+4. On cancellation, waiting streams stop at once; a request in flight may finish within
+   shutdown_grace_secs (then it is abandoned, never acknowledged); the acknowledged prefix is
+   committed and the session closed.
+5. The password and the Authorization header are never logged or put into health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import json
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from functools import lru_cache
+from typing import Final
+
+import aiohttp
+import yarl
+
+from core.health import Health
+from core.sample import Sample, StoredSample
+from gateway.clock.clocks import Clock, SystemClock
+from gateway.net.common import (
+    AuthGate,
+    KeptSession,
+    SessionFactory,
+    WakeableClock,
+    read_limited,
+    restart_on_error,
+    run_streams_until_cancelled,
+)
+from gateway.net.policy import (
+    TRANSPORT_ERRORS,
+    Backoff,
+    Outcome,
+    Verdict,
+    classify_exception,
+    classify_response,
+    classify_status,
+)
+from gateway.store.async_store import AsyncStore
+from gateway.timefmt import local_iso8601_ms, parse_iso8601_ms, zone
+from gateway.uplinks.wattics.config import WatticsDatapoint
+from gateway.uplinks.wattics.config import WatticsUplink as WatticsConfig
+from gateway.uplinks.wattics.continuity import CounterContinuity
+from gateway.uplinks.wattics.interval import IntervalPicker
+
+log = logging.getLogger(__name__)
+
+# -- packets ------------------------------------------------------------------------------------
+
+#: Wattics electricity key -> canonical channel (core.channels); units already match.
+ELECTRICITY_FIELDS: Final[Mapping[str, str]] = {
+    **{f"v_{n}": f"voltage_l{n}" for n in (1, 2, 3)},
+    **{f"c_{n}": f"current_l{n}" for n in (1, 2, 3)},
+    **{f"aP_{n}": f"power_active_l{n}" for n in (1, 2, 3)},
+    **{f"rP_{n}": f"power_reactive_l{n}" for n in (1, 2, 3)},
+    **{f"apP_{n}": f"power_apparent_l{n}" for n in (1, 2, 3)},
+    "pC_1": "energy_active_import",
+    "v_12": "voltage_l1_l2",
+    "v_23": "voltage_l2_l3",
+    "v_13": "voltage_l3_l1",
+}
+
+#: With energy_per_phase: pC_n carries each phase's import register instead of the total.
+PER_PHASE_ENERGY: Final[Mapping[str, str]] = {
+    f"pC_{n}": f"energy_active_import_l{n}" for n in (1, 2, 3)
+}
+
+
+def _fields(energy_per_phase: bool) -> tuple[tuple[str, str], ...]:
+    """(Wattics key, channel) pairs in packet order."""
+    fields = dict(ELECTRICITY_FIELDS)
+    if energy_per_phase:
+        del fields["pC_1"]
+        fields.update(PER_PHASE_ENERGY)
+    return tuple(fields.items())
+
+
+_TOTAL_FIELDS: Final = _fields(False)
+_PHASE_FIELDS: Final = _fields(True)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def build_packet(
+    sample: Sample,
+    stream_id: str,
+    tz: str | tzinfo,
+    *,
+    energy_per_phase: bool = False,
+    ts_ms: int | None = None,
+) -> dict[str, object] | None:
+    """The electricity packet for one sample, or None when it holds nothing Wattics takes.
+
+    Missing, null and non-finite values are left out (the API accepts a subset). Energy is
+    Wh as stored: by default the total import goes to pC_1, the API's rule for a single total.
+    """
+    values: dict[str, object] = {}
+    for key, channel in _PHASE_FIELDS if energy_per_phase else _TOTAL_FIELDS:
+        value = sample.values.get(channel)
+        if _number(value):
+            values[key] = value
+    if not values:
+        return None
+    stamp = local_iso8601_ms(sample.ts_ms if ts_ms is None else ts_ms, tz)
+    return {"id": stream_id, "tsISO8601": stamp, **values}
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def encode_packet(packet: Mapping[str, object]) -> bytes:
+    """Compact JSON on one line (the API refuses line breaks); ASCII-only, no NaN."""
+    return _ENCODER.encode(packet).encode()
+
+
+@lru_cache(maxsize=1024)
+def _head(stream_id: str) -> str:
+    return '{"id":' + _ENCODER.encode(stream_id) + ',"tsISO8601":"'
+
+
+def encode_sample(
+    sample: Sample,
+    stream_id: str,
+    tz: str | tzinfo,
+    *,
+    energy_per_phase: bool = False,
+    ts_ms: int | None = None,
+) -> bytes | None:
+    """Exactly `encode_packet(build_packet(...))` (a property test holds them equal), built
+    without the intermediate dict: the uplink's hot path during catch-up.
+    """
+    values = sample.values
+    parts: list[str] = []
+    for key, channel in _PHASE_FIELDS if energy_per_phase else _TOTAL_FIELDS:
+        value = values.get(channel)
+        if value.__class__ is float:
+            if value - value == 0.0:  # finite (NaN and infinities give NaN)
+                parts.append(f'"{key}":{float.__repr__(value)}')
+        elif _number(value):
+            parts.append(f'"{key}":{_ENCODER.encode(value)}')
+    if not parts:
+        return None
+    stamp = local_iso8601_ms(sample.ts_ms if ts_ms is None else ts_ms, tz)
+    return f'{_head(stream_id)}{stamp}",{",".join(parts)}}}'.encode()
+
+
+def encode_value(
+    sample: Sample,
+    stream_id: str,
+    channel: str,
+    tz: str | tzinfo,
+    *,
+    scale: float = 1.0,
+    ts_ms: int | None = None,
+) -> bytes | None:
+    """A single-value packet `{"id","tsISO8601","value"}` for one channel of a sample, or
+    None when the sample lacks that channel (or it is not a finite number)."""
+    value = sample.values.get(channel)
+    if not _number(value):
+        return None
+    scaled = value * scale if scale != 1.0 else value
+    if not _number(scaled):
+        return None
+    stamp = local_iso8601_ms(sample.ts_ms if ts_ms is None else ts_ms, tz)
+    return encode_packet({"id": stream_id, "tsISO8601": stamp, "value": scaled})
+
+
+def basic_auth(username: str, password: str) -> str:
+    """The Authorization header value for HTTP basic auth (RFC 7617, UTF-8)."""
+    if ":" in username:
+        raise ValueError("a basic-auth username cannot contain ':'")
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+def last_timestamp_ms(body: object, *, depth: int = 4) -> int | None:
+    """Latest `tsISO8601` found anywhere in a JSON answer to GET ?stream= (shape UNKNOWN)."""
+    found: list[int] = []
+
+    def walk(node: object, level: int) -> None:
+        if level > depth:
+            return
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(key, str) and key.lower() == "tsiso8601" and isinstance(value, str):
+                    with contextlib.suppress(ValueError):
+                        found.append(parse_iso8601_ms(value))
+                else:
+                    walk(value, level + 1)
+        elif isinstance(node, list):
+            for item in node[:1000]:
+                walk(item, level + 1)
+
+    walk(body, 0)
+    return max(found) if found else None
+
+
+# -- time and the session, injectable for tests -------------------------------------------------
+
+
+#: Samples read from the store per query.
+READ_BATCH: Final = 500
+#: ... and at most about this many samples read ahead by all streams together: ten meters
+#: catching up must not hold 5000 decoded samples (a Pi's RSS budget), one may read 500.
+READ_AHEAD_TOTAL: Final = 1000
+MIN_READ_BATCH: Final = 20
+#: A caught-up stream re-reads the store at least this often even without an append signal.
+IDLE_RECHECK_SECS: Final = 30.0
+
+
+@dataclass
+class _Stream:
+    stream: str
+    meter: str
+    point: WatticsDatapoint
+    picker: IntervalPicker[StoredSample] | None = None
+    #: Last row read from the store (may run ahead of `acked` while a sample is pending).
+    read_pos: int = 0
+    acked: int = 0
+    committed: int = 0
+    uncommitted: int = 0
+    #: Packets stamped at or before this (Wattics' last processed one) are not sent again.
+    skip_until_ms: int | None = None
+    resync_skipped: int = 0
+    #: Lifetime counters kept continuous across meter swaps (committed with the cursor).
+    continuity: CounterContinuity = field(default_factory=CounterContinuity)
+    failing_since: str | None = None
+    failures: int = 0
+    in_request: bool = False
+
+
+def _continuity_key(stream: str) -> str:
+    return f"continuity:{stream}"
+
+
+class _Parked(Exception):
+    """A packet refused max_attempts_rejected times (carries what the dead-letter row needs)."""
+
+    def __init__(self, verdict: Verdict, answer: bytes, attempts: int) -> None:
+        super().__init__(verdict.detail)
+        self.verdict = verdict
+        self.answer = answer
+        self.attempts = attempts
+
+
+# -- the uplink ---------------------------------------------------------------------------------
+
+
+class WatticsUplink:
+    """Delivers configured datapoints' samples to Wattics; see the module invariants."""
+
+    def __init__(
+        self,
+        config: WatticsConfig,
+        *,
+        store: AsyncStore,
+        health: Health,
+        timezone: str,
+        name: str = "wattics",
+        session_factory: SessionFactory | None = None,
+        clock: Clock | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self._astore = store
+        self._health = health
+        self._site_tz = zone(timezone)
+        # Packets are rendered in site time, or in UTC on the UTC route.
+        self._tz = zone("UTC") if config.timestamps == "utc" else self._site_tz
+        self._clock = WakeableClock(clock or SystemClock())
+        self._rng = rng
+        self._sessions = KeptSession(
+            config.timeout_secs, max_connections=config.max_concurrency, factory=session_factory
+        )
+        self._semaphore = asyncio.Semaphore(config.max_concurrency)
+        self._gate = AuthGate()
+        # Secret: only ever sent as a header; never logged, never put into health or alerts.
+        self._headers = {
+            "Content-Type": "application/json",
+            "Authorization": basic_auth(
+                config.username.get_secret_value(), config.password.get_secret_value()
+            ),
+        }
+        self._url = yarl.URL(config.post_url())
+        self._points: dict[str, WatticsDatapoint] = {}
+        for point in config.all_datapoints():
+            if point.id in self._points:
+                raise ValueError(
+                    f"Wattics stream {point.id!r} is configured for two meters "
+                    f"({self._points[point.id].meter!r} and {point.meter!r})"
+                )
+            self._points[point.id] = point
+        self._uplink_health = health.uplink(name)
+        self._read_batch = max(
+            MIN_READ_BATCH, min(READ_BATCH, READ_AHEAD_TOTAL // max(1, len(self._points)))
+        )
+        self.skipped = 0  # samples with nothing this datapoint takes, or between boundaries
+        self._stopping = False
+        self._resync_fallback_logged = False
+        #: Streams whose acknowledged position waits for the next group commit.
+        self._dirty: dict[str, _Stream] = {}
+        self._group_committed_at = self._clock.monotonic()
+        self._commit_lock = asyncio.Lock()
+
+    def streams(self) -> dict[str, str]:
+        """Wattics datapoint id -> the meter feeding it."""
+        return {stream: point.meter for stream, point in self._points.items()}
+
+    @property
+    def paused(self) -> bool:
+        return self._gate.paused
+
+    def flush(self) -> None:
+        """Retry now (MQTT `cmd/uplinks/<name>/flush`): every stream waiting in a retry
+        backoff, an auth probe wait or idle stops waiting, and re-queued dead letters are
+        looked for at once."""
+        log.info("%s: flush requested: retrying now", self.name)
+        self._clock.wake()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> WatticsUplink:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session; safe to call twice."""
+        await self._sessions.close()
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        return self._sessions.get()
+
+    def _new_picker(self, point: WatticsDatapoint) -> IntervalPicker[StoredSample] | None:
+        """The boundary picker of a datapoint with a registered interval (None: every sample)."""
+        if point.interval is None:
+            return None
+        return IntervalPicker(
+            interval_ms=round(point.interval * 1000),
+            tolerance_ms=round((point.tolerance or 0.0) * 1000),
+            wait_ms=round(self.config.boundary_wait_secs * 1000),
+            tz=self._site_tz,
+        )
+
+    async def run(self) -> None:
+        """Deliver every stream until cancelled; closes the session on the way out."""
+        self._open_session()
+        log.info(
+            "%s: delivering %d datapoint(s) to %s",
+            self.name,
+            len(self._points),
+            self._url.with_user(None).with_query(None),
+        )
+        self._stopping = False
+        streams = {
+            stream: _Stream(stream, point.meter, point) for stream, point in self._points.items()
+        }
+
+        def stop() -> None:
+            self._stopping = True
+
+        try:
+            # Shutdown: waiting streams stop now; one with a request in flight may finish it
+            # for up to shutdown_grace_secs, so a packet Wattics took is not sent again.
+            await run_streams_until_cancelled(
+                self.name,
+                {stream: functools.partial(self._supervise, st) for stream, st in streams.items()},
+                busy=lambda stream: streams[stream].in_request,
+                grace_secs=self.config.shutdown_grace_secs,
+                on_stop=stop,
+            )
+        finally:
+            await self.aclose()
+
+    async def _supervise(self, st: _Stream) -> None:
+        """Run one stream; a bug or store error restarts it from its cursor, not the daemon."""
+        await restart_on_error(
+            functools.partial(self._run_stream, st),
+            what=f"{self.name}/{st.stream}",
+            stopping=lambda: self._stopping,
+            backoff=self._backoff(),
+            clock=self._clock,
+            health=self._uplink_health,
+        )
+
+    async def _run_stream(self, st: _Stream) -> None:
+        position = await self._astore.call(
+            self._astore.store.register_stream, self.name, st.stream, st.meter
+        )
+        st.acked = st.committed = st.read_pos = position
+        st.uncommitted = 0
+        # A (re)start decides boundaries and resync afresh from the cursor.
+        st.picker, st.skip_until_ms = self._new_picker(st.point), None
+        if self.config.counter_continuity:
+            st.continuity = CounterContinuity.load(
+                await self._astore.call(
+                    self._astore.store.state, self.name, _continuity_key(st.stream)
+                )
+            )
+        try:
+            if self.config.resync_on_start:
+                await self._resync(st)
+            while not self._stopping:
+                items = await self._next_items(st)
+                # Operator-re-queued items go before anything newer (checked on every wake).
+                await self._send_requeued(st)
+                for stored, stamp in items:
+                    await self._deliver(st, stored, stamp)
+                    if self._stopping:
+                        return
+                    await self._maybe_commit(st)
+        finally:
+            await self._final_commit(st)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def _read(self, st: _Stream) -> list[StoredSample]:
+        return await self._astore.call(
+            self._astore.store.read, st.meter, st.read_pos, self._read_batch
+        )
+
+    def _decide(self, st: _Stream, batch: list[StoredSample]) -> list[tuple[StoredSample, int]]:
+        """(sample, packet time) for each sample in order; -1: pass over, send nothing."""
+        if batch:
+            st.read_pos = batch[-1].rowid
+        if st.picker is None:
+            return [(stored, stored.sample.ts_ms) for stored in batch]
+        decided: list[tuple[StoredSample, int]] = []
+        for stored in batch:
+            for item, stamp in st.picker.offer(stored):
+                decided.append((item, -1 if stamp is None else stamp))
+        return decided
+
+    def _expired(self, st: _Stream) -> list[tuple[StoredSample, int]]:
+        if st.picker is None:
+            return []
+        now_ms = int(self._clock.time() * 1000)
+        return [(item, -1 if s is None else s) for item, s in st.picker.expire(now_ms)]
+
+    async def _next_items(self, st: _Stream) -> list[tuple[StoredSample, int]]:
+        """The next decisions after the last read sample; waits for an append (or for a
+        pending boundary's deadline) when caught up."""
+        batch = await self._read(st)
+        if batch:
+            return self._decide(st, batch)
+        expired = self._expired(st)
+        if expired:
+            return expired
+        await self._commit(st)
+        timeout = IDLE_RECHECK_SECS
+        deadline = st.picker.deadline_ms() if st.picker is not None else None
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline / 1000 - self._clock.time()) + 0.01)
+        commit_due = self._group_commit_due_in()
+        if commit_due is not None:
+            timeout = min(timeout, commit_due + 0.01)
+        # Arm the wait BEFORE re-reading, so an append between the read and the wait is seen.
+        waiter = asyncio.get_running_loop().create_task(
+            self._astore.wait_appended(timeout), name=f"{self.name}:{st.stream}:idle"
+        )
+        try:
+            await asyncio.sleep(0)
+            batch = await self._read(st)
+            if not batch:
+                await self._clock.race(waiter)
+        finally:
+            waiter.cancel()
+        if not batch:
+            await self._commit(st)  # the group commit may have come due while waiting
+        return self._decide(st, batch) if batch else self._expired(st)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _encode(self, st: _Stream, stored: StoredSample, ts_ms: int) -> bytes | None:
+        point = st.point
+        if point.channel is None:
+            return encode_sample(
+                stored.sample,
+                st.stream,
+                self._tz,
+                energy_per_phase=self.config.energy_per_phase,
+                ts_ms=ts_ms,
+            )
+        return encode_value(
+            stored.sample, st.stream, point.channel, self._tz, scale=point.scale, ts_ms=ts_ms
+        )
+
+    async def _deliver(self, st: _Stream, stored: StoredSample, ts_ms: int) -> None:
+        """Send one sample (as a packet stamped `ts_ms`) until acknowledged or parked."""
+        if self.config.counter_continuity:
+            stored = StoredSample(stored.rowid, st.continuity.apply(stored.sample))
+        body = None
+        if ts_ms >= 0 and not (st.skip_until_ms is not None and ts_ms <= st.skip_until_ms):
+            body = self._encode(st, stored, ts_ms)
+        elif ts_ms >= 0:
+            st.resync_skipped += 1
+        if body is None:
+            self.skipped += 1
+            self._acked(st, stored.rowid)
+            return
+        try:
+            await self._settle(st, body, ts_ms=ts_ms)
+        except _Parked as parked:
+            await self._park(st, stored, body=body, parked=parked)
+            return
+        self._delivered(st, stored.rowid)
+
+    async def _settle(self, st: _Stream, body: bytes, *, ts_ms: int | None = None) -> None:
+        """POST `body` until Wattics answers 200; raises _Parked after bounded rejections.
+
+        The one place the failure table is applied: RETRY re-sends after a jittered backoff,
+        AUTH pauses every stream (this one probes), REJECT is retried max_attempts_rejected
+        times. A request that got no answer at all may still have arrived: with
+        resync_on_start, Wattics is asked for its last packet before the re-send, and a
+        packet it already has (stamped `ts_ms`) counts as delivered rather than sent twice.
+        """
+        backoff: Backoff | None = None  # made on the first failure: the common path is short
+        rejected = 0
+        health = self._uplink_health
+        while True:
+            if self._gate.paused:
+                await self._commit(st)
+                await self._gate.wait_turn(st.stream, self.config.auth_probe_secs, self._clock)
+            st.in_request = True
+            try:
+                verdict, answer = await self._post(body)
+            finally:
+                st.in_request = False
+            if verdict.outcome is Outcome.OK:
+                return
+            if self._stopping:
+                raise asyncio.CancelledError  # shutting down: do not wait to retry
+            if verdict.status is None and ts_ms is not None and self.config.resync_on_start:
+                last_ms = await self._last_processed_ms(st.stream)
+                if last_ms is not None and last_ms >= ts_ms:
+                    log.info(
+                        "%s/%s: no answer (%s), but Wattics has the packet: not sent again",
+                        self.name,
+                        st.stream,
+                        verdict.detail,
+                    )
+                    return
+            health.last_error = verdict.detail
+            health.last_error_ms = int(self._clock.time() * 1000)
+            if verdict.outcome is Outcome.AUTH:
+                health.retries += 1
+                self._pause(st, verdict)
+                continue
+            self._failing(st, verdict)
+            if verdict.outcome is Outcome.REJECT:
+                rejected += 1
+                if rejected >= self.config.max_attempts_rejected:
+                    raise _Parked(verdict, answer, rejected)
+            health.retries += 1
+            await self._commit(st)
+            backoff = backoff or self._backoff()
+            await self._clock.sleep(backoff.next_delay(verdict.retry_after_secs))
+
+    async def _post(self, body: bytes) -> tuple[Verdict, bytes]:
+        session = self._open_session()
+        async with self._semaphore:
+            try:
+                async with session.post(
+                    self._url,
+                    data=body,
+                    headers=self._headers,
+                    allow_redirects=False,
+                ) as response:
+                    try:
+                        answer = await read_limited(response)
+                    except TRANSPORT_ERRORS:
+                        answer = b""  # the status line arrived: it decides
+                    if classify_status(response.status) is Outcome.OK:
+                        return Verdict(Outcome.OK, response.status), answer
+                    verdict = classify_response(
+                        response.status, response.headers, answer, now=self._clock.time()
+                    )
+                    return verdict, answer
+            except TRANSPORT_ERRORS as exc:
+                return classify_exception(exc), b""
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.config.retry_initial_secs, self.config.retry_max_secs, rng=self._rng)
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def _delivered(self, st: _Stream, rowid: int) -> None:
+        health = self._uplink_health
+        if self._gate.reopen():
+            health.paused_reason = None
+            log.warning("%s: credentials accepted again; resuming delivery", self.name)
+        health.delivered += 1
+        health.last_success_ms = int(self._clock.time() * 1000)
+        self._recovered(st)
+        self._acked(st, rowid)
+
+    def _acked(self, st: _Stream, rowid: int) -> None:
+        st.acked = rowid
+        st.uncommitted += 1
+
+    def _failing(self, st: _Stream, verdict: Verdict) -> None:
+        st.failures += 1
+        if st.failing_since is None:
+            st.failing_since = verdict.detail
+            log.warning(
+                "%s/%s: delivery failing (%s); retrying, next log on recovery",
+                self.name,
+                st.stream,
+                verdict.detail,
+            )
+
+    def _recovered(self, st: _Stream) -> None:
+        if st.failing_since is not None:
+            log.warning(
+                "%s/%s: delivery recovered after %d failed attempt(s)",
+                self.name,
+                st.stream,
+                st.failures,
+            )
+        st.failing_since = None
+        st.failures = 0
+
+    def _pause(self, st: _Stream, verdict: Verdict) -> None:
+        if not self._gate.close(st.stream):
+            return
+        reason = f"credentials refused ({verdict.detail})"
+        self._uplink_health.paused_reason = reason
+        self._health.alert(
+            self.name,
+            f"{reason}: delivery paused, data kept; probing every "
+            f"{self.config.auth_probe_secs:g} s until the credentials are fixed",
+        )
+
+    async def _park(
+        self, st: _Stream, stored: StoredSample, *, body: bytes, parked: _Parked
+    ) -> None:
+        now_ms = int(self._clock.time() * 1000)
+        await self._commit(st)
+        verdict = parked.verdict
+        await self._astore.call(
+            self._astore.store.park,
+            self.name,
+            st.stream,
+            stored.rowid,
+            payload=body.decode(),
+            status=verdict.status,
+            body=parked.answer.decode("utf-8", "replace"),
+            attempts=parked.attempts,
+            now_ms=now_ms,
+            state=self._continuity_state(st),
+        )
+        st.acked = st.committed = stored.rowid
+        st.uncommitted = 0
+        self._uplink_health.parked += 1
+        when = local_iso8601_ms(stored.sample.ts_ms, self._site_tz)
+        self._health.alert(
+            self.name,
+            f"stream {st.stream}: sample {stored.rowid} ({when}) refused {parked.attempts} "
+            f"times ({verdict.detail}); parked in the dead-letter table",
+        )
+
+    async def _send_requeued(self, st: _Stream) -> None:
+        """Send the dead letters an operator re-queued (`meter-gateway deadletters --requeue`),
+        oldest first, before new samples. Wattics discards a packet older than the stream's
+        last one, so the CLI warns when a re-queued packet is older than what was sent since.
+        """
+        letters = await self._astore.call(self._astore.store.requeued_letters, self.name, st.stream)
+        for letter in letters:
+            if self._stopping:
+                return
+            try:
+                await self._settle(st, letter.payload.encode())
+            except _Parked as parked:
+                await self._astore.call(
+                    self._astore.store.repark,
+                    letter.id,
+                    status=parked.verdict.status,
+                    body=parked.answer.decode("utf-8", "replace"),
+                    attempts=parked.attempts,
+                    now_ms=int(self._clock.time() * 1000),
+                )
+                self._health.alert(
+                    self.name,
+                    f"stream {st.stream}: re-queued dead letter #{letter.id} refused again "
+                    f"({parked.verdict.detail}); parked again",
+                )
+                continue
+            await self._astore.call(self._astore.store.forget_dead_letter, letter.id)
+            self._uplink_health.delivered += 1
+            log.info("%s/%s: re-queued dead letter #%d delivered", self.name, st.stream, letter.id)
+
+    # -- cursor ---------------------------------------------------------------------------------
+
+    async def _maybe_commit(self, st: _Stream) -> None:
+        if st.uncommitted:
+            await self._commit(st, now=st.uncommitted >= self.config.commit_every_packets)
+
+    async def _commit(self, st: _Stream, *, now: bool = False) -> None:
+        """Make `st`'s acknowledged position durable with the uplink's next group commit.
+
+        One transaction carries every stream's cursor, at most every commit_every_secs (at
+        once with `now`: a full group during catch-up, or stopping). A cursor lagging by a few
+        seconds costs at most a re-send after a crash, which resync skips and Wattics would
+        discard anyway; one fsync per packet and stream would cost an SD card gigabytes a day.
+        """
+        if st.acked > st.committed:
+            self._dirty[st.stream] = st
+        due = self._clock.monotonic() - self._group_committed_at >= self.config.commit_every_secs
+        if self._dirty and (now or due):
+            await self._commit_group()
+
+    def _group_commit_due_in(self) -> float | None:
+        """Seconds until uncommitted positions are due (None: nothing waits)."""
+        if not self._dirty:
+            return None
+        elapsed = self._clock.monotonic() - self._group_committed_at
+        return max(0.0, self.config.commit_every_secs - elapsed)
+
+    async def _commit_group(self) -> None:
+        async with self._commit_lock:
+            dirty, self._dirty = self._dirty, {}
+            streams = [st for st in dirty.values() if st.acked > st.committed]
+            rows = [(st.stream, st.acked, self._continuity_state(st)) for st in streams]
+            try:
+                if rows:
+                    await self._astore.call(self._astore.store.advance_many, self.name, rows)
+            except BaseException:
+                self._dirty = {**dirty, **self._dirty}
+                raise
+            for st, (_, position, _) in zip(streams, rows, strict=True):
+                st.committed = position
+                st.uncommitted = 0
+            self._group_committed_at = self._clock.monotonic()
+
+    def _continuity_state(self, st: _Stream) -> dict[str, str] | None:
+        """The counter-continuity state to commit with the cursor (None: nothing to keep)."""
+        if not self.config.counter_continuity or not st.continuity.last:
+            return None
+        return {_continuity_key(st.stream): st.continuity.dump()}
+
+    async def _final_commit(self, st: _Stream) -> None:
+        """Commit the acknowledged prefix while stopping; a closed store is only logged."""
+        try:
+            await self._commit(st, now=True)
+        except Exception:
+            log.warning(
+                "%s/%s: could not commit cursor %d at stop; up to %d packet(s) will be re-sent",
+                self.name,
+                st.stream,
+                st.acked,
+                st.acked - st.committed,
+                exc_info=True,
+            )
+
+    # -- resync ---------------------------------------------------------------------------------
+
+    async def _resync(self, st: _Stream) -> None:
+        """Skip packets Wattics already processed (it would discard them anyway): packets
+        stamped at or before its last one are passed over, not sent."""
+        last_ms = await self._last_processed_ms(st.stream)
+        if last_ms is None:
+            return
+        st.skip_until_ms = last_ms
+        if last_ms > self._clock.time() * 1000 + 3_600_000:
+            log.warning(
+                "%s/%s: Wattics' last packet is stamped %s, in the future: it discards every "
+                "packet before that time (a clock that was wrong?)",
+                self.name,
+                st.stream,
+                local_iso8601_ms(last_ms, self._site_tz),
+            )
+        else:
+            log.info(
+                "%s/%s: Wattics has packets up to %s; stored samples up to then are not re-sent",
+                self.name,
+                st.stream,
+                local_iso8601_ms(last_ms, self._site_tz),
+            )
+
+    def _no_resync(self, stream: str, why: str) -> None:
+        """Say once per run that delivery falls back to at-least-once, and why."""
+        if not self._resync_fallback_logged:
+            self._resync_fallback_logged = True
+            log.warning(
+                "%s: cannot ask Wattics for its last packet (%s, stream %s): delivery is "
+                "at-least-once; after a crash up to one commit group per stream may be sent "
+                "twice (Wattics discards those as out of order)",
+                self.name,
+                why,
+                stream,
+            )
+        else:
+            log.debug("%s/%s: no resync (%s)", self.name, stream, why)
+
+    async def _last_processed_ms(self, stream: str) -> int | None:
+        """Wattics' last processed packet time for `stream`; None when it cannot tell."""
+        session = self._open_session()
+        async with self._semaphore:
+            try:
+                async with session.get(
+                    self._url.update_query(stream=stream),
+                    headers={"Authorization": self._headers["Authorization"]},
+                    allow_redirects=False,
+                ) as response:
+                    if response.status == 404:
+                        return None  # the stream has no packet yet: nothing to skip
+                    if response.status != 200:
+                        self._no_resync(stream, f"GET answered {response.status}")
+                        return None
+                    answer = await read_limited(response, 1 << 20)
+            except TRANSPORT_ERRORS as exc:
+                self._no_resync(stream, classify_exception(exc).detail)
+                return None
+        try:
+            data = json.loads(answer)
+        except (ValueError, RecursionError):  # nested beyond the parser: not JSON to us
+            self._no_resync(stream, "the answer is not JSON")
+            return None
+        last = last_timestamp_ms(data)
+        if last is None:
+            self._no_resync(stream, "no tsISO8601 in the answer")
+        return last

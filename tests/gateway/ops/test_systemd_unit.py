@@ -1,0 +1,167 @@
+"""The shipped systemd unit: the keys the daemon relies on, and systemd's own view of it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.config.schema import GatewaySection
+from tests.paths import REPO
+
+UNIT = REPO / "systemd" / "meter-gateway.service"
+
+Unit = dict[str, dict[str, list[str]]]
+
+
+def parse_unit(text: str) -> Unit:
+    """systemd's syntax: keys may repeat (DeviceAllow=), an empty value resets, `\\` continues."""
+    unit: Unit = {}
+    section: dict[str, list[str]] | None = None
+    pending = ""
+    for raw in text.splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if not line or line[0] in "#;":
+            continue
+        if line.endswith("\\"):
+            pending = line[:-1].rstrip() + " "
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = unit.setdefault(line[1:-1], {})
+            continue
+        assert section is not None, f"key outside a section: {line!r}"
+        key, sep, value = line.partition("=")
+        assert sep, f"not a key=value line: {line!r}"
+        values = section.setdefault(key.strip(), [])
+        if value.strip():
+            values.append(value.strip())
+        else:
+            values.clear()
+    return unit
+
+
+@pytest.fixture(scope="module")
+def service() -> dict[str, list[str]]:
+    return parse_unit(UNIT.read_text())["Service"]
+
+
+def one(service: dict[str, list[str]], key: str) -> str:
+    values = service.get(key)
+    assert values is not None, f"{key}= missing"
+    assert len(values) <= 1, f"{key}= set more than once: {values}"
+    return values[0] if values else ""
+
+
+def test_parser_handles_repeats_resets_and_continuations() -> None:
+    parsed = parse_unit("[Service]\nA=1\nA=2\nB=x\nB=\n# C=3\nD=one \\\n  two\n")
+    assert parsed == {"Service": {"A": ["1", "2"], "B": [], "D": ["one two"]}}
+
+
+def test_notify_watchdog_and_restart(service: dict[str, list[str]]) -> None:
+    assert one(service, "Type") == "notify"
+    assert one(service, "NotifyAccess") == "main"
+    assert one(service, "WatchdogSec") == "60"
+    assert one(service, "Restart") == "on-failure"
+    assert one(service, "RestartSec") == "5"
+    assert one(service, "TimeoutStopSec") == "20"
+    assert one(service, "ExecStart") == (
+        "/opt/meter-gateway/venv/bin/meter-gateway run -c /etc/meter-gateway/config.yaml"
+    )
+
+
+def test_runs_as_its_own_user_with_the_default_data_dir(service: dict[str, list[str]]) -> None:
+    assert one(service, "User") == "meter-gateway"
+    assert one(service, "DynamicUser") == "no"
+    assert "dialout" in one(service, "SupplementaryGroups").split()
+    state_dir = one(service, "StateDirectory")
+    assert GatewaySection.model_fields["data_dir"].default == Path("/var/lib") / state_dir
+    assert one(service, "UMask") == "0077"
+
+
+def test_serial_ports_stay_reachable_under_a_closed_device_policy(
+    service: dict[str, list[str]],
+) -> None:
+    assert one(service, "PrivateDevices") == "no"
+    assert one(service, "DevicePolicy") == "closed"
+    allowed = set(service["DeviceAllow"])
+    assert {"char-ttyUSB rw", "char-ttyACM rw", "char-ttyAMA rw", "char-ttyS rw"} <= allowed
+
+
+def test_sandbox(service: dict[str, list[str]]) -> None:
+    expected = {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "ProtectClock": "yes",
+        "ProtectHostname": "yes",
+        "RestrictNamespaces": "yes",
+        "RestrictRealtime": "yes",
+        "RestrictSUIDSGID": "yes",
+        "LockPersonality": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "SystemCallArchitectures": "native",
+        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "CapabilityBoundingSet": "",
+    }
+    assert {key: one(service, key) for key in expected} == expected
+    assert service["SystemCallFilter"][0] == "@system-service"
+
+
+def test_secrets_are_only_examples() -> None:
+    """Credentials are site-specific: the shipped unit shows how, and loads none itself."""
+    text = UNIT.read_text()
+    assert re.search(r"^#LoadCredential=\w+:/", text, re.MULTILINE)
+    assert "LoadCredential" not in parse_unit(text)["Service"]
+
+
+def _systemd_analyze() -> str:
+    binary = shutil.which("systemd-analyze")
+    if binary is None:
+        pytest.skip("systemd-analyze is not installed")
+    return binary
+
+
+def test_systemd_accepts_every_key() -> None:
+    result = subprocess.run(
+        [_systemd_analyze(), "verify", str(UNIT)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    complaints = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if re.search(r"unknown|failed to parse|invalid|ignoring", line, re.IGNORECASE)
+    ]
+    assert complaints == []
+
+
+def test_security_exposure_is_at_most_2_5(record_property: Callable[[str, object], None]) -> None:
+    """`systemd-analyze security` scores the sandbox (0 = tight, 10 = none); our budget is 2.5,
+    while the serial-port and network tests above show the service can still do its job."""
+    result = subprocess.run(
+        [_systemd_analyze(), "security", "--offline=yes", "--no-pager", str(UNIT)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if "--offline" in result.stderr and "unrecognized" in result.stderr:
+        pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout + result.stderr
+    exposure = float(match.group(1))
+    record_property("systemd_exposure", exposure)
+    print(f"systemd-analyze security exposure: {exposure}")
+    assert 0.0 <= exposure <= 2.5

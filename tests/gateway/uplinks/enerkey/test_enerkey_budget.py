@@ -1,0 +1,158 @@
+"""The daily call budget and the two-key ring, on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+from datetime import date
+
+import pytest
+
+from gateway.uplinks.enerkey.config import EnerKeyApiKey
+from gateway.uplinks.enerkey.keys import KeyRing
+from gateway.uplinks.enerkey.rate_budget import RateBudget
+
+DAY = 86_400.0
+
+
+class FakeClock:
+    """Time that moves only when someone sleeps (no real waiting)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def time(self) -> float:
+        return 1.7e9 + self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+    def trusted(self) -> bool:
+        return True
+
+
+def max_in_any_window(starts: list[float], window: float) -> int:
+    worst = 0
+    for index, start in enumerate(starts):
+        end = bisect.bisect_left(starts, start + window)
+        worst = max(worst, end - index)
+    return worst
+
+
+async def test_many_meters_never_exceed_the_daily_limit_in_any_24_hours() -> None:
+    clock = FakeClock()
+    budget = RateBudget(40_000, 100, clock)
+    starts: list[float] = []
+    stop_at = clock.now + 2 * DAY
+
+    async def meter() -> None:
+        while clock.now < stop_at:
+            await budget.acquire()
+            starts.append(clock.now)
+
+    await asyncio.gather(*(meter() for _ in range(30)))
+    assert len(starts) > 70_000  # the budget is used, not wasted
+    assert max_in_any_window(sorted(starts), DAY) <= 40_000
+    assert budget.calls_in_window() <= 40_000
+    # Spread out: after the burst, calls come at the steady interval (~2.17 s), not in clumps.
+    gaps = [b - a for a, b in itertools.pairwise(starts[200:1201])]
+    assert min(gaps) == pytest.approx(budget.steady_interval_secs)
+
+
+async def test_a_burst_goes_at_once_then_calls_are_spread() -> None:
+    clock = FakeClock()
+    budget = RateBudget(1000, 10, clock, window_secs=990.0)
+    t0 = clock.now
+    for _ in range(10):
+        await budget.acquire()
+    assert clock.now == t0
+    await budget.acquire()
+    assert clock.now == pytest.approx(t0 + 1.0)  # (1000 - 10) / 990 s = 1 call per second
+
+
+async def test_the_servers_count_withdraws_the_burst_and_zero_waits() -> None:
+    clock = FakeClock()
+    budget = RateBudget(1000, 10, clock, window_secs=990.0)
+    budget.observe("A", 50)  # at or below low water (100): steady pace only
+    t0 = clock.now
+    await budget.acquire()
+    await budget.acquire()
+    assert clock.now == pytest.approx(t0 + 1.0)
+    budget.observe("A", 0)
+    before = clock.now
+    await budget.acquire()
+    assert clock.now >= before + budget.steady_interval_secs
+    assert budget.remaining == {"A": 0}
+    budget.observe("A", 900)  # the server has room again: the burst comes back as tokens refill
+    clock.now += 100
+    before = clock.now
+    for _ in range(5):
+        await budget.acquire()
+    assert clock.now == before
+
+
+async def test_a_429_blocks_every_caller_until_retry_after() -> None:
+    clock = FakeClock()
+    budget = RateBudget(1000, 10, clock)
+    budget.block(42.0)
+    t0 = clock.now
+    await asyncio.gather(budget.acquire(), budget.acquire())
+    assert clock.now == pytest.approx(t0 + 42.0)
+
+
+def test_a_burst_as_large_as_the_limit_is_refused() -> None:
+    with pytest.raises(ValueError):
+        RateBudget(100, 100, FakeClock())
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def ring(*keys: EnerKeyApiKey, today: date = date(2025, 6, 15)) -> KeyRing:
+    return KeyRing(list(keys), today=lambda: today)
+
+
+def key(secret: str, start: str | None = None, end: str | None = None) -> EnerKeyApiKey:
+    return EnerKeyApiKey.model_validate({"key": secret, "valid_from": start, "valid_until": end})
+
+
+def test_the_key_inside_its_dates_is_used_and_kept() -> None:
+    keys = ring(key("a", end="2025-06-14"), key("b", start="2025-06-01"))
+    current = keys.current()
+    assert current is not None and current.label == "B"
+    keys = ring(key("a", end="2025-06-15"), key("b", start="2025-06-01"))
+    current = keys.current()
+    assert current is not None and current.label == "A"  # valid_until is inclusive
+
+
+def test_a_refused_key_switches_to_the_other_and_both_refused_is_none() -> None:
+    keys = ring(key("a"), key("b"))
+    first = keys.current()
+    assert first is not None and first.label == "A"
+    assert keys.refuse(first)
+    assert not keys.refuse(first)  # reported once
+    second = keys.current()
+    assert second is not None and second.label == "B"
+    keys.refuse(second)
+    assert keys.current() is None
+    assert keys.refused_labels() == ["A", "B"]
+    keys.reset()  # a probe: the key used last is tried first, then the other
+    again = keys.current()
+    assert again is not None and again.label == "B"
+
+
+def test_keys_outside_their_dates_are_still_tried_when_no_key_is_inside() -> None:
+    keys = ring(key("a", end="2025-01-01"), key("b", end="2025-02-01"))
+    current = keys.current()
+    assert current is not None and current.label == "A"
+    assert keys.outside_dates() == ["A", "B"]
+
+
+def test_a_key_never_shows_in_its_repr() -> None:
+    keys = ring(key("super-secret-key-value"))
+    assert "super-secret-key-value" not in repr(keys.keys)
