@@ -18,7 +18,7 @@ from core.health import Health
 from core.sample import Sample
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
-from gateway.uplinks.enerkey.config import EnerKeyUplink as EnerKeyConfig
+from gateway.uplinks.enerkey.config import EnerKeyConfig
 from gateway.uplinks.enerkey.hourly import Event, HourlyReadings
 from gateway.uplinks.enerkey.uplink import EnerKeyUplink
 from tests.fakes.enerkey import FakeEnerKey

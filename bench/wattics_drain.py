@@ -22,9 +22,9 @@ import aiohttp
 
 from core.health import Health
 from core.sample import Sample
-from gateway.config import schema as cfg
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
+from gateway.uplinks.wattics.config import WatticsConfig
 from gateway.uplinks.wattics.uplink import WatticsUplink, basic_auth, build_packet, encode_packet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ async def _run_uplink(
         astore = AsyncStore(Store(Path(directory) / "bench.sqlite3"))
         try:
             await astore.append(samples)
-            config = cfg.WatticsUplink.model_validate(
+            config = WatticsConfig.model_validate(
                 {
                     "url": url,
                     "username": USERNAME,

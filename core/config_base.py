@@ -24,7 +24,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class UplinkSection(Strict):
+class UplinkConfig(Strict):
     """An uplink's config. `meter_references` lets the loader check every meter id it names."""
 
     def meter_references(self) -> Iterator[tuple[KeyPath, str]]:

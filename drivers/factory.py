@@ -23,7 +23,7 @@ __all__ = ["SUNSPEC_MODEL", "build_bus", "build_reader", "bus_timeout", "open_re
 
 def build_bus(
     name: str,
-    bus: cfg.Bus,
+    bus: cfg.BusConfig,
     *,
     timeout_secs: float | None = None,
     health: BusHealth | None = None,
@@ -32,7 +32,7 @@ def build_bus(
     timeout = bus.timeout_secs if timeout_secs is None else timeout_secs
     if bus.type in SERIAL_LINES:  # D0, DSMR P1, SML: built by drivers.serial.lines
         return SERIAL_LINES[bus.type](name, bus, timeout_secs=timeout, health=health)
-    if isinstance(bus, cfg.ModbusTcpBus):
+    if isinstance(bus, cfg.ModbusTcpBusConfig):
         return ModbusTcpBus(
             name,
             bus.host,
@@ -41,7 +41,7 @@ def build_bus(
             reconnect_max_secs=bus.reconnect_max_secs,
             health=health,
         )
-    if isinstance(bus, cfg.ModbusRtuBus):
+    if isinstance(bus, cfg.ModbusRtuBusConfig):
         return ModbusRtuBus(
             name,
             bus.port,
@@ -56,7 +56,7 @@ def build_bus(
             ),
             health=health,
         )
-    if isinstance(bus, cfg.ModbusRtuOverTcpBus):
+    if isinstance(bus, cfg.ModbusRtuOverTcpBusConfig):
         return ModbusRtuOverTcpBus(
             name,
             bus.host,
@@ -69,7 +69,9 @@ def build_bus(
     raise TypeError(f"no driver for bus type {type(bus).__name__}")
 
 
-def build_reader(meter: cfg.Meter, bus: ModbusBus | SerialLine, bus_config: cfg.Bus) -> MeterReader:
+def build_reader(
+    meter: cfg.MeterConfig, bus: ModbusBus | SerialLine, bus_config: cfg.BusConfig
+) -> MeterReader:
     """The reader of one configured meter on its (already built) bus.
 
     A Modbus meter is read with its built-in or user map (drivers.modbus.maps). `model:

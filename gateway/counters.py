@@ -26,15 +26,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from core.channels import COUNTER_CHANNELS, unit_of
+from core.flags import CLOCK_UNSYNCED, COUNTER_JUMP, COUNTER_RESET
 from core.health import Health
 from core.sample import Sample
-from gateway.clock.hold import CLOCK_UNSYNCED
 from gateway.timefmt import utc_iso8601
 
-COUNTER_RESET: Final = "counter_reset"
-COUNTER_JUMP: Final = "counter_jump"
-#: Flags that start a new series of a meter's counters (uplinks must not difference across).
-COUNTER_FLAGS: Final = frozenset({COUNTER_RESET, COUNTER_JUMP})
 #: Seconds of full power added to every jump allowance (register resolution, stamp rounding).
 JUMP_SLACK_S: Final = 300.0
 _POWER_UNITS: Final = frozenset({"Wh", "varh"})

@@ -34,20 +34,15 @@ import logging
 import math
 import time
 
+from core.flags import CLOCK_UNSYNCED
 from core.health import Health, MeterHealth, MeterState
 from core.sample import Sample
 from drivers.base import MeterReader, MeterReadError
 from drivers.stamped import StampedReader
 from gateway.clock.clocks import Clock, SystemClock, next_boundary
-from gateway.clock.hold import (
-    CLOCK_UNSYNCED,
-    ClockHold,
-    HeldReading,
-    trusted_stamp_ms,
-    unsynced_stamp_ms,
-)
+from gateway.clock.hold import ClockHold, HeldReading, trusted_stamp_ms, unsynced_stamp_ms
 from gateway.clock.sync import StepDetector, clock_for
-from gateway.config.schema import Config, Meter
+from gateway.config.schema import Config, MeterConfig
 from gateway.counters import CounterGuard, report_counter_problems
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import StoreFull
@@ -69,7 +64,7 @@ _FAR_FUTURE_MS = 1 << 62
 class Poller:
     def __init__(
         self,
-        meters: list[Meter],
+        meters: list[MeterConfig],
         readers: dict[str, MeterReader],
         store: AsyncStore,
         health: Health,
@@ -116,7 +111,7 @@ class Poller:
                 self._counters[meter.id].seed(last.sample)
         self._loaded = True
 
-    async def read_once(self, meter: Meter) -> Sample | None:
+    async def read_once(self, meter: MeterConfig) -> Sample | None:
         """One read now, stamped with the current time (for commands and commissioning);
         counter-checked like a polled sample."""
         health = self.health.meter(meter.id)
@@ -133,7 +128,7 @@ class Poller:
         health.last_read_ts_ms = ts_ms
         return sample
 
-    async def _poll_forever(self, meter: Meter) -> None:
+    async def _poll_forever(self, meter: MeterConfig) -> None:
         health = self.health.meter(meter.id)
         clock = self.clock
         interval = meter.interval
@@ -381,7 +376,7 @@ class Poller:
     # -- reading -----------------------------------------------------------------------------
 
     async def _read(
-        self, meter: Meter, health: MeterHealth
+        self, meter: MeterConfig, health: MeterHealth
     ) -> tuple[dict[str, float], int | None] | None:
         """The meter's values and, for a device-stamped reader, its own time (UTC ms)."""
         reader = self.readers[meter.id]
@@ -417,7 +412,7 @@ class Poller:
         health.last_values = dict(values)
         return values, device_ts_ms
 
-    def _repeated(self, meter: Meter, ts_ms: int, previous_ts_ms: int | None) -> bool:
+    def _repeated(self, meter: MeterConfig, ts_ms: int, previous_ts_ms: int | None) -> bool:
         """A device-stamped reading (drivers.stamped) no newer than the last one: the device
         has not measured again (a gas meter's hourly value polled every 5 min). Not stored."""
         return (
@@ -426,7 +421,7 @@ class Poller:
             and ts_ms <= previous_ts_ms
         )
 
-    def _failed(self, meter: Meter, health: MeterHealth, kind: str, message: str) -> None:
+    def _failed(self, meter: MeterConfig, health: MeterHealth, kind: str, message: str) -> None:
         health.errors[kind] += 1
         health.consecutive_errors += 1
         health.last_error = f"{kind}: {message}"
@@ -441,7 +436,7 @@ class Poller:
             health.state = state
 
 
-def offline_retry_delay(meter: Meter, retries: int) -> float:
+def offline_retry_delay(meter: MeterConfig, retries: int) -> float:
     """Seconds before retry number `retries` (0 first) of an offline meter."""
     first = max(meter.interval, meter.offline_retry_secs)
     cap = max(first, meter.offline_retry_max_secs)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from core.config_base import KeyPath
+from core.config_errors import ConfigProblem
 from drivers.modbus.register_map import (
     RegisterMap,
     RegisterMapError,
@@ -28,8 +29,7 @@ from drivers.modbus.register_map import (
     validate_map_data,
 )
 from drivers.serial.config import is_serial_bus
-from gateway.config.loader import ConfigProblem
-from gateway.config.schema import Config, Meter
+from gateway.config.schema import Config, MeterConfig
 
 #: The model whose register map is discovered from the device rather than built in.
 SUNSPEC_MODEL: Final = "sunspec"
@@ -41,7 +41,7 @@ def looks_like_path(model: str) -> bool:
     return model.endswith(MAP_SUFFIXES) or "/" in model
 
 
-def model_problem(meter: Meter) -> tuple[str, str] | None:
+def model_problem(meter: MeterConfig) -> tuple[str, str] | None:
     """(key, why) when a Modbus meter's `model`/`register_map` pair names no usable map."""
     if meter.register_map is not None:
         if meter.model is not None:
@@ -101,13 +101,13 @@ def map_path(value: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
-def inline_data(meter: Meter) -> dict[str, Any]:
+def inline_data(meter: MeterConfig) -> dict[str, Any]:
     """An inline map; its `model` (a label for logs and HA) defaults to the meter id."""
     assert isinstance(meter.register_map, dict)
     return {"model": meter.id, **meter.register_map}
 
 
-def meter_register_map(meter: Meter) -> RegisterMap | None:
+def meter_register_map(meter: MeterConfig) -> RegisterMap | None:
     """The map a Modbus meter is read with; None for `model: sunspec` (discovered at the
     first read) and for meters without one (serial meters).
 
@@ -130,7 +130,7 @@ def meter_register_map(meter: Meter) -> RegisterMap | None:
     return load_builtin(meter.model)
 
 
-def map_label(meter: Meter, register_map: RegisterMap | None) -> str:
+def map_label(meter: MeterConfig, register_map: RegisterMap | None) -> str:
     """How commands name a meter's map: the model, or the user map's model and where it is."""
     if meter.register_map is None:
         return meter.model or "none"

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,8 +27,10 @@ from pydantic import (
 )
 
 from core.channels import CHANNEL_UNITS, is_known_channel
+from core.config_base import KeyPath
+from core.config_errors import ConfigError, ConfigProblem
+from core.yaml_lines import describe, parse_yaml, read_text
 from drivers.modbus.identity import IdentityCheck
-from gateway.config.loader import ConfigError, ConfigProblem, KeyPath
 
 REGISTERS_DIR: Final = Path(__file__).with_name("registers")
 
@@ -394,22 +395,23 @@ def load_builtin(model: str) -> RegisterMap:
 
 def load_map_file(path: str | Path) -> RegisterMap:
     """Parse and validate one map file; raise RegisterMapError naming file, line and key."""
-    file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        problem = ConfigProblem(file, None, (), f"cannot read: {exc.strerror}")
-        raise RegisterMapError([problem]) from exc
-    return parse_map(text, file)
+        text = read_text(path)
+    except ConfigError as exc:
+        raise RegisterMapError(exc.problems) from exc
+    return parse_map(text, str(path))
 
 
 def parse_map(text: str, file: str) -> RegisterMap:
-    data, lines = _compose(text, file)
-    if not isinstance(data, dict):
+    try:
+        document = parse_yaml(text, file)
+    except ConfigError as exc:
+        raise RegisterMapError(exc.problems) from None
+    if not isinstance(document.data, dict):
         raise RegisterMapError([ConfigProblem(file, 1, (), "the top level must be a mapping")])
-    register_map, found = validate_map_data(data)
-    if register_map is None or found:
-        problems = [ConfigProblem(file, _line_of(lines, path), path, why) for path, why in found]
+    register_map, found = validate_map_data(document.data)
+    problems = [*document.problems, *(document.problem(path, why) for path, why in found)]
+    if register_map is None or problems:
         raise RegisterMapError(problems)
     return register_map
 
@@ -424,39 +426,10 @@ def validate_map_data(data: object) -> tuple[RegisterMap | None, list[tuple[KeyP
         register_map = RegisterMap.model_validate(data, context={_REPORT_LATER: True})
     except ValidationError as exc:
         return None, [
-            (_known_prefix(data, tuple(error["loc"])), _describe(error))
+            (_known_prefix(data, tuple(error["loc"])), _describe(data, error))
             for error in exc.errors(include_input=False, include_url=False)
         ]
     return register_map, list(_map_problems(register_map))
-
-
-def _compose(text: str, file: str) -> tuple[Any, dict[KeyPath, int]]:
-    """YAML -> plain data plus the line of every key, so errors can point into the file."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        problem = ConfigProblem(file, line, (), f"not valid YAML: {reason}")
-        raise RegisterMapError([problem]) from None
-    lines: dict[KeyPath, int] = {}
-    constructor = yaml.SafeLoader("")
-
-    def build(current: yaml.Node, path: KeyPath) -> Any:
-        lines.setdefault(path, current.start_mark.line + 1)
-        if isinstance(current, yaml.MappingNode):
-            result: dict[Any, Any] = {}
-            for key_node, value_node in current.value:
-                key = constructor.construct_object(key_node)
-                lines[(*path, key)] = key_node.start_mark.line + 1
-                result[key] = build(value_node, (*path, key))
-            return result
-        if isinstance(current, yaml.SequenceNode):
-            return [build(item, (*path, i)) for i, item in enumerate(current.value)]
-        return constructor.construct_object(current)
-
-    return (build(node, ()) if node is not None else {}), lines
 
 
 def _known_prefix(data: Any, loc: tuple[Any, ...]) -> KeyPath:
@@ -473,16 +446,6 @@ def _known_prefix(data: Any, loc: tuple[Any, ...]) -> KeyPath:
     return path
 
 
-def _line_of(lines: dict[KeyPath, int], path: KeyPath) -> int | None:
-    while path and path not in lines:
-        path = path[:-1]
-    return lines.get(path)
-
-
-def _describe(error: Any) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key (see drivers/registers/SCHEMA.md)"
-    if kind == "missing":
-        return f"required key {error['loc'][-1]!r} is missing"
-    return str(error["msg"]).removeprefix("Value error, ")
+def _describe(data: Any, error: Any) -> str:
+    path = _known_prefix(data, tuple(error["loc"]))
+    return describe(error, path, unknown_key="see drivers/modbus/registers/SCHEMA.md")

@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from drivers.serial.config import MEDIUM_CHANNELS, DsmrP1Bus, SerialBus
+from drivers.serial.config import MEDIUM_CHANNELS, DsmrP1BusConfig, SerialBusConfig
 from drivers.serial.lines import obis_map_for
 from drivers.serial.obis_map import ObisMap
-from gateway.config.schema import Meter
+from gateway.config.schema import MeterConfig
 
 #: Channels every DSMR telegram carries (directly or as a sum of mandatory tariff registers).
 DSMR_EXPECTED: Final = frozenset(
@@ -57,14 +57,14 @@ class SerialChannels:
     model: str
 
 
-def serial_meter_channels(meter: Meter, bus: SerialBus) -> SerialChannels:
-    if isinstance(bus, DsmrP1Bus) and meter.mbus_channel is not None:
+def serial_meter_channels(meter: MeterConfig, bus: SerialBusConfig) -> SerialChannels:
+    if isinstance(bus, DsmrP1BusConfig) and meter.mbus_channel is not None:
         medium = meter.medium or "gas"
         only = frozenset({MEDIUM_CHANNELS[medium]})
         return SerialChannels(only, only, f"{medium} meter on M-Bus channel {meter.mbus_channel}")
     obis = obis_map_for(meter)
     overridden = {o.channel for o in meter.obis_overrides().values() if o.channel is not None}
-    if isinstance(bus, DsmrP1Bus):
+    if isinstance(bus, DsmrP1BusConfig):
         from drivers.serial.dsmr_p1 import telegram_codes
 
         codes = telegram_codes(bus.dsmr_version) | set(meter.obis_overrides())

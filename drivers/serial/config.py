@@ -41,7 +41,7 @@ class _SerialLine(Strict):
     reconnect_max_secs: float = Field(default=30.0, gt=0)
 
 
-class Iec62056Bus(_SerialLine):
+class Iec62056BusConfig(_SerialLine):
     """IEC 62056-21 (D0) readout over an optical head or RS-485: the gateway asks, the meter
     answers. Mode C (baud-rate switch with acknowledgement) by default; the meter's
     identification decides, so mode A and B meters are read too."""
@@ -65,13 +65,13 @@ class Iec62056Bus(_SerialLine):
     fast_retry_after: int = Field(default=10, ge=0)
 
     @model_validator(mode="after")
-    def _rates(self) -> Iec62056Bus:
+    def _rates(self) -> Iec62056BusConfig:
         if self.max_baudrate < self.baudrate:
             raise ValueError("max_baudrate must not be below baudrate (the sign-on rate)")
         return self
 
 
-class DsmrP1Bus(_SerialLine):
+class DsmrP1BusConfig(_SerialLine):
     """A DSMR P1 port (NL, BE e-MUCS, LU): the meter pushes a telegram every 1 or 10 s."""
 
     type: Literal["dsmr-p1"]
@@ -107,7 +107,7 @@ class DsmrP1Bus(_SerialLine):
         )
 
 
-class SmlBus(_SerialLine):
+class SmlBusConfig(_SerialLine):
     """An SML IR head (German eHZ/EDL meters): the meter pushes a binary telegram every 1-4 s."""
 
     type: Literal["sml"]
@@ -121,11 +121,11 @@ class SmlBus(_SerialLine):
     timeout_secs: float = Field(default=5.0, gt=0)
 
 
-SerialBus = Iec62056Bus | DsmrP1Bus | SmlBus
-SERIAL_BUS_TYPES: tuple[type[Strict], ...] = (Iec62056Bus, DsmrP1Bus, SmlBus)
+SerialBusConfig = Iec62056BusConfig | DsmrP1BusConfig | SmlBusConfig
+SERIAL_BUS_TYPES: tuple[type[Strict], ...] = (Iec62056BusConfig, DsmrP1BusConfig, SmlBusConfig)
 
 
-class ObisTarget(Strict):
+class ObisTargetConfig(Strict):
     """`obis: {"1.8.0": {channel: energy_active_import, unit: kWh}}`: a channel, and the unit
     to assume when the meter prints none."""
 
@@ -151,7 +151,7 @@ def _channel(value: str) -> str:
     return value
 
 
-ObisOverrideValue = Annotated[str, Field(min_length=1)] | ObisTarget | None
+ObisOverrideValue = Annotated[str, Field(min_length=1)] | ObisTargetConfig | None
 
 
 class SerialMeterFields(Strict):
@@ -188,7 +188,7 @@ class SerialMeterFields(Strict):
         """The `obis:` overrides in the OBIS map's normal form."""
         overrides: dict[str, Override] = {}
         for code, target in (self.obis or {}).items():
-            if isinstance(target, ObisTarget):
+            if isinstance(target, ObisTargetConfig):
                 overrides[config_code(code)] = Override(target.channel, target.unit)
             else:
                 overrides[config_code(code)] = Override(target)

@@ -29,7 +29,7 @@ from dsmr_parser.parsers import TelegramParser
 
 from core.health import BusHealth
 from drivers.base import MeterReadError
-from drivers.serial.config import MEDIUM_CHANNELS, MEDIUM_DEVICE_TYPES, DsmrP1Bus
+from drivers.serial.config import MEDIUM_CHANNELS, MEDIUM_DEVICE_TYPES, DsmrP1BusConfig
 from drivers.serial.lines import (
     FrameProblem,
     MbusReading,
@@ -41,7 +41,7 @@ from drivers.serial.lines import (
 from drivers.serial.obis_map import Quantity, convert
 from drivers.serial.transport import SerialPort, SerialSettings
 from drivers.stamped import StampedReading
-from gateway.config.schema import Meter
+from gateway.config.schema import MeterConfig
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class P1Line(PushLine):
         timeout_secs: float | None = None,
         health: BusHealth | None = None,
     ) -> P1Line:
-        assert isinstance(bus, DsmrP1Bus)
+        assert isinstance(bus, DsmrP1BusConfig)
         baudrate, bytesize, parity = bus.line_settings()
         settings = SerialSettings(bus.port, baudrate, bytesize, parity, bus.stopbits)
         port = SerialPort(name, settings, reconnect_max_secs=bus.reconnect_max_secs, health=health)
@@ -278,7 +278,7 @@ class P1Line(PushLine):
     def decode(self, frame: bytes) -> Telegram:
         return decode_telegram(frame, self.version)
 
-    def reader(self, meter: Meter) -> ObisReader | MbusReader:
+    def reader(self, meter: MeterConfig) -> ObisReader | MbusReader:
         if meter.mbus_channel is not None:
             return MbusReader(meter.id, self, meter.mbus_channel, meter.medium or "gas")
         return ObisReader(meter.id, self, obis_map_for(meter))

@@ -38,11 +38,11 @@ from typing import Final
 
 from core.health import BusHealth
 from drivers.base import MeterReadError
-from drivers.serial.config import Iec62056Bus
+from drivers.serial.config import Iec62056BusConfig
 from drivers.serial.lines import SerialLine, map_values, obis_map_for
 from drivers.serial.obis_map import ObisMap, Quantity, normal_code
 from drivers.serial.transport import SerialLink, SerialPort, SerialSettings
-from gateway.config.schema import Meter
+from gateway.config.schema import MeterConfig
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class Iec62056Line(SerialLine):
         timeout_secs: float | None = None,
         health: BusHealth | None = None,
     ) -> Iec62056Line:
-        assert isinstance(bus, Iec62056Bus)
+        assert isinstance(bus, Iec62056BusConfig)
         settings = SerialSettings(bus.port, bus.baudrate, bus.bytesize, bus.parity, bus.stopbits)
         port = SerialPort(name, settings, reconnect_max_secs=bus.reconnect_max_secs, health=health)
         return cls(
@@ -225,7 +225,7 @@ class Iec62056Line(SerialLine):
             fast_retry_after=bus.fast_retry_after,
         )
 
-    def reader(self, meter: Meter) -> Iec62056Reader:
+    def reader(self, meter: MeterConfig) -> Iec62056Reader:
         return Iec62056Reader(meter.id, self, meter.address, obis_map_for(meter))
 
     async def readout(self, address: str | None = None) -> Readout:

@@ -36,8 +36,8 @@ from drivers.serial.obis_map import ObisMap, Quantity, meter_map
 from drivers.serial.transport import SerialPort
 
 if TYPE_CHECKING:
-    from drivers.serial.config import SerialBus
-    from gateway.config.schema import Meter
+    from drivers.serial.config import SerialBusConfig
+    from gateway.config.schema import MeterConfig
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class SerialLine(ABC):
         return f"{self.kind} line {self.name} ({self.port.describe()})"
 
     @abstractmethod
-    def reader(self, meter: Meter) -> MeterReader:
+    def reader(self, meter: MeterConfig) -> MeterReader:
         """The reader of one configured meter on this line."""
 
     async def aclose(self) -> None:
@@ -268,7 +268,7 @@ def map_values(
     return values
 
 
-def obis_map_for(meter: Meter) -> ObisMap:
+def obis_map_for(meter: MeterConfig) -> ObisMap:
     return meter_map(meter.obis_overrides())
 
 
@@ -278,7 +278,11 @@ LineBuilder = Callable[..., SerialLine]
 
 
 def _iec62056(
-    name: str, bus: SerialBus, *, timeout_secs: float | None = None, health: BusHealth | None = None
+    name: str,
+    bus: SerialBusConfig,
+    *,
+    timeout_secs: float | None = None,
+    health: BusHealth | None = None,
 ) -> SerialLine:
     from drivers.serial.iec62056 import Iec62056Line
 
@@ -286,7 +290,11 @@ def _iec62056(
 
 
 def _dsmr_p1(
-    name: str, bus: SerialBus, *, timeout_secs: float | None = None, health: BusHealth | None = None
+    name: str,
+    bus: SerialBusConfig,
+    *,
+    timeout_secs: float | None = None,
+    health: BusHealth | None = None,
 ) -> SerialLine:
     from drivers.serial.dsmr_p1 import P1Line
 
@@ -294,7 +302,11 @@ def _dsmr_p1(
 
 
 def _sml(
-    name: str, bus: SerialBus, *, timeout_secs: float | None = None, health: BusHealth | None = None
+    name: str,
+    bus: SerialBusConfig,
+    *,
+    timeout_secs: float | None = None,
+    health: BusHealth | None = None,
 ) -> SerialLine:
     from drivers.serial.sml import SmlLine
 

@@ -22,11 +22,11 @@ from smllib.sml.response_get_list import SmlGetListResponse
 
 from core.health import BusHealth
 from drivers.base import MeterReadError
-from drivers.serial.config import SmlBus
+from drivers.serial.config import SmlBusConfig
 from drivers.serial.lines import FrameProblem, ObisReader, PushLine, Telegram, obis_map_for
 from drivers.serial.obis_map import Quantity, normal_code
 from drivers.serial.transport import SerialPort, SerialSettings
-from gateway.config.schema import Meter
+from gateway.config.schema import MeterConfig
 
 ESCAPE: Final = b"\x1b\x1b\x1b\x1b"
 START: Final = ESCAPE + b"\x01\x01\x01\x01"
@@ -194,7 +194,7 @@ class SmlLine(PushLine):
         timeout_secs: float | None = None,
         health: BusHealth | None = None,
     ) -> SmlLine:
-        assert isinstance(bus, SmlBus)
+        assert isinstance(bus, SmlBusConfig)
         settings = SerialSettings(bus.port, bus.baudrate, bus.bytesize, bus.parity, bus.stopbits)
         port = SerialPort(name, settings, reconnect_max_secs=bus.reconnect_max_secs, health=health)
         return cls(
@@ -211,5 +211,5 @@ class SmlLine(PushLine):
     def decode(self, frame: bytes) -> Telegram:
         return decode_file(frame, self.crc)
 
-    def reader(self, meter: Meter) -> ObisReader:
+    def reader(self, meter: MeterConfig) -> ObisReader:
         return ObisReader(meter.id, self, obis_map_for(meter))

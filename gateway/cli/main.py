@@ -8,8 +8,9 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from core.config_errors import ConfigError
 from gateway import __version__
-from gateway.config.loader import ConfigError, load_config
+from gateway.config.loader import load_config
 from gateway.config.schema import Config
 from gateway.logsetup import setup_logging
 from gateway.uplinks.pts import cli as pts_cli

@@ -20,7 +20,7 @@ from drivers.serial.iec62056 import Iec62056Reader
 from drivers.serial.lines import PushLine, SerialLine
 from drivers.serial.obis_map import Quantity
 from drivers.stamped import StampedReader
-from gateway.config.schema import Config, Meter
+from gateway.config.schema import Config, MeterConfig
 
 EXIT_OK = 0
 EXIT_DEVICE = 1
@@ -38,7 +38,7 @@ _HINTS = {
 
 
 async def read_serial_meter(
-    config: Config, meter: Meter, *, raw: bool = False, out: TextIO = sys.stdout
+    config: Config, meter: MeterConfig, *, raw: bool = False, out: TextIO = sys.stdout
 ) -> int:
     """One read of a serial meter, printed; the exit code says whether the device answered."""
     bus_config = config.buses[meter.bus]

@@ -20,10 +20,8 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
 
 #: The quality flag of a sample whose time is the untrusted clock's (see core.sample).
-CLOCK_UNSYNCED: Final = "clock_unsynced"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,41 +13,26 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from core.config_base import (
-    ID_PATTERN,
     Identifier,
-    KeyPath,
     Strict,
-    UplinkSection,
-    is_identifier,
 )
 from core.durations import Seconds
-from drivers.serial.config import DsmrP1Bus, Iec62056Bus, SerialMeterFields, SmlBus
-from gateway.sources.locus.config import LocusSource
-from gateway.sources.mts.config import MtsSource
-from gateway.uplinks.enerkey.config import EnerKeyUplink
-from gateway.uplinks.pts.config import PtsUplink
+from drivers.serial.config import (
+    DsmrP1BusConfig,
+    Iec62056BusConfig,
+    SerialMeterFields,
+    SmlBusConfig,
+)
+from gateway.sources.locus.config import LocusConfig
+from gateway.sources.mts.config import MtsConfig
+from gateway.uplinks.enerkey.config import EnerKeyConfig
+from gateway.uplinks.pts.config import PtsConfig
 from gateway.uplinks.wattics.config import (
-    WATTICS_PRODUCTION_URL,
-    WatticsDatapoint,
-    WatticsMeter,
-    WatticsUplink,
+    WatticsConfig,
 )
 
-__all__ = [
-    "ID_PATTERN",
-    "WATTICS_PRODUCTION_URL",
-    "Identifier",
-    "KeyPath",
-    "Strict",
-    "UplinkSection",
-    "WatticsDatapoint",
-    "WatticsMeter",
-    "WatticsUplink",
-    "is_identifier",
-]
 
-
-class GatewaySection(Strict):
+class GatewayConfig(Strict):
     id: Identifier
     timezone: str = "UTC"
     data_dir: Path = Path("/var/lib/meter-gateway")
@@ -77,7 +62,7 @@ class GatewaySection(Strict):
         return value
 
 
-class ModbusTcpBus(Strict):
+class ModbusTcpBusConfig(Strict):
     type: Literal["modbus-tcp"]
     host: str
     port: int = Field(default=502, ge=1, le=65535)
@@ -85,7 +70,7 @@ class ModbusTcpBus(Strict):
     reconnect_max_secs: float = Field(default=60.0, gt=0)
 
 
-class ModbusRtuBus(Strict):
+class ModbusRtuBusConfig(Strict):
     type: Literal["modbus-rtu"]
     #: A device path; prefer the stable /dev/serial/by-id/... link of a USB adapter.
     port: str
@@ -100,7 +85,7 @@ class ModbusRtuBus(Strict):
     inter_frame_gap_ms: float | None = Field(default=None, ge=0, le=1000)
 
 
-class ModbusRtuOverTcpBus(Strict):
+class ModbusRtuOverTcpBusConfig(Strict):
     """A serial-to-Ethernet converter forwarding raw RTU frames (with CRC) over TCP."""
 
     type: Literal["modbus-rtu-over-tcp"]
@@ -113,13 +98,18 @@ class ModbusRtuOverTcpBus(Strict):
 
 
 #: Serial utility-meter buses (D0, DSMR P1, SML) are defined in drivers.serial.config.
-Bus = Annotated[
-    ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus | Iec62056Bus | DsmrP1Bus | SmlBus,
+BusConfig = Annotated[
+    ModbusTcpBusConfig
+    | ModbusRtuBusConfig
+    | ModbusRtuOverTcpBusConfig
+    | Iec62056BusConfig
+    | DsmrP1BusConfig
+    | SmlBusConfig,
     Field(discriminator="type"),
 ]
 
 
-class Meter(SerialMeterFields):
+class MeterConfig(SerialMeterFields):
     id: Identifier
     bus: str
     unit: int = Field(default=1, ge=0, le=247)
@@ -145,17 +135,17 @@ class Meter(SerialMeterFields):
     max_power_w: float | None = Field(default=None, gt=0)
 
 
-class Sources(Strict):
+class SourcesConfig(Strict):
     """Head-end systems that read meters for us; their meters are fed like polled ones."""
 
-    mts: MtsSource | None = None
-    locus: LocusSource | None = None
+    mts: MtsConfig | None = None
+    locus: LocusConfig | None = None
 
 
-class Uplinks(Strict):
-    wattics: WatticsUplink | None = None
-    pts: PtsUplink | None = None
-    enerkey: EnerKeyUplink | None = None
+class UplinksConfig(Strict):
+    wattics: WatticsConfig | None = None
+    pts: PtsConfig | None = None
+    enerkey: EnerKeyConfig | None = None
 
 
 def _topic_prefix(value: str) -> str:
@@ -166,7 +156,7 @@ def _topic_prefix(value: str) -> str:
     return value
 
 
-class MqttTls(Strict):
+class MqttTlsConfig(Strict):
     """TLS to the broker. The server certificate is always verified (chain and host name)."""
 
     #: CA bundle that signed the broker's certificate; none: the system's trusted CAs.
@@ -176,13 +166,13 @@ class MqttTls(Strict):
     key_file: Path | None = None
 
     @model_validator(mode="after")
-    def _cert_and_key_together(self) -> MqttTls:
+    def _cert_and_key_together(self) -> MqttTlsConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
         return self
 
 
-class MqttCommands(Strict):
+class MqttCommandsConfig(Strict):
     """Commands the gateway accepts on `<prefix>/<id>/cmd/...`; each is off unless enabled."""
 
     read: bool = False
@@ -190,13 +180,13 @@ class MqttCommands(Strict):
     pts_submit: bool = False
 
 
-class MqttSection(Strict):
+class MqttConfig(Strict):
     host: str
     #: Default 1883, or 8883 when `tls` is set.
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
     password: SecretStr | None = None
-    tls: MqttTls | None = None
+    tls: MqttTlsConfig | None = None
     topic_prefix: str = "meter-gateway"
     client_id: str | None = None
     keepalive_secs: int = Field(default=60, ge=5)
@@ -211,7 +201,7 @@ class MqttSection(Strict):
     #: Publish every stored sample on `meters/<id>/values` (not retained) for local consumers.
     publish_values: bool = False
     values_qos: Literal[0, 1] = 0
-    commands: MqttCommands = Field(default_factory=MqttCommands)
+    commands: MqttCommandsConfig = Field(default_factory=MqttCommandsConfig)
     #: Telemetry waiting for the broker beyond this many messages is dropped (oldest first).
     queue_size: int = Field(default=1000, ge=10)
 
@@ -229,14 +219,14 @@ class MqttSection(Strict):
 
 
 class Config(Strict):
-    gateway: GatewaySection
-    buses: dict[Identifier, Bus] = Field(default_factory=dict)
-    meters: list[Meter] = Field(default_factory=list)
-    sources: Sources = Field(default_factory=Sources)
-    uplinks: Uplinks = Field(default_factory=Uplinks)
-    mqtt: MqttSection | None = None
+    gateway: GatewayConfig
+    buses: dict[Identifier, BusConfig] = Field(default_factory=dict)
+    meters: list[MeterConfig] = Field(default_factory=list)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    uplinks: UplinksConfig = Field(default_factory=UplinksConfig)
+    mqtt: MqttConfig | None = None
 
-    def meter(self, meter_id: str) -> Meter:
+    def meter(self, meter_id: str) -> MeterConfig:
         for meter in self.meters:
             if meter.id == meter_id:
                 return meter

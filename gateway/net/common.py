@@ -12,9 +12,9 @@ from typing import Any, Final
 
 import aiohttp
 
+from core.backoff import Backoff
 from core.health import UplinkHealth
 from gateway.clock.clocks import Clock
-from gateway.net.policy import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from core.health import Health
 from core.sample import Sample
-from gateway.config.schema import Meter, MqttCommands
+from gateway.config.schema import MeterConfig, MqttCommandsConfig
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import StoreFull
 from gateway.timefmt import utc_iso8601_ms
@@ -38,7 +38,7 @@ RESULT: Final = "result"
 #: The uplink name a PTS uplink registers under.
 PTS_UPLINK: Final = "pts"
 
-ReadOnce = Callable[[Meter], Awaitable[Sample | None]]
+ReadOnce = Callable[[MeterConfig], Awaitable[Sample | None]]
 Outcome = dict[str, Any]
 
 
@@ -85,10 +85,10 @@ class CommandHandler:
 
     def __init__(
         self,
-        config: MqttCommands,
+        config: MqttCommandsConfig,
         *,
         health: Health,
-        meters: Sequence[Meter] = (),
+        meters: Sequence[MeterConfig] = (),
         read_once: ReadOnce | None = None,
         store: AsyncStore | None = None,
         uplinks: Mapping[str, object] | None = None,

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from core.channels import CHANNEL_UNITS, PHASES
-from gateway.config.schema import Bus, Meter
+from gateway.config.schema import BusConfig, MeterConfig
 from gateway.store.async_store import AsyncStore
 
 log = logging.getLogger(__name__)
@@ -394,7 +394,7 @@ def discovery_messages(
 
 
 def describe_meters(
-    meters: Iterable[Meter], buses: Mapping[str, Bus] | None = None
+    meters: Iterable[MeterConfig], buses: Mapping[str, BusConfig] | None = None
 ) -> tuple[MeterDescription, ...]:
     """Meter descriptions from their register maps (built in or user maps), or for serial
     meters (D0, P1, SML: known from `buses`) from their OBIS map and M-Bus medium.
@@ -405,12 +405,12 @@ def describe_meters(
     """
     from drivers.modbus.maps import meter_register_map
     from drivers.serial.channels import serial_meter_channels
-    from drivers.serial.config import DsmrP1Bus, Iec62056Bus, SmlBus
+    from drivers.serial.config import DsmrP1BusConfig, Iec62056BusConfig, SmlBusConfig
 
     described: list[MeterDescription] = []
     for meter in meters:
         bus = (buses or {}).get(meter.bus)
-        if isinstance(bus, Iec62056Bus | DsmrP1Bus | SmlBus):
+        if isinstance(bus, Iec62056BusConfig | DsmrP1BusConfig | SmlBusConfig):
             serial = serial_meter_channels(meter, bus)
             described.append(
                 MeterDescription(

@@ -52,7 +52,7 @@ from core.health import (
     kernel_clock_synchronized,
 )
 from core.sample import Sample, StoredSample
-from gateway.config.schema import Config, MqttSection, MqttTls
+from gateway.config.schema import Config, MqttConfig, MqttTlsConfig
 from gateway.ops.commands import CommandHandler
 from gateway.ops.discovery import (
     DiscoveryLedger,
@@ -263,7 +263,7 @@ def sample_message(sample: Sample) -> dict[str, Any]:
     }
 
 
-def tls_context(tls: MqttTls) -> ssl.SSLContext:
+def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
     """Verifying TLS context (chain and host name, never switched off): the CA file or the
     system's CAs, and the client certificate when one is configured."""
     context = ssl.create_default_context(cafile=None if tls.ca_file is None else str(tls.ca_file))
@@ -278,7 +278,7 @@ class Monitor:
 
     def __init__(
         self,
-        config: MqttSection,
+        config: MqttConfig,
         *,
         gateway_id: str,
         health: Health,

@@ -15,7 +15,7 @@ from gateway.store.async_store import AsyncStore
 from gateway.store.database import StoreFull
 
 
-class SourceSection(Strict):
+class SourceConfig(Strict):
     """A `sources:` config section. It names the meter ids it produces, so uplinks may refer
     to them like to any polled meter and the loader can tell a duplicate id."""
 
@@ -107,9 +107,9 @@ async def store_new_samples(
 
 __all__ = [
     "Source",
+    "SourceConfig",
     "SourceContext",
     "SourceCounters",
-    "SourceSection",
     "StoreFull",
     "store_new_samples",
 ]

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway.sources.base import Source, SourceContext, SourceSection
+from gateway.sources.base import Source, SourceConfig, SourceContext
 
 
-def _mts(section: SourceSection, context: SourceContext) -> Source:
+def _mts(section: SourceConfig, context: SourceContext) -> Source:
     from gateway.sources.mts.source import build_source
 
     return build_source(section, context)
 
 
-def _locus(section: SourceSection, context: SourceContext) -> Source:
+def _locus(section: SourceConfig, context: SourceContext) -> Source:
     from gateway.sources.locus.source import build_source
 
     return build_source(section, context)
 
 
 #: config key under `sources:` -> factory.
-FACTORIES: dict[str, Callable[[SourceSection, SourceContext], Source]] = {
+FACTORIES: dict[str, Callable[[SourceConfig, SourceContext], Source]] = {
     "mts": _mts,
     "locus": _locus,
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core.config_base import UplinkSection
+from core.config_base import UplinkConfig
 from core.health import Health
 from gateway.config.schema import Config
 from gateway.store.async_store import AsyncStore
@@ -27,8 +27,8 @@ class UplinkContext:
     health: Health
 
 
-def _wattics(section: UplinkSection, context: UplinkContext) -> Uplink:
-    from gateway.config.schema import WatticsUplink as WatticsConfig
+def _wattics(section: UplinkConfig, context: UplinkContext) -> Uplink:
+    from gateway.uplinks.wattics.config import WatticsConfig
     from gateway.uplinks.wattics.uplink import WatticsUplink
 
     assert isinstance(section, WatticsConfig)
@@ -41,7 +41,7 @@ def _wattics(section: UplinkSection, context: UplinkContext) -> Uplink:
 
 
 #: config key under `uplinks:` -> factory. Imports are lazy: an unconfigured uplink costs nothing.
-FACTORIES: dict[str, Callable[[UplinkSection, UplinkContext], Uplink]] = {
+FACTORIES: dict[str, Callable[[UplinkConfig, UplinkContext], Uplink]] = {
     "wattics": _wattics,
     "pts": _pts,
     "enerkey": _enerkey,

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from core.flags import CLOCK_UNSYNCED, COUNTER_JUMP, COUNTER_RESET
 from core.health import Health
 from core.sample import Sample
-from gateway.clock.hold import CLOCK_UNSYNCED
-from gateway.config.schema import Meter
-from gateway.counters import COUNTER_JUMP, COUNTER_RESET, CounterGuard
+from gateway.config.schema import MeterConfig
+from gateway.counters import CounterGuard
 from gateway.poller import Poller
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
@@ -46,7 +46,7 @@ async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
     await astore.aclose()
 
 
-async def poll(astore: AsyncStore, health: Health, meter: Meter, values: list[float]) -> None:
+async def poll(astore: AsyncStore, health: Health, meter: MeterConfig, values: list[float]) -> None:
     reader = RegisterMeter(meter.id, values)
     task = asyncio.get_running_loop().create_task(
         Poller([meter], {meter.id: reader}, astore, health).run()
@@ -64,8 +64,8 @@ async def stored(astore: AsyncStore, meter: str) -> list[tuple[float, frozenset[
     return [(row.sample.values[ENERGY], row.sample.flags) for row in rows]
 
 
-def meter(**fields: object) -> Meter:
-    return Meter(id="m", bus="b", model="sdm630", interval=0.1, **fields)  # type: ignore[arg-type]
+def meter(**fields: object) -> MeterConfig:
+    return MeterConfig(id="m", bus="b", model="sdm630", interval=0.1, **fields)  # type: ignore[arg-type]
 
 
 async def test_a_replaced_meter_is_flagged_counted_and_alerted_with_the_numbers(

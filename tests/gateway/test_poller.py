@@ -9,7 +9,7 @@ from pathlib import Path
 from core.health import Health, MeterState
 from drivers.base import MeterReadError
 from gateway.clock.clocks import SystemClock
-from gateway.config.schema import Meter
+from gateway.config.schema import MeterConfig
 from gateway.poller import Poller
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
@@ -37,10 +37,10 @@ class UntrustedClock(SystemClock):
         return False
 
 
-def meter(meter_id: str, interval: float) -> Meter:
+def meter(meter_id: str, interval: float) -> MeterConfig:
     # offline meters are retried at their own interval here (tests/gateway/test_poller_offline.py
     # covers the slower offline schedule)
-    return Meter(
+    return MeterConfig(
         id=meter_id, bus="b", model="sdm630", interval=interval, offline_retry_secs=interval
     )
 

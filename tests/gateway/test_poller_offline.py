@@ -13,7 +13,7 @@ from core.health import Health, MeterHealth, MeterState
 from drivers.base import MeterReadError
 from drivers.modbus.bus import ModbusReader, ModbusRtuBus
 from drivers.modbus.register_map import load_builtin
-from gateway.config.schema import Meter
+from gateway.config.schema import MeterConfig
 from gateway.poller import Poller, offline_retry_delay, retry_boundary
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
@@ -71,9 +71,9 @@ class FlakyMeter:
 
 
 def test_offline_delays_start_at_one_minute_or_the_interval_and_double_to_the_cap() -> None:
-    minute = Meter(id="m", bus="b", model="sdm630", interval=15)
+    minute = MeterConfig(id="m", bus="b", model="sdm630", interval=15)
     assert [offline_retry_delay(minute, n) for n in range(5)] == [60, 120, 240, 300, 300]
-    slow = Meter(id="m", bus="b", model="sdm630", interval=900, offline_retry_max_secs=600)
+    slow = MeterConfig(id="m", bus="b", model="sdm630", interval=900, offline_retry_max_secs=600)
     assert [offline_retry_delay(slow, n) for n in range(3)] == [900, 900, 900]
     # always on a boundary of the meter's interval, at least `delay` after the failed tick
     assert retry_boundary(1005.0, 60, 15, now=1005.5) == 1065.0
@@ -87,7 +87,7 @@ async def test_an_offline_meter_is_retried_slower_and_resumes_its_schedule(
     clock = FakeClock(START + 0.5)
     health = Health()
     reader = FlakyMeter(clock, health.meter("m"), recovers_at=START + 700, stop_after=16)
-    meter = Meter(
+    meter = MeterConfig(
         id="m", bus="b", model="x", interval=10, offline_retry_secs=60, offline_retry_max_secs=240
     )
     astore = AsyncStore(Store(tmp_path / "s.sqlite3"))
@@ -151,7 +151,7 @@ async def test_a_dead_unit_on_the_line_costs_the_live_one_at_most_its_timeout(
     dead_device = SimulatedMeter(sdm630, unit_id=2)
     dead_device.unresponsive = True
     meters = [
-        Meter(
+        MeterConfig(
             id="dead",
             bus="rs485",
             model="sdm630",
@@ -161,7 +161,7 @@ async def test_a_dead_unit_on_the_line_costs_the_live_one_at_most_its_timeout(
             offline_retry_secs=0.4,
             offline_retry_max_secs=0.4,
         ),
-        Meter(id="live", bus="rs485", model="sdm630", unit=1, interval=interval),
+        MeterConfig(id="live", bus="rs485", model="sdm630", unit=1, interval=interval),
     ]
     health = Health()
     astore = AsyncStore(Store(tmp_path / "s.sqlite3"))

@@ -19,7 +19,7 @@ import aiohttp
 from gateway.clock.clocks import Clock
 from gateway.net.common import read_limited
 from gateway.net.policy import Outcome, Verdict, classify_exception, classify_status
-from gateway.sources.locus.config import LocusSource
+from gateway.sources.locus.config import LocusConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class _Token:
 
 
 class TokenManager:
-    def __init__(self, section: LocusSource, clock: Clock) -> None:
+    def __init__(self, section: LocusConfig, clock: Clock) -> None:
         self.section = section
         self.clock = clock
         self._token: _Token | None = None

@@ -23,10 +23,11 @@ from typing import Any
 
 import aiohttp
 
+from core.backoff import Backoff
 from gateway.clock.clocks import Clock
-from gateway.net.policy import Backoff, Outcome, classify_exception, classify_response
+from gateway.net.policy import Outcome, classify_exception, classify_response
 from gateway.sources.locus.auth import LocusApiError, TokenManager, error_kind
-from gateway.sources.locus.config import LocusSource
+from gateway.sources.locus.config import LocusConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ _GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, ...
 _GATES = weakref.WeakKeyDictionary()
 
 
-def account_gate(section: LocusSource) -> AccountGate:
+def account_gate(section: LocusConfig) -> AccountGate:
     """The gate shared by everything in this event loop that talks to the same account."""
     loop = asyncio.get_running_loop()
     user = section.username.get_secret_value() if section.username else ""
@@ -66,7 +67,7 @@ def account_gate(section: LocusSource) -> AccountGate:
 class LocusClient:
     """`async with LocusClient(section, clock) as client: await client.get(path, params)`."""
 
-    def __init__(self, section: LocusSource, clock: Clock) -> None:
+    def __init__(self, section: LocusConfig, clock: Clock) -> None:
         self.section = section
         self.clock = clock
         self.tokens = TokenManager(section, clock)

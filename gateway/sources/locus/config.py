@@ -21,7 +21,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from core.channels import CHANNEL_UNITS, COUNTER_CHANNELS
 from core.config_base import Identifier, KeyPath, Strict
 from core.durations import Seconds
-from gateway.sources.base import SourceSection
+from gateway.sources.base import SourceConfig
 
 LOCUS_URL: Final = "https://api.locusenergy.com"
 
@@ -49,7 +49,7 @@ SPAN_LIMIT_SECS: Final[dict[str, int]] = {
 FieldKind = Literal["value", "interval", "counter"]
 
 
-class LocusField(Strict):
+class LocusFieldConfig(Strict):
     """How one Locus field becomes one channel."""
 
     channel: str
@@ -73,14 +73,14 @@ def _field(item: object) -> object:
     return {"channel": item} if isinstance(item, str) else item
 
 
-def default_fields() -> dict[str, LocusField]:
+def default_fields() -> dict[str, LocusFieldConfig]:
     return {
-        "W_avg": LocusField(channel="power_active", kind="value"),
-        "Wh_sum": LocusField(channel="energy_active_import", kind="interval"),
+        "W_avg": LocusFieldConfig(channel="power_active", kind="value"),
+        "Wh_sum": LocusFieldConfig(channel="energy_active_import", kind="interval"),
     }
 
 
-def resolved_kind(short_name: str, spec: LocusField) -> FieldKind:
+def resolved_kind(short_name: str, spec: LocusFieldConfig) -> FieldKind:
     if spec.kind is not None:
         return spec.kind
     if spec.channel in COUNTER_CHANNELS:
@@ -88,7 +88,7 @@ def resolved_kind(short_name: str, spec: LocusField) -> FieldKind:
     return "value"
 
 
-class LocusMeter(Strict):
+class LocusMeterConfig(Strict):
     """One Locus component, known by its component id or found by its node id."""
 
     component_id: int | None = Field(default=None, ge=0)
@@ -100,7 +100,7 @@ class LocusMeter(Strict):
     #: intervals of this granularity.
     granularity: Granularity = "5min"
     #: Locus field -> channel (a channel name or {channel, kind, scale}).
-    fields: dict[str, LocusField] = Field(default_factory=default_fields, min_length=1)
+    fields: dict[str, LocusFieldConfig] = Field(default_factory=default_fields, min_length=1)
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -110,7 +110,7 @@ class LocusMeter(Strict):
         return value
 
     @model_validator(mode="after")
-    def _one_identity(self) -> LocusMeter:
+    def _one_identity(self) -> LocusMeterConfig:
         if (self.component_id is None) == (self.node_id is None):
             raise ValueError("give exactly one of component_id and node_id")
         channels: set[str] = set()
@@ -132,7 +132,7 @@ class LocusMeter(Strict):
         return GRANULARITY_SECS[self.granularity]
 
 
-class LocusSource(SourceSection):
+class LocusConfig(SourceConfig):
     base_url: str = LOCUS_URL
     #: API credentials from the Locus account manager.
     client_id: SecretStr
@@ -142,7 +142,7 @@ class LocusSource(SourceSection):
     password: SecretStr | None = None
     #: Needed to find components by node id.
     partner_id: int | None = Field(default=None, ge=0)
-    meters: dict[Identifier, LocusMeter] = Field(min_length=1)
+    meters: dict[Identifier, LocusMeterConfig] = Field(min_length=1)
     #: Refresh the access token this long before `expires_in` runs out (at most half of it).
     token_refresh_margin_secs: float = Field(default=120.0, ge=0)
     timeout_secs: float = Field(default=60.0, gt=0)
@@ -170,7 +170,7 @@ class LocusSource(SourceSection):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _consistent(self) -> LocusSource:
+    def _consistent(self) -> LocusConfig:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together (password grant)")
         if self.partner_id is None and any(m.node_id for m in self.meters.values()):
@@ -189,7 +189,7 @@ class LocusSource(SourceSection):
     def grant(self) -> Literal["password", "client_credentials"]:
         return "password" if self.username is not None else "client_credentials"
 
-    def window_secs(self, meter: LocusMeter) -> int:
+    def window_secs(self, meter: LocusMeterConfig) -> int:
         """Backfill window for `meter`: whole intervals, strictly inside the span limit."""
         step = meter.granularity_secs
         limit = SPAN_LIMIT_SECS[meter.granularity]

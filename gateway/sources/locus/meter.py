@@ -19,14 +19,14 @@ import logging
 import time
 from typing import Any
 
+from core.backoff import Backoff
 from core.health import Health, MeterState
 from gateway.clock.clocks import Clock, next_boundary
-from gateway.net.policy import Backoff
 from gateway.poller import OFFLINE_AFTER
 from gateway.sources.base import SourceCounters, StoreFull, store_new_samples
 from gateway.sources.locus.auth import LocusApiError
 from gateway.sources.locus.client import LocusClient
-from gateway.sources.locus.config import LocusMeter, LocusSource
+from gateway.sources.locus.config import LocusConfig, LocusMeterConfig
 from gateway.sources.locus.plan import (
     DAY_MS,
     ceil_to,
@@ -63,8 +63,8 @@ class LocusMeterWorker:
     def __init__(
         self,
         meter_id: str,
-        meter: LocusMeter,
-        section: LocusSource,
+        meter: LocusMeterConfig,
+        section: LocusConfig,
         *,
         client: LocusClient,
         store: AsyncStore,

@@ -15,7 +15,7 @@ from typing import Any
 
 from core.channels import unit_of
 from core.sample import Sample
-from gateway.sources.locus.config import FieldKind, LocusMeter, resolved_kind
+from gateway.sources.locus.config import FieldKind, LocusMeterConfig, resolved_kind
 from gateway.sources.locus.plan import parse_ts
 
 #: Locus unit -> (canonical unit, factor). Locus writes reactive power "VAR".
@@ -53,7 +53,7 @@ class FieldProblem(Exception):
     """A configured field that this component does not have, or cannot be read as asked."""
 
 
-def plan_fields(meter: LocusMeter, available: Mapping[str, Any]) -> list[FieldPlan]:
+def plan_fields(meter: LocusMeterConfig, available: Mapping[str, Any]) -> list[FieldPlan]:
     """Check every configured field against a dataavailable answer; FieldProblem lists all."""
     by_short: dict[str, dict[str, Any]] = {}
     for base in available.get("baseFields") or []:

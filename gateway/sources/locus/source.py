@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.sources.base import Source, SourceContext, SourceSection
+from gateway.sources.base import Source, SourceConfig, SourceContext
 from gateway.sources.locus.client import LocusClient
-from gateway.sources.locus.config import LocusSource
+from gateway.sources.locus.config import LocusConfig
 from gateway.sources.locus.meter import LocusMeterWorker
 
 
 class LocusEnergySource:
     name = "locus"
 
-    def __init__(self, section: LocusSource, context: SourceContext) -> None:
+    def __init__(self, section: LocusConfig, context: SourceContext) -> None:
         self.section = section
         self.context = context
         self.workers: list[LocusMeterWorker] = []
@@ -44,7 +44,7 @@ class LocusEnergySource:
                     group.create_task(worker.run(), name=f"locus:{worker.meter_id}")
 
 
-def build_source(section: SourceSection, context: SourceContext) -> Source:
-    if not isinstance(section, LocusSource):
+def build_source(section: SourceConfig, context: SourceContext) -> Source:
+    if not isinstance(section, LocusConfig):
         raise TypeError(f"not a Locus section: {type(section).__name__}")
     return LocusEnergySource(section, context)

@@ -26,7 +26,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from core.channels import CHANNEL_UNITS
 from core.config_base import Identifier, KeyPath, Strict
 from core.durations import Seconds
-from gateway.sources.base import SourceSection
+from gateway.sources.base import SourceConfig
 
 MTS_URL: Final = "https://www.coherent-research.co.uk/MTS"
 
@@ -53,7 +53,7 @@ RATE_UNITS: Final = frozenset({"W", "var", "VA"})
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
-class MtsChannel(Strict):
+class MtsChannelConfig(Strict):
     """Where one MTS register or survey channel goes."""
 
     channel: str
@@ -72,7 +72,7 @@ class MtsChannel(Strict):
         return value
 
     @model_validator(mode="after")
-    def _interval_is_rate(self) -> MtsChannel:
+    def _interval_is_rate(self) -> MtsChannelConfig:
         if self.kind == "interval" and CHANNEL_UNITS[self.channel] not in RATE_UNITS:
             raise ValueError(
                 "an interval value becomes an average rate: use a W, var or VA channel"
@@ -85,10 +85,10 @@ def _channel_spec(value: object) -> object:
     return {"channel": value} if isinstance(value, str) else value
 
 
-ChannelMap = dict[str, MtsChannel | None]
+ChannelMap = dict[str, MtsChannelConfig | None]
 
 
-class MtsSchedule(Strict):
+class MtsScheduleConfig(Strict):
     """When a meter is tested: `daily_at` site-local time (gateway.timezone), or `every`."""
 
     daily_at: time | None = None
@@ -107,13 +107,13 @@ class MtsSchedule(Strict):
         return value
 
     @model_validator(mode="after")
-    def _one_form(self) -> MtsSchedule:
+    def _one_form(self) -> MtsScheduleConfig:
         if (self.daily_at is None) == (self.every is None):
             raise ValueError("give exactly one of daily_at ('02:00') or every (e.g. 6h)")
         return self
 
 
-class MtsMeter(Strict):
+class MtsMeterConfig(Strict):
     """One meter MTS reads; the first group are test-request parameters, as MTS names them
     in snake case."""
 
@@ -129,7 +129,9 @@ class MtsMeter(Strict):
     survey_days: int = Field(default=1, ge=0, le=366)
     #: true: MTS dials at once; false: overnight (MTS's default).
     immediate: bool = False
-    schedule: MtsSchedule = Field(default_factory=lambda: MtsSchedule(daily_at=time(2, 0)))
+    schedule: MtsScheduleConfig = Field(
+        default_factory=lambda: MtsScheduleConfig(daily_at=time(2, 0))
+    )
     #: Register name -> channel, merged over DEFAULT_REGISTERS (null removes one).
     registers: ChannelMap = Field(default_factory=dict)
     #: Survey channel name -> channel, merged over DEFAULT_SURVEY (null removes one).
@@ -152,28 +154,28 @@ class MtsMeter(Strict):
             raise ValueError("cannot contain a line break")
         return value.strip()
 
-    def register_map(self) -> dict[str, MtsChannel]:
+    def register_map(self) -> dict[str, MtsChannelConfig]:
         """Lower-cased register name -> target, defaults merged with this meter's entries."""
         return _merged(DEFAULT_REGISTERS, self.registers)
 
-    def survey_map(self) -> dict[str, MtsChannel]:
+    def survey_map(self) -> dict[str, MtsChannelConfig]:
         return _merged(DEFAULT_SURVEY, self.survey)
 
 
-def _merged(defaults: Mapping[str, str], overrides: ChannelMap) -> dict[str, MtsChannel]:
-    merged: dict[str, MtsChannel | None] = {
-        name.lower(): MtsChannel(channel=channel) for name, channel in defaults.items()
+def _merged(defaults: Mapping[str, str], overrides: ChannelMap) -> dict[str, MtsChannelConfig]:
+    merged: dict[str, MtsChannelConfig | None] = {
+        name.lower(): MtsChannelConfig(channel=channel) for name, channel in defaults.items()
     }
     merged.update({name.lower(): target for name, target in overrides.items()})
     return {name: target for name, target in merged.items() if target is not None}
 
 
-class MtsSource(SourceSection):
+class MtsConfig(SourceConfig):
     base_url: str = MTS_URL
     #: The MTS API access token (an administrator creates it in MTS: Extras - MTS API).
     token: SecretStr
     #: Gateway meter id -> the meter MTS reads.
-    meters: dict[Identifier, MtsMeter] = Field(min_length=1)
+    meters: dict[Identifier, MtsMeterConfig] = Field(min_length=1)
     timeout_secs: float = Field(default=30.0, gt=0)
     #: A pending test is polled after this long, then at doubling intervals up to poll_max_secs.
     poll_initial_secs: Seconds = 60.0
@@ -220,7 +222,7 @@ class MtsSource(SourceSection):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> MtsSource:
+    def _consistent(self) -> MtsConfig:
         if self.poll_max_secs < self.poll_initial_secs:
             raise ValueError("poll_max_secs is below poll_initial_secs")
         for meter_id, meter in self.meters.items():

@@ -15,7 +15,7 @@ from typing import Final
 
 from core.channels import CHANNEL_UNITS
 from core.sample import Sample
-from gateway.sources.mts.config import MtsChannel, MtsMeter
+from gateway.sources.mts.config import MtsChannelConfig, MtsMeterConfig
 from gateway.sources.mts.parse import TestStatus
 
 #: Unit as MTS writes it (lower case) -> (canonical unit, factor).
@@ -62,7 +62,7 @@ class Ingest:
         return [*self.survey, *([self.registers] if self.registers else [])]
 
 
-def _factor(units: str, target: MtsChannel, period_secs: float) -> float | None:
+def _factor(units: str, target: MtsChannelConfig, period_secs: float) -> float | None:
     """Multiplier from MTS's value to the target channel, None when the units do not fit."""
     channel_unit = CHANNEL_UNITS[target.channel]
     if target.kind == "interval":
@@ -84,7 +84,7 @@ def ingest(
     status: TestStatus,
     meter_id: str,
     registers_meter: str,
-    meter: MtsMeter,
+    meter: MtsMeterConfig,
     *,
     period_secs: float,
 ) -> Ingest:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from datetime import UTC, date, datetime, timedelta
 
-from gateway.sources.mts.config import MtsSchedule
+from gateway.sources.mts.config import MtsScheduleConfig
 from gateway.timefmt import utc_datetime, zone
 
 
-def last_slot_ms(now_ms: int, schedule: MtsSchedule, timezone: str) -> int:
+def last_slot_ms(now_ms: int, schedule: MtsScheduleConfig, timezone: str) -> int:
     """The most recent slot at or before `now_ms`."""
     if schedule.every is not None:
         every_ms = round(schedule.every * 1000)
@@ -30,7 +30,7 @@ def last_slot_ms(now_ms: int, schedule: MtsSchedule, timezone: str) -> int:
     raise AssertionError("unreachable: a daily slot lies within three days")
 
 
-def next_slot_ms(now_ms: int, schedule: MtsSchedule, timezone: str) -> int:
+def next_slot_ms(now_ms: int, schedule: MtsScheduleConfig, timezone: str) -> int:
     """The first slot strictly after `now_ms`."""
     if schedule.every is not None:
         every_ms = round(schedule.every * 1000)
@@ -44,7 +44,7 @@ def next_slot_ms(now_ms: int, schedule: MtsSchedule, timezone: str) -> int:
     raise AssertionError("unreachable: a daily slot lies within three days")
 
 
-def _local_ms(day: date, schedule: MtsSchedule, timezone: str) -> int:
+def _local_ms(day: date, schedule: MtsScheduleConfig, timezone: str) -> int:
     """The slot on a local day; a time skipped by DST is taken with the earlier offset."""
     assert schedule.daily_at is not None
     local = datetime.combine(day, schedule.daily_at, tzinfo=zone(timezone))

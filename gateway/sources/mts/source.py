@@ -38,19 +38,20 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Final
 
+from core.backoff import Backoff
 from core.health import Health, MeterHealth, MeterState
 from gateway.clock.clocks import Clock, SystemClock
 from gateway.net.common import AuthGate
-from gateway.net.policy import Backoff, Outcome, Verdict
+from gateway.net.policy import Outcome, Verdict
 from gateway.sources.base import (
     Source,
+    SourceConfig,
     SourceContext,
     SourceCounters,
-    SourceSection,
     store_new_samples,
 )
 from gateway.sources.mts.client import MtsClient, MtsError, SessionFactory
-from gateway.sources.mts.config import MtsSource
+from gateway.sources.mts.config import MtsConfig
 from gateway.sources.mts.ingest import ingest
 from gateway.sources.mts.parse import TestState, TestStatus, TestSummary, parse_search, parse_status
 from gateway.sources.mts.schedule import last_slot_ms, next_slot_ms, survey_window
@@ -75,7 +76,7 @@ class MtsRuntime:
 
     def __init__(
         self,
-        config: MtsSource,
+        config: MtsConfig,
         *,
         store: AsyncStore,
         health: Health,
@@ -547,9 +548,9 @@ def _garbage(operation: str, why: str) -> MtsError:
     return MtsError(operation, Verdict(Outcome.RETRY, 200, None, why), why)
 
 
-def build_source(section: SourceSection, context: SourceContext) -> Source:
+def build_source(section: SourceConfig, context: SourceContext) -> Source:
     """The `mts` entry of gateway.sources.registry.FACTORIES."""
-    assert isinstance(section, MtsSource)
+    assert isinstance(section, MtsConfig)
     config = context.config
     return MtsRuntime(
         section,

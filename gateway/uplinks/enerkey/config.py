@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import ENERGY_CHANNELS, unit_of
-from core.config_base import KeyPath, Strict, UplinkSection
+from core.config_base import KeyPath, Strict, UplinkConfig
 from core.durations import Seconds
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ UNIT_DIVISORS: Final = {
 MeterId = Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1, max_length=100)]
 
 
-class EnerKeyApiKey(Strict):
+class EnerKeyApiKeyConfig(Strict):
     """One of the profile's two API keys; the dates (UTC days, inclusive) are optional hints."""
 
     key: SecretStr
@@ -58,13 +58,13 @@ class EnerKeyApiKey(Strict):
         return value
 
     @model_validator(mode="after")
-    def _ordered(self) -> EnerKeyApiKey:
+    def _ordered(self) -> EnerKeyApiKeyConfig:
         if self.valid_from and self.valid_until and self.valid_until < self.valid_from:
             raise ValueError("valid_until is before valid_from")
         return self
 
 
-class EnerKeyMeter(Strict):
+class EnerKeyMeterConfig(Strict):
     #: The meter's id in EnerKey (a number there; text is sent as a JSON string).
     meter_id: MeterId
     #: cumulative: the counter reading at each hour (idempotent, the default);
@@ -87,7 +87,7 @@ class EnerKeyMeter(Strict):
         return value
 
     @model_validator(mode="after")
-    def _unit_matches(self) -> EnerKeyMeter:
+    def _unit_matches(self) -> EnerKeyMeterConfig:
         base = unit_of(self.channel)
         if self.unit not in (base, f"k{base}", f"M{base}"):
             raise ValueError(f"unit {self.unit} does not fit channel {self.channel} ({base})")
@@ -98,7 +98,7 @@ class EnerKeyMeter(Strict):
         return UNIT_DIVISORS[self.unit]
 
 
-class EnerKeyFields(Strict):
+class EnerKeyFieldsConfig(Strict):
     """JSON names in the push body: `{meter_id: .., values: [{timestamp: .., value: ..}]}`."""
 
     meter_id: str = Field(default="meterId", min_length=1)
@@ -107,7 +107,7 @@ class EnerKeyFields(Strict):
     value: str = Field(default="value", min_length=1)
 
     @model_validator(mode="after")
-    def _distinct(self) -> EnerKeyFields:
+    def _distinct(self) -> EnerKeyFieldsConfig:
         if self.meter_id == self.values or self.timestamp == self.value:
             raise ValueError("field names on the same level must differ")
         return self
@@ -118,18 +118,18 @@ def _api_key(item: object) -> object:
     return {"key": item} if isinstance(item, str | SecretStr) else item
 
 
-class EnerKeyUplink(UplinkSection):
+class EnerKeyConfig(UplinkConfig):
     base_url: str = ENERKEY_URL
     #: One or two keys (A, B); a plain string or {key, valid_from, valid_until}.
-    api_keys: list[EnerKeyApiKey] = Field(min_length=1, max_length=2)
+    api_keys: list[EnerKeyApiKeyConfig] = Field(min_length=1, max_length=2)
     #: gateway meter id -> its EnerKey meter.
-    meters: dict[str, EnerKeyMeter] = Field(min_length=1)
+    meters: dict[str, EnerKeyMeterConfig] = Field(min_length=1)
     #: The reading at an hour is interpolated between samples at most this far apart.
     max_interpolation_gap: Seconds = Field(default=900.0, le=86_400.0)
     #: Paths under base_url; `{meter_id}` is replaced by the URL-encoded EnerKey meter id.
     cumulative_path: str = CUMULATIVE_PATH
     consumption_path: str = CONSUMPTION_PATH
-    fields: EnerKeyFields = Field(default_factory=EnerKeyFields)
+    fields: EnerKeyFieldsConfig = Field(default_factory=EnerKeyFieldsConfig)
     #: utc: `2024-03-31T01:00:00Z`; offset: site-local with its offset `...T04:00:00+03:00`.
     timestamp_format: Literal["utc", "offset"] = "utc"
     #: Which end of the hour stamps an hour's consumption.
@@ -189,7 +189,7 @@ class EnerKeyUplink(UplinkSection):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> EnerKeyUplink:
+    def _consistent(self) -> EnerKeyConfig:
         if self.rate_limit_burst >= self.rate_limit_per_day:
             raise ValueError("rate_limit_burst must be below rate_limit_per_day")
         if len(self.api_keys) == 2 and (
@@ -212,11 +212,11 @@ class EnerKeyUplink(UplinkSection):
             yield ("meters", meter_id), meter_id
 
 
-def build_uplink(section: UplinkSection, context: UplinkContext) -> Uplink:
+def build_uplink(section: UplinkConfig, context: UplinkContext) -> Uplink:
     """The `enerkey` entry of gateway.uplinks.registry.FACTORIES (the uplink is imported lazily)."""
     from gateway.uplinks.enerkey.uplink import EnerKeyUplink as Runtime
 
-    assert isinstance(section, EnerKeyUplink)
+    assert isinstance(section, EnerKeyConfig)
     return Runtime(
         section,
         store=context.store,

@@ -26,13 +26,14 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
+from core.flags import CLOCK_UNSYNCED, COUNTER_JUMP, COUNTER_RESET
 from core.sample import StoredSample
 from gateway.timefmt import HOUR_MS, ceil_hour_ms, floor_hour_ms
 
 #: Samples with these flags are not used (their time or value is not trustworthy).
-UNTRUSTED_FLAGS: Final = frozenset({"clock_unsynced"})
+UNTRUSTED_FLAGS: Final = frozenset({CLOCK_UNSYNCED})
 #: Samples with these flags start a new series of the counter (gateway.counters).
-BREAK_FLAGS: Final = {"counter_reset": "counter reset", "counter_jump": "counter jump"}
+BREAK_FLAGS: Final = {COUNTER_RESET: "counter reset", COUNTER_JUMP: "counter jump"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 
 from pydantic import SecretStr
 
-from gateway.uplinks.enerkey.config import EnerKeyApiKey
+from gateway.uplinks.enerkey.config import EnerKeyApiKeyConfig
 
 LABELS = ("A", "B")
 
@@ -45,7 +45,7 @@ class KeyRing:
     """
 
     def __init__(
-        self, keys: Sequence[EnerKeyApiKey], *, today: Callable[[], date] = utc_today
+        self, keys: Sequence[EnerKeyApiKeyConfig], *, today: Callable[[], date] = utc_today
     ) -> None:
         if not 1 <= len(keys) <= len(LABELS):
             raise ValueError("one or two API keys")

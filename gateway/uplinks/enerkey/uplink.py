@@ -66,6 +66,7 @@ from urllib.parse import quote
 import aiohttp
 import yarl
 
+from core.backoff import Backoff
 from core.health import Health
 from gateway.clock.clocks import Clock, SystemClock
 from gateway.net.common import (
@@ -79,7 +80,6 @@ from gateway.net.common import (
 )
 from gateway.net.policy import (
     TRANSPORT_ERRORS,
-    Backoff,
     Outcome,
     Verdict,
     classify_exception,
@@ -117,7 +117,7 @@ def state_key(stream: str) -> str:
     return f"stream:{stream}"
 
 
-def convert(value_wh: float, meter: ekc.EnerKeyMeter) -> float:
+def convert(value_wh: float, meter: ekc.EnerKeyMeterConfig) -> float:
     """A stored counter value (Wh/varh) in the meter's EnerKey unit, rounded."""
     return round(value_wh / meter.divisor, meter.decimals)
 
@@ -127,7 +127,7 @@ def render_timestamp(ts_ms: int, timestamp_format: str, tz: tzinfo) -> str:
 
 
 def build_body(
-    config: ekc.EnerKeyUplink,
+    config: ekc.EnerKeyConfig,
     meter_id: int | str,
     values: list[tuple[int, float]],
     tz: tzinfo,
@@ -145,7 +145,7 @@ def build_body(
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
-def push_url(config: ekc.EnerKeyUplink, meter: ekc.EnerKeyMeter) -> yarl.URL:
+def push_url(config: ekc.EnerKeyConfig, meter: ekc.EnerKeyMeterConfig) -> yarl.URL:
     template = config.consumption_path if meter.mode == "consumption" else config.cumulative_path
     path = template.format(meter_id=quote(str(meter.meter_id), safe=""))
     return yarl.URL(config.base_url + path, encoded=True)
@@ -176,7 +176,7 @@ class _Message:
 class _Stream:
     stream: str
     meter: str
-    target: ekc.EnerKeyMeter
+    target: ekc.EnerKeyMeterConfig
     url: yarl.URL
     readings: HourlyReadings
     read_after: int = 0
@@ -200,7 +200,7 @@ class EnerKeyUplink:
 
     def __init__(
         self,
-        config: ekc.EnerKeyUplink,
+        config: ekc.EnerKeyConfig,
         *,
         store: AsyncStore,
         health: Health,

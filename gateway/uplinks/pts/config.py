@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import CHANNEL_UNITS
-from core.config_base import KeyPath, Strict, UplinkSection
+from core.config_base import KeyPath, Strict, UplinkConfig
 
 if TYPE_CHECKING:
     from gateway.uplinks.base import Uplink
@@ -23,7 +23,7 @@ PTS_STAGING_BASE_URL = "https://automatedreporting.masscec-pts.com"
 PTS_STAGING_PATH_PREFIX = "/ptsstaging"
 
 
-class PtsSystem(Strict):
+class PtsSystemConfig(Strict):
     """One PTS system, fed by the meter whose id is the key in `systems`."""
 
     #: The PTS key of the system (the API's `fk_system`).
@@ -43,7 +43,7 @@ class PtsSystem(Strict):
         return value
 
 
-class PtsUplink(UplinkSection):
+class PtsConfig(UplinkConfig):
     subscription_key: SecretStr
     #: `staging` needs nothing else; `production` needs base_url AND path_prefix (UNKNOWN
     #: until MassCEC grants production access: they are not published).
@@ -51,7 +51,7 @@ class PtsUplink(UplinkSection):
     base_url: str | None = None
     path_prefix: str | None = None
     #: meter id -> the PTS system its lifetime energy register reports for.
-    systems: dict[str, PtsSystem] = Field(min_length=1)
+    systems: dict[str, PtsSystemConfig] = Field(min_length=1)
     #: Batch-level `Notes` of each submission.
     notes: str | None = Field(default=None, max_length=500)
     #: The window, in Eastern time, runs from local midnight `window_days_before` days before
@@ -106,7 +106,7 @@ class PtsUplink(UplinkSection):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> PtsUplink:
+    def _consistent(self) -> PtsConfig:
         if self.environment == "production" and (self.base_url is None or self.path_prefix is None):
             raise ValueError(
                 "environment production needs base_url and path_prefix (the production "
@@ -136,9 +136,9 @@ class PtsUplink(UplinkSection):
             yield ("systems", meter_id), meter_id
 
 
-def build_uplink(section: UplinkSection, context: UplinkContext) -> Uplink:
+def build_uplink(section: UplinkConfig, context: UplinkContext) -> Uplink:
     """The `pts` entry of gateway.uplinks.registry.FACTORIES (the uplink is imported lazily)."""
     from gateway.uplinks.pts.uplink import PtsUplink as Pts
 
-    assert isinstance(section, PtsUplink)
+    assert isinstance(section, PtsConfig)
     return Pts(section, store=context.store, health=context.health)

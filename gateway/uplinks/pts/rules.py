@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from core.flags import COUNTER_JUMP, COUNTER_RESET
 from gateway.uplinks.pts.window import Reading
 
 #: Two kWh values closer than this are the same reading (PTS keeps kWh with decimals).
@@ -78,8 +79,8 @@ def check_reading(
 
 #: Sample flags (gateway.counters) that forbid submitting the reading, and what they mean.
 REFUSED_FLAGS: Final = {
-    "counter_reset": "the counter went down: meter replaced, rolled over or reset?",
-    "counter_jump": "the counter rose faster than the meter's maximum power allows",
+    COUNTER_RESET: "the counter went down: meter replaced, rolled over or reset?",
+    COUNTER_JUMP: "the counter rose faster than the meter's maximum power allows",
 }
 
 

@@ -61,12 +61,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from core.backoff import Backoff
+from core.flags import CLOCK_UNSYNCED
 from core.health import Health
 from core.sample import StoredSample
 from gateway.clock.clocks import Clock, SystemClock
-from gateway.clock.hold import CLOCK_UNSYNCED
 from gateway.net.common import WakeableClock
-from gateway.net.policy import Backoff
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import PTS_PENDING, PtsClaim, PtsSubmission
 from gateway.timefmt import parse_local_naive
@@ -79,8 +79,7 @@ from gateway.uplinks.pts.client import (
     ReadingInfo,
     SessionFactory,
 )
-from gateway.uplinks.pts.config import PtsSystem
-from gateway.uplinks.pts.config import PtsUplink as PtsConfig
+from gateway.uplinks.pts.config import PtsConfig, PtsSystemConfig
 from gateway.uplinks.pts.rules import (
     REFUSED_FLAGS,
     LastReading,
@@ -121,7 +120,7 @@ _COUNTED_FAILED: Final = ("failed", "superseded")
 class _System:
     meter: str
     fk: int
-    config: PtsSystem
+    config: PtsSystemConfig
     active: bool | None = None
     system_id: str | None = None
     name: str | None = None

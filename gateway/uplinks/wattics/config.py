@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import is_known_channel
-from core.config_base import KeyPath, Strict, UplinkSection
+from core.config_base import KeyPath, Strict, UplinkConfig
 from core.durations import Seconds
 
 WATTICS_PRODUCTION_URL = "https://web-collector.wattics.com/measurements/v2/unifiedjson/"
@@ -41,14 +41,14 @@ class _Cadence(Strict):
         return value
 
 
-class WatticsMeter(_Cadence):
+class WatticsMeterConfig(_Cadence):
     """Short form: this meter's electricity packets go to datapoint `id`."""
 
     #: The Wattics data stream id the platform assigned to this meter.
     id: str = Field(min_length=1)
 
 
-class WatticsDatapoint(_Cadence):
+class WatticsDatapointConfig(_Cadence):
     """One Wattics datapoint fed by one meter."""
 
     id: str = Field(min_length=1)
@@ -68,21 +68,21 @@ class WatticsDatapoint(_Cadence):
         return value
 
     @model_validator(mode="after")
-    def _scale_only_for_values(self) -> WatticsDatapoint:
+    def _scale_only_for_values(self) -> WatticsDatapointConfig:
         if self.channel is None and self.scale != 1.0:
             raise ValueError("scale applies to value datapoints (with a channel) only")
         return self
 
 
-class WatticsUplink(UplinkSection):
+class WatticsConfig(UplinkConfig):
     url: str = WATTICS_PRODUCTION_URL
     #: `local`: site-local timestamps with offset on the documented route. `utc`: UTC
     #: timestamps on the `unifiedjson_utc/` route, where Wattics converts them itself.
     timestamps: Literal["local", "utc"] = "local"
     username: SecretStr
     password: SecretStr
-    meters: dict[str, WatticsMeter] = Field(default_factory=dict)
-    datapoints: list[WatticsDatapoint] = Field(default_factory=list)
+    meters: dict[str, WatticsMeterConfig] = Field(default_factory=dict)
+    datapoints: list[WatticsDatapointConfig] = Field(default_factory=list)
     #: Default tolerance of datapoints with an interval that do not set their own.
     tolerance: Seconds = 60.0
     #: A sample at most `tolerance` before a boundary is sent once no better one can come:
@@ -132,7 +132,7 @@ class WatticsUplink(UplinkSection):
         return value
 
     @model_validator(mode="after")
-    def _datapoints_are_distinct(self) -> WatticsUplink:
+    def _datapoints_are_distinct(self) -> WatticsConfig:
         if not self.meters and not self.datapoints:
             raise ValueError("name at least one datapoint, under `meters` or `datapoints`")
         seen: dict[str, str] = {}
@@ -151,10 +151,10 @@ class WatticsUplink(UplinkSection):
             return self.url[: -len(LOCAL_ROUTE_SEGMENT)] + UTC_ROUTE_SEGMENT
         return self.url
 
-    def all_datapoints(self) -> list[WatticsDatapoint]:
+    def all_datapoints(self) -> list[WatticsDatapointConfig]:
         """The `meters:` short form and `datapoints:` as one list, each with its tolerance."""
         points = [
-            WatticsDatapoint(id=m.id, meter=meter, interval=m.interval, tolerance=m.tolerance)
+            WatticsDatapointConfig(id=m.id, meter=meter, interval=m.interval, tolerance=m.tolerance)
             for meter, m in self.meters.items()
         ]
         points.extend(self.datapoints)

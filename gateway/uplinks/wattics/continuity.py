@@ -30,8 +30,8 @@ import math
 from dataclasses import dataclass, field
 
 from core.channels import COUNTER_CHANNELS
+from core.flags import COUNTER_JUMP, COUNTER_RESET
 from core.sample import Sample
-from gateway.counters import COUNTER_JUMP, COUNTER_RESET
 
 
 def _finite(value: object) -> bool:

@@ -40,6 +40,7 @@ from typing import Final
 import aiohttp
 import yarl
 
+from core.backoff import Backoff
 from core.health import Health
 from core.sample import Sample, StoredSample
 from gateway.clock.clocks import Clock, SystemClock
@@ -54,7 +55,6 @@ from gateway.net.common import (
 )
 from gateway.net.policy import (
     TRANSPORT_ERRORS,
-    Backoff,
     Outcome,
     Verdict,
     classify_exception,
@@ -63,8 +63,7 @@ from gateway.net.policy import (
 )
 from gateway.store.async_store import AsyncStore
 from gateway.timefmt import local_iso8601_ms, parse_iso8601_ms, zone
-from gateway.uplinks.wattics.config import WatticsDatapoint
-from gateway.uplinks.wattics.config import WatticsUplink as WatticsConfig
+from gateway.uplinks.wattics.config import WatticsConfig, WatticsDatapointConfig
 from gateway.uplinks.wattics.continuity import CounterContinuity
 from gateway.uplinks.wattics.interval import IntervalPicker
 
@@ -239,7 +238,7 @@ IDLE_RECHECK_SECS: Final = 30.0
 class _Stream:
     stream: str
     meter: str
-    point: WatticsDatapoint
+    point: WatticsDatapointConfig
     picker: IntervalPicker[StoredSample] | None = None
     #: Last row read from the store (may run ahead of `acked` while a sample is pending).
     read_pos: int = 0
@@ -310,7 +309,7 @@ class WatticsUplink:
             ),
         }
         self._url = yarl.URL(config.post_url())
-        self._points: dict[str, WatticsDatapoint] = {}
+        self._points: dict[str, WatticsDatapointConfig] = {}
         for point in config.all_datapoints():
             if point.id in self._points:
                 raise ValueError(
@@ -360,7 +359,7 @@ class WatticsUplink:
     def _open_session(self) -> aiohttp.ClientSession:
         return self._sessions.get()
 
-    def _new_picker(self, point: WatticsDatapoint) -> IntervalPicker[StoredSample] | None:
+    def _new_picker(self, point: WatticsDatapointConfig) -> IntervalPicker[StoredSample] | None:
         """The boundary picker of a datapoint with a registered interval (None: every sample)."""
         if point.interval is None:
             return None

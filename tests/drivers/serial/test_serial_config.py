@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from drivers.serial.config import DsmrP1Bus, Iec62056Bus, SmlBus
+from core.config_errors import ConfigError
+from drivers.serial.config import DsmrP1BusConfig, Iec62056BusConfig, SmlBusConfig
 from drivers.serial.lines import obis_map_for
 from drivers.serial.obis_map import (
     ObisMapError,
@@ -17,7 +18,7 @@ from drivers.serial.obis_map import (
     default_map,
     parse_map,
 )
-from gateway.config.loader import ConfigError, parse_config
+from gateway.config.loader import parse_config
 
 SITE = """\
 gateway: {id: site-1}
@@ -44,18 +45,18 @@ def problems(text: str) -> list[str]:
 def test_a_site_with_every_serial_bus_type_is_valid() -> None:
     config = parse_config(SITE, "site.yaml", {})
     head, p1, ir = config.buses["head"], config.buses["p1"], config.buses["ir"]
-    assert isinstance(head, Iec62056Bus) and (head.baudrate, head.parity, head.bytesize) == (
+    assert isinstance(head, Iec62056BusConfig) and (head.baudrate, head.parity, head.bytesize) == (
         300,
         "E",
         7,
     )
-    assert isinstance(p1, DsmrP1Bus) and p1.dsmr_version == "2.2"
+    assert isinstance(p1, DsmrP1BusConfig) and p1.dsmr_version == "2.2"
     assert p1.line_settings() == (9600, 7, "E")  # DSMR 2.2 runs 9600 7E1
-    assert isinstance(ir, SmlBus) and (ir.baudrate, ir.parity) == (9600, "N")
+    assert isinstance(ir, SmlBusConfig) and (ir.baudrate, ir.parity) == (9600, "N")
     assert config.meter("gas").mbus_channel == 1 and config.meter("gas").model is None
     modern = parse_config(SITE.replace("dsmr_version: 2.2", "dsmr_version: 5"), "s.yaml", {})
     p1 = modern.buses["p1"]
-    assert isinstance(p1, DsmrP1Bus) and p1.line_settings() == (115200, 8, "N")
+    assert isinstance(p1, DsmrP1BusConfig) and p1.line_settings() == (115200, 8, "N")
 
 
 @pytest.mark.parametrize(
@@ -180,7 +181,7 @@ def test_codes_are_normalised_and_map_files_checked() -> None:
 def test_the_d0_fallback_setting_reaches_the_line() -> None:
     from drivers.serial.iec62056 import Iec62056Line
 
-    bus = Iec62056Bus(type="iec62056-21", port="/dev/ttyUSB0", fast_retry_after=3)
+    bus = Iec62056BusConfig(type="iec62056-21", port="/dev/ttyUSB0", fast_retry_after=3)
     assert Iec62056Line.from_config("d0", bus).fast_retry_after == 3
-    default = Iec62056Bus(type="iec62056-21", port="/dev/ttyUSB0")
+    default = Iec62056BusConfig(type="iec62056-21", port="/dev/ttyUSB0")
     assert Iec62056Line.from_config("d0", default).fast_retry_after == 10

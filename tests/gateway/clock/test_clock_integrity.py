@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from core.flags import CLOCK_UNSYNCED
 from core.health import Health, kernel_clock_synchronized
 from core.sample import Sample, StoredSample
 from gateway.clock.clocks import EARLIEST_PLAUSIBLE_S
-from gateway.clock.hold import CLOCK_UNSYNCED
 from gateway.clock.sync import STA_UNSYNC, SyncCheck, SyncedClock, kernel_sync
-from gateway.config.schema import Config, Meter
+from gateway.config.schema import Config, MeterConfig
 from gateway.poller import Poller, poller_for
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
@@ -69,8 +69,8 @@ async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
     await astore.aclose()
 
 
-def meters(*ids: str) -> list[Meter]:
-    return [Meter(id=i, bus="b", model="sdm630", interval=INTERVAL) for i in ids]
+def meters(*ids: str) -> list[MeterConfig]:
+    return [MeterConfig(id=i, bus="b", model="sdm630", interval=INTERVAL) for i in ids]
 
 
 async def rows_of(astore: AsyncStore, meter: str) -> list[StoredSample]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.loader import ConfigError, load_config
+from core.config_errors import ConfigError
+from gateway.config.loader import load_config
 from tests.paths import REPO
 
 VALID = """\

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.config_errors import ConfigError
 from core.health import Health
 from drivers.modbus.maps import meter_register_map
 from drivers.modbus.register_map import RegisterMap, parse_map
 from drivers.simulator import SimulatedMeter, serve_modbus_tcp
 from gateway.cli.commissioning import scan_bus
-from gateway.config.loader import ConfigError, load_config, parse_config
+from gateway.config.loader import load_config, parse_config
 from gateway.config.schema import Config
 from gateway.daemon import DB_FILE, Daemon
 from gateway.ops.discovery import describe_meters

@@ -8,8 +8,8 @@ from email.utils import format_datetime
 import aiohttp
 import pytest
 
+from core.backoff import Backoff
 from gateway.net.policy import (
-    Backoff,
     Outcome,
     classify_exception,
     classify_response,

@@ -16,7 +16,7 @@ from core.health import Health
 from core.sample import Sample
 from drivers.factory import open_readers
 from drivers.simulator import SimulatedMeter
-from gateway.config.schema import Config, MqttCommands
+from gateway.config.schema import Config, MqttCommandsConfig
 from gateway.ops.commands import CommandHandler
 from gateway.poller import Poller
 from gateway.store.async_store import AsyncStore
@@ -24,7 +24,7 @@ from gateway.store.database import Store
 from tests.fixtures.modbus import SDM630_VALUES
 from tests.fixtures.network import free_port
 
-ALL_ON = MqttCommands(read=True, flush=True, pts_submit=True)
+ALL_ON = MqttCommandsConfig(read=True, flush=True, pts_submit=True)
 
 
 def site_config(tmp_path: Path, modbus_port: int) -> Config:
@@ -50,7 +50,7 @@ class Site:
     astore: AsyncStore
     poller: Poller
 
-    def handler(self, commands: MqttCommands = ALL_ON, **uplinks: object) -> CommandHandler:
+    def handler(self, commands: MqttCommandsConfig = ALL_ON, **uplinks: object) -> CommandHandler:
         return CommandHandler(
             commands,
             health=self.health,
@@ -135,7 +135,7 @@ async def test_no_read_is_stamped_while_the_clock_is_not_trusted(site: Site) -> 
 
 
 async def test_disabled_commands_are_refused_without_running(site: Site) -> None:
-    handler = site.handler(MqttCommands())  # the default: everything off
+    handler = site.handler(MqttCommandsConfig())  # the default: everything off
     for suffix in ("meters/incomer/read", "uplinks/wattics/flush", "pts/submit"):
         outcome = await handler.handle(suffix, body(request_id=7))
         assert outcome == {"request_id": 7, "ok": False, "error": "command disabled"}

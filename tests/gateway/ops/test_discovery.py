@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config.schema import Meter
+from gateway.config.schema import MeterConfig
 from gateway.ops.discovery import (
     MAIN_CHANNELS,
     Inventory,
@@ -235,8 +235,8 @@ def test_ids_with_dots_become_valid_node_and_object_ids() -> None:
 def test_described_meters_take_channels_and_model_from_the_register_map() -> None:
     described = describe_meters(
         [
-            Meter(id="incomer", bus="plant", model="sdm630"),
-            Meter(id="odd", bus="plant", model="not-a-built-in-model"),
+            MeterConfig(id="incomer", bus="plant", model="sdm630"),
+            MeterConfig(id="odd", bus="plant", model="not-a-built-in-model"),
         ]
     )
     incomer, odd = described

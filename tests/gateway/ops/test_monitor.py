@@ -21,7 +21,7 @@ import pytest
 
 from core.health import Health, MeterState
 from core.sample import Sample
-from gateway.config.schema import MqttSection
+from gateway.config.schema import MqttConfig
 from gateway.ops.monitor import HealthRenderer, Monitor, health_messages, measure_forever
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
@@ -31,18 +31,18 @@ from tests.paths import REPO
 PREFIX = "test-gw"
 
 
-def mqtt_config(broker: MosquittoBroker, **overrides: Any) -> MqttSection:
+def mqtt_config(broker: MosquittoBroker, **overrides: Any) -> MqttConfig:
     fields: dict[str, Any] = {
         "host": broker.host,
         "port": broker.port,
         "topic_prefix": PREFIX,
         "keepalive_secs": 5,
     }
-    return MqttSection(**(fields | overrides))
+    return MqttConfig(**(fields | overrides))
 
 
 def fast_monitor(
-    config: MqttSection, health: Health, gateway_id: str = "site-1", interval_secs: float = 0.2
+    config: MqttConfig, health: Health, gateway_id: str = "site-1", interval_secs: float = 0.2
 ) -> Monitor:
     return Monitor(
         config,
@@ -311,7 +311,7 @@ async def test_store_figures_reach_health(tmp_path: Path) -> None:
 
 
 def test_publish_coalesces_per_topic_and_drops_oldest_when_full() -> None:
-    config = MqttSection(host="127.0.0.1", port=1, topic_prefix=PREFIX, queue_size=10)
+    config = MqttConfig(host="127.0.0.1", port=1, topic_prefix=PREFIX, queue_size=10)
     monitor = Monitor(config, gateway_id="site-1", health=Health(), version="t")
     for value in range(5):
         monitor.publish("live/incomer", {"power_active": value})
@@ -324,7 +324,7 @@ def test_publish_coalesces_per_topic_and_drops_oldest_when_full() -> None:
 
 @pytest.mark.parametrize("suffix", ["", "/abs", "meters/+/state", "meters/#"])
 def test_publish_refuses_bad_topic_suffix(suffix: str) -> None:
-    monitor = Monitor(MqttSection(host="127.0.0.1"), gateway_id="g", health=Health(), version="t")
+    monitor = Monitor(MqttConfig(host="127.0.0.1"), gateway_id="g", health=Health(), version="t")
     with pytest.raises(ValueError, match="topic suffix"):
         monitor.publish(suffix, "x")
 
@@ -357,10 +357,10 @@ async def test_broker_publishes_last_will_when_the_gateway_dies(
 ) -> None:
     script = (
         "import asyncio, sys\n"
-        "from gateway.config.schema import MqttSection\n"
+        "from gateway.config.schema import MqttConfig\n"
         "from core.health import Health\n"
         "from gateway.ops.monitor import Monitor\n"
-        "config = MqttSection(host=sys.argv[1], port=int(sys.argv[2]), topic_prefix=sys.argv[3],"
+        "config = MqttConfig(host=sys.argv[1], port=int(sys.argv[2]), topic_prefix=sys.argv[3],"
         " keepalive_secs=5)\n"
         "asyncio.run(Monitor(config, gateway_id='doomed', health=Health(), version='t').run())\n"
     )

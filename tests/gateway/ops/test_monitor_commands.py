@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from drivers.simulator import SimulatedMeter
-from gateway.config.schema import ModbusTcpBus, MqttCommands
+from gateway.config.schema import ModbusTcpBusConfig, MqttCommandsConfig
 from gateway.ops.monitor import Monitor
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.gateway.ops.test_commands import Site, open_site
@@ -21,7 +21,7 @@ from tests.gateway.ops.test_monitor import Subscriber, mqtt_config, running, top
 READ = topic("cmd/meters/incomer/read")
 
 
-def commanded(broker: MosquittoBroker, site: Site, commands: MqttCommands) -> Monitor:
+def commanded(broker: MosquittoBroker, site: Site, commands: MqttCommandsConfig) -> Monitor:
     return Monitor(
         mqtt_config(broker),
         gateway_id="site-1",
@@ -53,7 +53,7 @@ async def answer(operator: Subscriber, command_topic: str, request_id: str) -> d
 async def test_read_command_round_trip_stores_a_new_sample(
     mosquitto: MosquittoBroker, site: Site
 ) -> None:
-    monitor = commanded(mosquitto, site, MqttCommands(read=True))
+    monitor = commanded(mosquitto, site, MqttCommandsConfig(read=True))
     async with Subscriber(mosquitto) as operator, running(monitor):
         await operator.until(topic("status"), "online")
         outcome = await answer(operator, READ, "r-1")
@@ -73,7 +73,7 @@ async def test_read_command_round_trip_stores_a_new_sample(
 
 
 async def test_answers_are_never_coalesced(mosquitto: MosquittoBroker, site: Site) -> None:
-    monitor = commanded(mosquitto, site, MqttCommands(read=True))
+    monitor = commanded(mosquitto, site, MqttCommandsConfig(read=True))
     async with Subscriber(mosquitto) as operator, running(monitor):
         await operator.until(topic("status"), "online")
         for n in range(3):
@@ -88,7 +88,7 @@ async def test_answers_are_never_coalesced(mosquitto: MosquittoBroker, site: Sit
 async def test_disabled_command_is_refused_and_nothing_is_read(
     mosquitto: MosquittoBroker, site: Site
 ) -> None:
-    monitor = commanded(mosquitto, site, MqttCommands())  # the default: all off
+    monitor = commanded(mosquitto, site, MqttCommandsConfig())  # the default: all off
     async with Subscriber(mosquitto) as operator, running(monitor):
         await operator.until(topic("status"), "online")
         outcome = await answer(operator, READ, "no")
@@ -100,7 +100,7 @@ async def test_disabled_command_is_refused_and_nothing_is_read(
 
 
 async def test_pts_submit_without_a_pts_uplink(mosquitto: MosquittoBroker, site: Site) -> None:
-    monitor = commanded(mosquitto, site, MqttCommands(pts_submit=True))
+    monitor = commanded(mosquitto, site, MqttCommandsConfig(pts_submit=True))
     async with Subscriber(mosquitto) as operator, running(monitor):
         await operator.until(topic("status"), "online")
         outcome = await answer(operator, topic("cmd/pts/submit"), "p")
@@ -110,7 +110,7 @@ async def test_pts_submit_without_a_pts_uplink(mosquitto: MosquittoBroker, site:
 async def test_commands_are_heard_again_after_the_broker_restarts(
     mosquitto: MosquittoBroker, site: Site
 ) -> None:
-    monitor = commanded(mosquitto, site, MqttCommands(read=True))
+    monitor = commanded(mosquitto, site, MqttCommandsConfig(read=True))
     async with running(monitor):
         async with Subscriber(mosquitto) as operator:
             await operator.until(topic("status"), "online")
@@ -127,7 +127,7 @@ async def test_the_gateway_subscribes_only_to_its_own_command_topics(
     mosquitto_factory: Callable[[str], MosquittoBroker], site: Site
 ) -> None:
     broker = mosquitto_factory("log_type subscribe")
-    monitor = commanded(broker, site, MqttCommands(read=True))
+    monitor = commanded(broker, site, MqttCommandsConfig(read=True))
     async with Subscriber(broker) as operator, running(monitor):
         await operator.until(topic("status"), "online")
         # Another gateway's command: not ours to hear.
@@ -143,7 +143,7 @@ async def test_a_command_running_when_the_gateway_stops_is_cancelled_cleanly(
     mosquitto: MosquittoBroker, site: Site
 ) -> None:
     dead_bus = site.config.buses["dead"]
-    assert isinstance(dead_bus, ModbusTcpBus)
+    assert isinstance(dead_bus, ModbusTcpBusConfig)
 
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -151,7 +151,7 @@ async def test_a_command_running_when_the_gateway_stops_is_cancelled_cleanly(
         writer.close()
 
     silent = await asyncio.start_server(never_answer, "127.0.0.1", dead_bus.port)
-    monitor = commanded(mosquitto, site, MqttCommands(read=True))
+    monitor = commanded(mosquitto, site, MqttCommandsConfig(read=True))
     try:
         async with Subscriber(mosquitto) as operator:
             task = asyncio.create_task(monitor.run())

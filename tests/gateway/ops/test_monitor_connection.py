@@ -13,9 +13,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from core.config_errors import ConfigError
 from core.health import Health
-from gateway.config.loader import ConfigError, parse_config
-from gateway.config.schema import MqttCommands, MqttSection, MqttTls
+from gateway.config.loader import parse_config
+from gateway.config.schema import MqttCommandsConfig, MqttConfig, MqttTlsConfig
 from gateway.ops.monitor import tls_context
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.gateway.ops.test_monitor import eventually, fast_monitor, mqtt_config, running, topic
@@ -111,7 +112,7 @@ def password_file(tmp_path: Path) -> Path:
 async def retained_over_tls(broker: MosquittoBroker, pki: Pki, wanted: str) -> str:
     """What a verifying TLS client with a client certificate is handed for `wanted`."""
     context = tls_context(
-        MqttTls(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
+        MqttTlsConfig(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
     )
     async with aiomqtt.Client(
         broker.host,
@@ -130,11 +131,11 @@ async def retained_over_tls(broker: MosquittoBroker, pki: Pki, wanted: str) -> s
 
 
 def test_tls_defaults_to_port_8883_unless_a_port_is_given() -> None:
-    assert MqttSection(host="broker", tls={}).port == 8883
-    assert MqttSection(host="broker", tls={}, port=9883).port == 9883
-    assert MqttSection(host="broker").port == 1883
+    assert MqttConfig(host="broker", tls={}).port == 8883
+    assert MqttConfig(host="broker", tls={}, port=9883).port == 9883
+    assert MqttConfig(host="broker").port == 1883
     with pytest.raises(ValueError, match="cert_file and key_file go together"):
-        MqttTls(cert_file=Path("gateway.crt"))
+        MqttTlsConfig(cert_file=Path("gateway.crt"))
 
 
 async def test_tls_with_a_client_certificate_and_a_password(
@@ -148,7 +149,7 @@ async def test_tls_with_a_client_certificate_and_a_password(
         tls_listener(pki, require_certificate=True)
         + f"allow_anonymous false\npassword_file {password_file}\n"
     )
-    tls = MqttTls(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
+    tls = MqttTlsConfig(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
     config = mqtt_config(broker, tls=tls, username="gateway", password="tls-Pa55word")
     monitor = fast_monitor(config, Health())
     async with running(monitor):
@@ -166,7 +167,7 @@ async def test_without_its_client_certificate_the_gateway_is_refused(
     broker = mosquitto_factory(tls_listener(pki, require_certificate=True))
     # TLS 1.3: the broker's refusal arrives after the handshake and aiomqtt notices only when
     # no CONNACK came within timeout_secs.
-    config = mqtt_config(broker, tls=MqttTls(ca_file=pki.ca), timeout_secs=0.5)
+    config = mqtt_config(broker, tls=MqttTlsConfig(ca_file=pki.ca), timeout_secs=0.5)
     monitor = fast_monitor(config, Health())
     async with running(monitor):
         await eventually(lambda: "unreachable" in caplog.text)
@@ -184,9 +185,9 @@ async def test_a_broker_certificate_that_does_not_verify_is_refused(
     caplog.set_level(logging.WARNING, logger="gateway.ops.monitor")
     broker = mosquitto_factory(tls_listener(pki))
     if case == "unknown CA":
-        config = mqtt_config(broker, tls=MqttTls(ca_file=other_ca))
+        config = mqtt_config(broker, tls=MqttTlsConfig(ca_file=other_ca))
     else:  # the right CA, but the certificate is for 127.0.0.1, not "localhost"
-        config = mqtt_config(broker, host="localhost", tls=MqttTls(ca_file=pki.ca))
+        config = mqtt_config(broker, host="localhost", tls=MqttTlsConfig(ca_file=pki.ca))
     monitor = fast_monitor(config, Health())
     async with running(monitor):
         await eventually(lambda: "certificate verify failed" in caplog.text)
@@ -199,7 +200,7 @@ async def test_a_missing_ca_file_is_reported_and_retried_never_fatal(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="gateway.ops.monitor")
-    config = mqtt_config(mosquitto, tls=MqttTls(ca_file=tmp_path / "missing-ca.crt"))
+    config = mqtt_config(mosquitto, tls=MqttTlsConfig(ca_file=tmp_path / "missing-ca.crt"))
     monitor = fast_monitor(config, Health())
     async with running(monitor) as task:
         await eventually(lambda: "TLS set-up failed" in caplog.text)
@@ -233,8 +234,8 @@ def test_mqtt_section_from_yaml_typos_named_secrets_hidden() -> None:
     config = parse_config(MQTT_YAML.replace("    raed: true\n", ""), "site.yaml", env)
     assert config.mqtt is not None
     assert config.mqtt.port == 8883  # TLS without a port
-    assert config.mqtt.commands == MqttCommands(read=True)
-    assert config.mqtt.tls == MqttTls(ca_file=Path("/etc/meter-gateway/ca.crt"))
+    assert config.mqtt.commands == MqttCommandsConfig(read=True)
+    assert config.mqtt.tls == MqttTlsConfig(ca_file=Path("/etc/meter-gateway/ca.crt"))
     assert "yaml-Pa55" not in repr(config)
     with pytest.raises(ConfigError, match=r"s\.yaml:3: mqtt\.topic_prefix: "):
         parse_config(MQTT_YAML.replace("  host:", "  topic_prefix: a/#\n  host:"), "s.yaml", env)

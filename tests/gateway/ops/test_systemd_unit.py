@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.schema import GatewaySection
+from gateway.config.schema import GatewayConfig
 from tests.paths import REPO
 
 UNIT = REPO / "systemd" / "meter-gateway.service"
@@ -79,7 +79,7 @@ def test_runs_as_its_own_user_with_the_default_data_dir(service: dict[str, list[
     assert one(service, "DynamicUser") == "no"
     assert "dialout" in one(service, "SupplementaryGroups").split()
     state_dir = one(service, "StateDirectory")
-    assert GatewaySection.model_fields["data_dir"].default == Path("/var/lib") / state_dir
+    assert GatewayConfig.model_fields["data_dir"].default == Path("/var/lib") / state_dir
     assert one(service, "UMask") == "0077"
 
 

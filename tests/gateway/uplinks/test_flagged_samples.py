@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from core.flags import CLOCK_UNSYNCED, COUNTER_JUMP, COUNTER_RESET
 from core.health import Health
 from core.sample import Sample
-from gateway.clock.hold import CLOCK_UNSYNCED
-from gateway.counters import COUNTER_JUMP, COUNTER_RESET
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from tests.fakes.enerkey import FakeEnerKey

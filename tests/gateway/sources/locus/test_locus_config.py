@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from core.config_errors import ConfigError
 from core.sample import Sample
-from gateway.config.loader import ConfigError, load_config
+from gateway.config.loader import load_config
 from gateway.config.schema import Config
-from gateway.sources.locus.config import LocusMeter, LocusSource
+from gateway.sources.locus.config import LocusConfig, LocusMeterConfig
 from gateway.sources.locus.plan import lifetime_segments, locus_time, windows
 from gateway.sources.locus.samples import FieldProblem, build_samples, plan_fields
 from tests.fixtures.locus import CLIENT_SECRET, PASSWORD, SECRETS
@@ -54,7 +55,7 @@ uplinks:
 """,
     )
     section = config.sources.locus
-    assert isinstance(section, LocusSource)
+    assert isinstance(section, LocusConfig)
     assert section.base_url == "https://api.locusenergy.com"
     assert section.grant == "password"
     roof = section.meters["pv-roof"]
@@ -150,7 +151,7 @@ def test_lifetime_segments_use_each_granularity_within_its_limit() -> None:
 
 
 def test_intervals_are_stamped_at_their_end_and_counters_add_up() -> None:
-    meter = LocusMeter(component_id=1)
+    meter = LocusMeterConfig(component_id=1)
     available = {
         "baseFields": [
             {"unit": "W", "aggregations": [{"shortName": "W_avg"}], "granularities": ["5min"]},
@@ -183,7 +184,7 @@ def test_intervals_are_stamped_at_their_end_and_counters_add_up() -> None:
 
 
 def test_missing_fields_and_units_are_named() -> None:
-    meter = LocusMeter(
+    meter = LocusMeterConfig(
         component_id=1, fields={"Wh_sum": "energy_active_import", "X_avg": "frequency"}
     )
     available = {

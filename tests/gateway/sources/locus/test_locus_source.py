@@ -17,7 +17,7 @@ from core.sample import Sample
 from gateway.config.loader import parse_config
 from gateway.config.schema import Config
 from gateway.sources.base import SourceContext
-from gateway.sources.locus.config import LocusSource
+from gateway.sources.locus.config import LocusConfig
 from gateway.sources.locus.plan import locus_time
 from gateway.sources.locus.source import LocusEnergySource
 from gateway.store.async_store import AsyncStore
@@ -59,7 +59,7 @@ async def running(
     config: Config, astore: AsyncStore, health: Health, clock: FastClock
 ) -> AsyncIterator[LocusEnergySource]:
     section = config.sources.locus
-    assert isinstance(section, LocusSource)
+    assert isinstance(section, LocusConfig)
     source = LocusEnergySource(section, SourceContext(config, astore, health, clock))
     task = asyncio.get_running_loop().create_task(source.run(), name="source-locus")
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.health import Health
-from gateway.sources.mts.config import MtsSource
+from gateway.sources.mts.config import MtsConfig
 from gateway.sources.mts.source import MtsRuntime
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
@@ -20,7 +20,7 @@ from tests.fixtures.mts import METER_PASSWORD, REMOTE_ADDRESS, SERIAL, TOKEN
 METER = "hh1"
 
 
-def section(fake: FakeMts, **overrides: Any) -> MtsSource:
+def section(fake: FakeMts, **overrides: Any) -> MtsConfig:
     """A fast MTS section for meter `hh1` on the fixture's fake; tested at once when started."""
     meter: dict[str, Any] = {
         "meter_type": "ELSTERA1700",
@@ -45,7 +45,7 @@ def section(fake: FakeMts, **overrides: Any) -> MtsSource:
         "timeout_secs": 5,
     }
     data.update(overrides)
-    return MtsSource.model_validate(data)
+    return MtsConfig.model_validate(data)
 
 
 @asynccontextmanager
@@ -59,7 +59,7 @@ async def opened_store(path: Path) -> AsyncIterator[AsyncStore]:
 
 @asynccontextmanager
 async def running(
-    config: MtsSource, astore: AsyncStore, health: Health | None = None
+    config: MtsConfig, astore: AsyncStore, health: Health | None = None
 ) -> AsyncIterator[MtsRuntime]:
     """The source running as the daemon runs it; cancelled (and awaited) on the way out."""
     runtime = MtsRuntime(

@@ -6,7 +6,8 @@ from datetime import time
 
 import pytest
 
-from gateway.config.loader import ConfigError, parse_config
+from core.config_errors import ConfigError
+from gateway.config.loader import parse_config
 
 BASE = """\
 gateway: {id: site-42, timezone: Europe/London}

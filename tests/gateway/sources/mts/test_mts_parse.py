@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.sources.mts import parse as mts_parse
-from gateway.sources.mts.config import MtsMeter, MtsSchedule
+from gateway.sources.mts.config import MtsMeterConfig, MtsScheduleConfig
 from gateway.sources.mts.ingest import ingest
 from gateway.sources.mts.parse import details, number, parse_search, parse_status
 from gateway.sources.mts.schedule import last_slot_ms, next_slot_ms, survey_window
@@ -94,7 +94,7 @@ def test_the_documents_sample_is_read_with_its_quirks() -> None:
     assert status.problems == ["1 unreadable reading(s) in survey channel 'kWh Import'"]
 
     result = ingest(
-        status, "hh1", "hh1-registers", MtsMeter.model_validate(METER), period_secs=1800
+        status, "hh1", "hh1-registers", MtsMeterConfig.model_validate(METER), period_secs=1800
     )
     assert [(s.ts_ms, dict(s.values)) for s in result.survey] == [
         (ms("2019-01-01T00:00:00"), {"energy_active_import": 640_000.0}),
@@ -137,7 +137,7 @@ def test_the_tables_variant_and_flat_registers_are_read_too() -> None:
     assert status.serial_error == "Serial number mismatch (meter reports 1)"
     assert status.meter_time_error == "no answer"
     assert status.read_ms == ms("2024-05-01T02:00:00")
-    meter = MtsMeter.model_validate(
+    meter = MtsMeterConfig.model_validate(
         {**METER, "survey": {"kWh Import": {"channel": "power_active", "kind": "interval"}}}
     )
     result = ingest(status, "hh1", "hh1-registers", meter, period_secs=1800)
@@ -154,7 +154,7 @@ def test_a_unit_that_does_not_fit_its_channel_is_left_out_and_reported() -> None
     }
     status = parse_status(body)
     assert status is not None
-    result = ingest(status, "hh1", "r", MtsMeter.model_validate(METER), period_secs=1800)
+    result = ingest(status, "hh1", "r", MtsMeterConfig.model_validate(METER), period_secs=1800)
     assert result.registers is None
     assert result.problems == [
         "register 'Active Energy Import': unit 'kvarh' does not fit energy_active_import (Wh)"
@@ -237,7 +237,7 @@ def test_search_pages() -> None:
 
 
 def test_daily_slots_follow_site_time_across_dst() -> None:
-    schedule = MtsSchedule(daily_at=time(2, 0))
+    schedule = MtsScheduleConfig(daily_at=time(2, 0))
     zone = "Europe/London"
     # 2026-03-29: clocks go 01:00 GMT -> 02:00 BST; 02:00 BST is 01:00 UTC.
     assert last_slot_ms(ms("2026-03-29T12:00:00"), schedule, zone) == ms("2026-03-29T01:00:00")
@@ -247,7 +247,7 @@ def test_daily_slots_follow_site_time_across_dst() -> None:
 
 
 def test_every_slots_are_aligned() -> None:
-    schedule = MtsSchedule(every=21600)
+    schedule = MtsScheduleConfig(every=21600)
     assert last_slot_ms(ms("2026-01-01T07:00:00"), schedule, "UTC") == ms("2026-01-01T06:00:00")
     assert next_slot_ms(ms("2026-01-01T06:00:00"), schedule, "UTC") == ms("2026-01-01T12:00:00")
 

@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 
-from gateway.uplinks.enerkey.config import EnerKeyApiKey
+from gateway.uplinks.enerkey.config import EnerKeyApiKeyConfig
 from gateway.uplinks.enerkey.keys import KeyRing
 from gateway.uplinks.enerkey.rate_budget import RateBudget
 
@@ -113,12 +113,14 @@ def test_a_burst_as_large_as_the_limit_is_refused() -> None:
 # -- keys ---------------------------------------------------------------------------------------
 
 
-def ring(*keys: EnerKeyApiKey, today: date = date(2025, 6, 15)) -> KeyRing:
+def ring(*keys: EnerKeyApiKeyConfig, today: date = date(2025, 6, 15)) -> KeyRing:
     return KeyRing(list(keys), today=lambda: today)
 
 
-def key(secret: str, start: str | None = None, end: str | None = None) -> EnerKeyApiKey:
-    return EnerKeyApiKey.model_validate({"key": secret, "valid_from": start, "valid_until": end})
+def key(secret: str, start: str | None = None, end: str | None = None) -> EnerKeyApiKeyConfig:
+    return EnerKeyApiKeyConfig.model_validate(
+        {"key": secret, "valid_from": start, "valid_until": end}
+    )
 
 
 def test_the_key_inside_its_dates_is_used_and_kept() -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from core.config_errors import ConfigError
 from core.health import Health
-from gateway.config.loader import ConfigError, load_config
+from gateway.config.loader import load_config
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from gateway.uplinks.enerkey.uplink import EnerKeyUplink, build_body, push_url

@@ -21,7 +21,7 @@ from core.sample import Sample
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from gateway.timefmt import HOUR_MS
-from gateway.uplinks.enerkey.config import EnerKeyUplink as EnerKeyConfig
+from gateway.uplinks.enerkey.config import EnerKeyConfig
 from gateway.uplinks.enerkey.uplink import EnerKeyUplink, state_key
 from tests.fakes.enerkey import FakeEnerKey
 from tests.fixtures.enerkey import KEY_A, KEY_B
@@ -545,7 +545,7 @@ async def test_more_than_a_year_of_backlog_goes_in_two_messages_the_fake_accepts
 async def test_the_flush_command_cuts_a_long_retry_backoff_short(
     fake_enerkey: FakeEnerKey, astore: AsyncStore
 ) -> None:
-    from gateway.config.schema import MqttCommands
+    from gateway.config.schema import MqttCommandsConfig
     from gateway.ops.commands import CommandHandler
 
     await append(astore, samples("incomer", hour(0), hour(3)))
@@ -554,7 +554,9 @@ async def test_the_flush_command_cuts_a_long_retry_backoff_short(
     uplink = uplink_for(
         fake_enerkey, astore, health, {"incomer": 4711}, retry_initial_secs=600, retry_max_secs=600
     )
-    handler = CommandHandler(MqttCommands(flush=True), health=health, uplinks={"enerkey": uplink})
+    handler = CommandHandler(
+        MqttCommandsConfig(flush=True), health=health, uplinks={"enerkey": uplink}
+    )
     async with running(uplink):
         await fake_enerkey.wait_requests(1)
         await asyncio.sleep(0.2)

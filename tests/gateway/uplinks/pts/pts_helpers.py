@@ -10,7 +10,7 @@ from core.health import Health
 from core.sample import Sample
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import PtsSubmission
-from gateway.uplinks.pts.config import PtsUplink as PtsConfig
+from gateway.uplinks.pts.config import PtsConfig
 from gateway.uplinks.pts.uplink import PtsUplink
 from tests.fakes.pts import FakePts
 from tests.fixtures.pts import KEY, PtsClock

@@ -16,7 +16,7 @@ import yaml
 from core.health import Health
 from gateway.cli.main import main
 from gateway.config.loader import load_config
-from gateway.config.schema import MqttCommands
+from gateway.config.schema import MqttCommandsConfig
 from gateway.ops.commands import CommandHandler
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
@@ -162,7 +162,9 @@ async def test_mqtt_pts_submit_command_runs_a_dry_run(
     await feed(astore, eastern_s(2026, 1, 28), eastern_s(2026, 2, 2))
     health = Health()
     uplink = make_uplink(make_config(fake_pts), astore, pts_clock, health)
-    handler = CommandHandler(MqttCommands(pts_submit=True), health=health, uplinks={"pts": uplink})
+    handler = CommandHandler(
+        MqttCommandsConfig(pts_submit=True), health=health, uplinks={"pts": uplink}
+    )
     try:
         pts_clock.now = eastern_s(2026, 2, 1, 12)
         dry = await handler.handle("pts/submit", b'{"request_id": 7}')

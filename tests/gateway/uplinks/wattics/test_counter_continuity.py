@@ -7,9 +7,9 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.flags import COUNTER_JUMP, COUNTER_RESET
 from core.health import Health
 from core.sample import Sample
-from gateway.counters import COUNTER_JUMP, COUNTER_RESET
 from gateway.store.async_store import AsyncStore
 from gateway.uplinks.wattics.continuity import CounterContinuity
 from gateway.uplinks.wattics.uplink import WatticsUplink

@@ -303,7 +303,7 @@ async def test_parked_packets_requeued_from_the_command_line_are_delivered(
 async def test_the_flush_command_cuts_a_long_retry_backoff_short(
     fake_wattics: FakeWattics, astore: AsyncStore
 ) -> None:
-    from gateway.config.schema import MqttCommands
+    from gateway.config.schema import MqttCommandsConfig
     from gateway.ops.commands import CommandHandler
 
     fake_wattics.fail_next(1, 503)
@@ -317,7 +317,7 @@ async def test_the_flush_command_cuts_a_long_retry_backoff_short(
         resync_on_start=False,  # the one injected 503 is for the packet
     )
     up = WatticsUplink(config, store=astore, health=health, timezone="UTC")
-    handler = CommandHandler(MqttCommands(flush=True), health=health, uplinks={"wattics": up})
+    handler = CommandHandler(MqttCommandsConfig(flush=True), health=health, uplinks={"wattics": up})
     async with running(up):
         await eventually(lambda: fake_wattics.statuses[503] == 1)
         await asyncio.sleep(0.2)

@@ -20,10 +20,10 @@ import pytest
 
 from core.health import Health
 from core.sample import Sample
-from gateway.config import schema as cfg
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from gateway.timefmt import local_iso8601_ms
+from gateway.uplinks.wattics.config import WatticsConfig
 from gateway.uplinks.wattics.uplink import READ_BATCH, WatticsUplink
 from tests.fakes.wattics import FakeWattics
 from tests.fixtures.wattics import PASSWORD, STREAMS, USERNAME
@@ -40,7 +40,7 @@ async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
     await astore.aclose()
 
 
-def make_config(fake: FakeWattics, meters: dict[str, str], **overrides: Any) -> cfg.WatticsUplink:
+def make_config(fake: FakeWattics, meters: dict[str, str], **overrides: Any) -> WatticsConfig:
     settings: dict[str, Any] = {
         "url": fake.url,
         "username": USERNAME,
@@ -54,7 +54,7 @@ def make_config(fake: FakeWattics, meters: dict[str, str], **overrides: Any) -> 
         "commit_every_secs": 0.05,
         **overrides,
     }
-    return cfg.WatticsUplink.model_validate(settings)
+    return WatticsConfig.model_validate(settings)
 
 
 async def append(astore: AsyncStore, samples: list[Sample]) -> list[int]:
