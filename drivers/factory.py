@@ -7,70 +7,29 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from core.health import BusHealth, Health
 from drivers.base import MeterReader
-from drivers.modbus.bus import (
-    ModbusBus,
-    ModbusReader,
-    ModbusRtuBus,
-    ModbusRtuOverTcpBus,
-    ModbusTcpBus,
-)
+from drivers.config import BusConfig, MeterConfig, MeterSetup
+from drivers.modbus.bus import ModbusBus, ModbusReader
 from drivers.modbus.maps import SUNSPEC_MODEL, meter_register_map
-from drivers.serial.lines import SERIAL_LINES, SerialLine
-from gateway.config import schema as cfg
+from drivers.registry import BUSES
+from drivers.serial.lines import SerialLine
 
 __all__ = ["SUNSPEC_MODEL", "build_bus", "build_reader", "bus_timeout", "open_readers"]
 
 
 def build_bus(
     name: str,
-    bus: cfg.BusConfig,
+    bus: BusConfig,
     *,
     timeout_secs: float | None = None,
     health: BusHealth | None = None,
 ) -> ModbusBus | SerialLine:
     """One bus for a config entry; `timeout_secs` overrides the configured transport timeout."""
     timeout = bus.timeout_secs if timeout_secs is None else timeout_secs
-    if bus.type in SERIAL_LINES:  # D0, DSMR P1, SML: built by drivers.serial.lines
-        return SERIAL_LINES[bus.type](name, bus, timeout_secs=timeout, health=health)
-    if isinstance(bus, cfg.ModbusTcpBusConfig):
-        return ModbusTcpBus(
-            name,
-            bus.host,
-            bus.port,
-            timeout_secs=timeout,
-            reconnect_max_secs=bus.reconnect_max_secs,
-            health=health,
-        )
-    if isinstance(bus, cfg.ModbusRtuBusConfig):
-        return ModbusRtuBus(
-            name,
-            bus.port,
-            baudrate=bus.baudrate,
-            parity=bus.parity,
-            stopbits=bus.stopbits,
-            bytesize=bus.bytesize,
-            timeout_secs=timeout,
-            reconnect_max_secs=bus.reconnect_max_secs,
-            inter_frame_gap_secs=(
-                None if bus.inter_frame_gap_ms is None else bus.inter_frame_gap_ms / 1000
-            ),
-            health=health,
-        )
-    if isinstance(bus, cfg.ModbusRtuOverTcpBusConfig):
-        return ModbusRtuOverTcpBus(
-            name,
-            bus.host,
-            bus.port,
-            timeout_secs=timeout,
-            reconnect_max_secs=bus.reconnect_max_secs,
-            inter_frame_gap_secs=bus.inter_frame_gap_ms / 1000,
-            health=health,
-        )
-    raise TypeError(f"no driver for bus type {type(bus).__name__}")
+    return BUSES.get(bus.type)(name, bus, timeout_secs=timeout, health=health)
 
 
 def build_reader(
-    meter: cfg.MeterConfig, bus: ModbusBus | SerialLine, bus_config: cfg.BusConfig
+    meter: MeterConfig, bus: ModbusBus | SerialLine, bus_config: BusConfig
 ) -> MeterReader:
     """The reader of one configured meter on its (already built) bus.
 
@@ -93,17 +52,17 @@ def build_reader(
     return ModbusReader(meter.id, bus, meter.unit, register_map, timeout_secs=timeout)
 
 
-def bus_timeout(config: cfg.Config, name: str) -> float:
+def bus_timeout(setup: MeterSetup, name: str) -> float:
     """A bus's transport timeout: the longest of its own and its meters' read timeouts."""
-    meters = [m for m in config.meters if m.bus == name]
+    meters = [m for m in setup.meters if m.bus == name]
     return max(
-        [config.buses[name].timeout_secs] + [m.timeout_secs for m in meters if m.timeout_secs]
+        [setup.buses[name].timeout_secs] + [m.timeout_secs for m in meters if m.timeout_secs]
     )
 
 
 @asynccontextmanager
 async def open_readers(
-    config: cfg.Config, *, health: Health | None = None
+    setup: MeterSetup, *, health: Health | None = None
 ) -> AsyncIterator[dict[str, MeterReader]]:
     """One reader per meter (keyed by meter id), one bus per config bus that a meter uses.
 
@@ -111,19 +70,19 @@ async def open_readers(
     transport timeout is the longest of those so it never cuts a meter short. Each bus counts
     its traffic in `health.buses[<name>]` when `health` is given. Every bus is closed on exit.
     """
-    used = list(dict.fromkeys(meter.bus for meter in config.meters))
+    used = list(dict.fromkeys(meter.bus for meter in setup.meters))
     async with AsyncExitStack() as stack:
         buses: dict[str, ModbusBus | SerialLine] = {}
         for name in used:
             buses[name] = await stack.enter_async_context(
                 build_bus(
                     name,
-                    config.buses[name],
-                    timeout_secs=bus_timeout(config, name),
+                    setup.buses[name],
+                    timeout_secs=bus_timeout(setup, name),
                     health=health.bus(name) if health is not None else None,
                 )
             )
         yield {
-            meter.id: build_reader(meter, buses[meter.bus], config.buses[meter.bus])
-            for meter in config.meters
+            meter.id: build_reader(meter, buses[meter.bus], setup.buses[meter.bus])
+            for meter in setup.meters
         }

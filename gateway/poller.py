@@ -38,11 +38,12 @@ from core.flags import CLOCK_UNSYNCED
 from core.health import Health, MeterHealth, MeterState
 from core.sample import Sample
 from drivers.base import MeterReader, MeterReadError
+from drivers.config import MeterConfig
 from drivers.stamped import StampedReader
 from gateway.clock.clocks import Clock, SystemClock, next_boundary
 from gateway.clock.hold import ClockHold, HeldReading, trusted_stamp_ms, unsynced_stamp_ms
 from gateway.clock.sync import StepDetector, clock_for
-from gateway.config.schema import Config, MeterConfig
+from gateway.config.schema import Config
 from gateway.counters import CounterGuard, report_counter_problems
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import StoreFull
@@ -131,7 +132,7 @@ class Poller:
     async def _poll_forever(self, meter: MeterConfig) -> None:
         health = self.health.meter(meter.id)
         clock = self.clock
-        interval = meter.interval
+        interval = meter.interval_secs
         #: Planned on the wall clock while it is trusted, else on the monotonic clock.
         plan_wall: float | None = None
         plan_mono = clock.monotonic()
@@ -382,7 +383,7 @@ class Poller:
         reader = self.readers[meter.id]
         started = time.monotonic()
         # The driver bounds each request itself; this only guards against a driver bug.
-        guard = max(meter.interval, 5 * (meter.timeout_secs or 3.0))
+        guard = max(meter.interval_secs, 5 * (meter.timeout_secs or 3.0))
         device_ts_ms: int | None = None
         try:
             async with asyncio.timeout(guard):
@@ -438,7 +439,7 @@ class Poller:
 
 def offline_retry_delay(meter: MeterConfig, retries: int) -> float:
     """Seconds before retry number `retries` (0 first) of an offline meter."""
-    first = max(meter.interval, meter.offline_retry_secs)
+    first = max(meter.interval_secs, meter.offline_retry_secs)
     cap = max(first, meter.offline_retry_max_secs)
     return min(first * (1 << min(retries, 32)), cap)
 

@@ -16,7 +16,7 @@ a meter's map afterwards (the daemon's readers, `meter-gateway read`, HA discove
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from core.config_base import KeyPath
 from core.config_errors import ConfigProblem
@@ -29,7 +29,9 @@ from drivers.modbus.register_map import (
     validate_map_data,
 )
 from drivers.serial.config import is_serial_bus
-from gateway.config.schema import Config, MeterConfig
+
+if TYPE_CHECKING:
+    from drivers.config import MeterConfig, MeterSetup
 
 #: The model whose register map is discovered from the device rather than built in.
 SUNSPEC_MODEL: Final = "sunspec"
@@ -63,7 +65,7 @@ def model_problem(meter: MeterConfig) -> tuple[str, str] | None:
 
 
 def resolve_maps(
-    config: Config, base_dir: Path
+    config: MeterSetup, base_dir: Path
 ) -> tuple[list[tuple[KeyPath, str]], list[ConfigProblem]]:
     """Validate every meter's user map and keep the result on the meter.
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from drivers.config import MeterConfig
 from drivers.serial.config import MEDIUM_CHANNELS, DsmrP1BusConfig, SerialBusConfig
 from drivers.serial.lines import obis_map_for
 from drivers.serial.obis_map import ObisMap
-from gateway.config.schema import MeterConfig
 
 #: Channels every DSMR telegram carries (directly or as a sum of mandatory tariff registers).
 DSMR_EXPECTED: Final = frozenset(

@@ -1,21 +1,24 @@
 """Config of serial utility meters: D0 (IEC 62056-21), DSMR P1 and SML buses, and the meter
-keys only they use. gateway.config.schema puts these buses in its `Bus` union and mixes
-`SerialMeterFields` into `Meter`; `serial_cross_check` is run by the config loader.
+keys only they use. drivers.config puts these buses in its `BusConfig` union and mixes
+`SerialMeterFields` into `MeterConfig`; `serial_cross_check` is run by the config loader.
+Each bus type registers its line builder in drivers.registry.BUSES.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Annotated, Literal
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeGuard
 
 from pydantic import Field, field_validator, model_validator
 
 from core.channels import CHANNEL_UNITS
-from core.config_base import KeyPath, Strict
+from core.config_base import KeyPath, Strict, obsolete_key
+from core.durations import Seconds
+from drivers.registry import BUSES
 from drivers.serial.obis_map import UNITS, ObisMapError, Override, config_code
 
 if TYPE_CHECKING:
-    from gateway.config.schema import Config
+    from drivers.config import MeterConfig
 
 #: The DSMR flavours the P1 driver knows (dsmr-parser's telegram specifications).
 DsmrVersion = Literal["2.2", "3", "4", "5", "5B", "5L", "5S"]
@@ -38,7 +41,7 @@ class _SerialLine(Strict):
     #: A device path; prefer the stable /dev/serial/by-id/... link of a USB adapter.
     port: str = Field(min_length=1)
     #: Re-opening a lost port (adapter unplugged, USB re-enumerated) backs off up to this.
-    reconnect_max_secs: float = Field(default=30.0, gt=0)
+    reconnect_max_secs: Seconds = 30.0
 
 
 class Iec62056BusConfig(_SerialLine):
@@ -54,15 +57,18 @@ class Iec62056BusConfig(_SerialLine):
     parity: Literal["N", "E", "O"] = "E"
     stopbits: Literal[1, 2] = 1
     #: Longest silence within an exchange (the standard allows 1.5 s between characters).
-    timeout_secs: float = Field(default=2.0, gt=0)
+    timeout_secs: Seconds = 2.0
     #: Longest whole readout; a long readout at 300 baud (mode A) takes tens of seconds.
-    readout_timeout_secs: float = Field(default=60.0, gt=0)
-    #: Pause after our acknowledgement before switching baud rate (the standard: 200-1500 ms
-    #: reaction time), so the last byte leaves at the old rate.
-    switch_delay_ms: float = Field(default=300.0, ge=0, le=1500)
+    readout_timeout_secs: Seconds = 60.0
     #: After a readout that failed once switched to the faster rate, a meter is read this many
     #: times at the sign-on rate before the faster rate is tried again (0: never fall back).
     fast_retry_after: int = Field(default=10, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_switch_delay(cls, data: Any) -> Any:
+        why = "the baud rate switches as soon as the acknowledgement has left the port"
+        return obsolete_key(data, "switch_delay_ms", why)
 
     @model_validator(mode="after")
     def _rates(self) -> Iec62056BusConfig:
@@ -85,9 +91,9 @@ class DsmrP1BusConfig(_SerialLine):
     stopbits: Literal[1, 2] = 1
     #: A read fails ("stale") when the newest complete telegram is older than this; the port
     #: is also re-opened after this long without a byte.
-    max_telegram_age_secs: float = Field(default=30.0, gt=0)
+    max_telegram_age_secs: Seconds = 30.0
     #: Bounds each wait for bytes (the poller's guard uses it too).
-    timeout_secs: float = Field(default=5.0, gt=0)
+    timeout_secs: Seconds = 5.0
 
     @field_validator("dsmr_version", mode="before")
     @classmethod
@@ -117,12 +123,16 @@ class SmlBusConfig(_SerialLine):
     stopbits: Literal[1, 2] = 1
     #: The telegram checksum: x25 (the SML standard); a few meters use kermit.
     crc: Literal["x25", "kermit"] = "x25"
-    max_telegram_age_secs: float = Field(default=30.0, gt=0)
-    timeout_secs: float = Field(default=5.0, gt=0)
+    max_telegram_age_secs: Seconds = 30.0
+    timeout_secs: Seconds = 5.0
 
 
 SerialBusConfig = Iec62056BusConfig | DsmrP1BusConfig | SmlBusConfig
 SERIAL_BUS_TYPES: tuple[type[Strict], ...] = (Iec62056BusConfig, DsmrP1BusConfig, SmlBusConfig)
+
+BUSES.register("iec62056-21", "drivers.serial.iec62056:Iec62056Line.from_config")
+BUSES.register("dsmr-p1", "drivers.serial.dsmr_p1:P1Line.from_config")
+BUSES.register("sml", "drivers.serial.sml:SmlLine.from_config")
 
 
 class ObisTargetConfig(Strict):
@@ -195,15 +205,17 @@ class SerialMeterFields(Strict):
         return overrides
 
 
-def is_serial_bus(bus: object) -> bool:
+def is_serial_bus(bus: object) -> TypeGuard[SerialBusConfig]:
     return isinstance(bus, SERIAL_BUS_TYPES)
 
 
-def serial_cross_check(config: Config) -> Iterator[tuple[KeyPath, str]]:
+def serial_cross_check(
+    buses: Mapping[str, object], meters: Sequence[MeterConfig]
+) -> Iterator[tuple[KeyPath, str]]:
     """Meter keys that only make sense on some bus types, and one meter per M-Bus channel."""
     channels: dict[tuple[str, int], str] = {}
-    for index, meter in enumerate(config.meters):
-        bus = config.buses.get(meter.bus)
+    for index, meter in enumerate(meters):
+        bus = buses.get(meter.bus)
         if bus is None:
             continue
         path: KeyPath = ("meters", index)

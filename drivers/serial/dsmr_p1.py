@@ -29,6 +29,7 @@ from dsmr_parser.parsers import TelegramParser
 
 from core.health import BusHealth
 from drivers.base import MeterReadError
+from drivers.config import MeterConfig
 from drivers.serial.config import MEDIUM_CHANNELS, MEDIUM_DEVICE_TYPES, DsmrP1BusConfig
 from drivers.serial.lines import (
     FrameProblem,
@@ -41,7 +42,6 @@ from drivers.serial.lines import (
 from drivers.serial.obis_map import Quantity, convert
 from drivers.serial.transport import SerialPort, SerialSettings
 from drivers.stamped import StampedReading
-from gateway.config.schema import MeterConfig
 
 log = logging.getLogger(__name__)
 

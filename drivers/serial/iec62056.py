@@ -38,11 +38,11 @@ from typing import Final
 
 from core.health import BusHealth
 from drivers.base import MeterReadError
+from drivers.config import MeterConfig
 from drivers.serial.config import Iec62056BusConfig
 from drivers.serial.lines import SerialLine, map_values, obis_map_for
 from drivers.serial.obis_map import ObisMap, Quantity, normal_code
 from drivers.serial.transport import SerialLink, SerialPort, SerialSettings
-from gateway.config.schema import MeterConfig
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 shared by meters that talk on their own (P1, SML).
 
 A *line* owns one serial port and hands out one MeterReader per configured meter, like a
-Modbus bus. `SERIAL_LINES` maps a bus `type` to its builder; drivers.factory consults it, and
-the protocol modules are imported only when such a bus is configured (dsmr-parser alone takes
-a noticeable moment to import on a Raspberry Pi).
+Modbus bus. Each bus type's builder is registered in drivers.registry by drivers.serial.config,
+so the protocol modules are imported only when such a bus is configured (dsmr-parser alone
+takes a noticeable moment to import on a Raspberry Pi).
 
 Push lines (P1, SML) -- invariants:
 - One background task per port (started by the first read, ended by `aclose()`) reads bytes,
@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Protocol, Self
@@ -36,8 +36,7 @@ from drivers.serial.obis_map import ObisMap, Quantity, meter_map
 from drivers.serial.transport import SerialPort
 
 if TYPE_CHECKING:
-    from drivers.serial.config import SerialBusConfig
-    from gateway.config.schema import MeterConfig
+    from drivers.config import MeterConfig
 
 log = logging.getLogger(__name__)
 
@@ -270,52 +269,3 @@ def map_values(
 
 def obis_map_for(meter: MeterConfig) -> ObisMap:
     return meter_map(meter.obis_overrides())
-
-
-# --- registry ---------------------------------------------------------------------------------
-
-LineBuilder = Callable[..., SerialLine]
-
-
-def _iec62056(
-    name: str,
-    bus: SerialBusConfig,
-    *,
-    timeout_secs: float | None = None,
-    health: BusHealth | None = None,
-) -> SerialLine:
-    from drivers.serial.iec62056 import Iec62056Line
-
-    return Iec62056Line.from_config(name, bus, timeout_secs=timeout_secs, health=health)
-
-
-def _dsmr_p1(
-    name: str,
-    bus: SerialBusConfig,
-    *,
-    timeout_secs: float | None = None,
-    health: BusHealth | None = None,
-) -> SerialLine:
-    from drivers.serial.dsmr_p1 import P1Line
-
-    return P1Line.from_config(name, bus, timeout_secs=timeout_secs, health=health)
-
-
-def _sml(
-    name: str,
-    bus: SerialBusConfig,
-    *,
-    timeout_secs: float | None = None,
-    health: BusHealth | None = None,
-) -> SerialLine:
-    from drivers.serial.sml import SmlLine
-
-    return SmlLine.from_config(name, bus, timeout_secs=timeout_secs, health=health)
-
-
-#: bus `type` -> builder(name, bus config, *, timeout_secs=None, health=None) -> SerialLine.
-SERIAL_LINES: dict[str, LineBuilder] = {
-    "iec62056-21": _iec62056,
-    "dsmr-p1": _dsmr_p1,
-    "sml": _sml,
-}

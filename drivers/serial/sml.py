@@ -22,11 +22,11 @@ from smllib.sml.response_get_list import SmlGetListResponse
 
 from core.health import BusHealth
 from drivers.base import MeterReadError
+from drivers.config import MeterConfig
 from drivers.serial.config import SmlBusConfig
 from drivers.serial.lines import FrameProblem, ObisReader, PushLine, Telegram, obis_map_for
 from drivers.serial.obis_map import Quantity, normal_code
 from drivers.serial.transport import SerialPort, SerialSettings
-from gateway.config.schema import MeterConfig
 
 ESCAPE: Final = b"\x1b\x1b\x1b\x1b"
 START: Final = ESCAPE + b"\x01\x01\x01\x01"

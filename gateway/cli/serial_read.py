@@ -15,12 +15,13 @@ from typing import TextIO
 
 from core.channels import CHANNEL_UNITS
 from drivers.base import MeterReadError
+from drivers.config import MeterConfig
 from drivers.factory import build_bus, build_reader, bus_timeout
 from drivers.serial.iec62056 import Iec62056Reader
 from drivers.serial.lines import PushLine, SerialLine
 from drivers.serial.obis_map import Quantity
 from drivers.stamped import StampedReader
-from gateway.config.schema import Config, MeterConfig
+from gateway.config.schema import Config
 
 EXIT_OK = 0
 EXIT_DEVICE = 1

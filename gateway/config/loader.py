@@ -14,9 +14,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from core.config_base import KeyPath, UplinkConfig
+from core.config_base import KeyPath, UplinkConfig, legacy_keys_used
 from core.config_errors import ConfigError, ConfigProblem, format_path
 from core.yaml_lines import StringHook, YamlDocument, describe, parse_yaml, read_text
+from drivers.config import check_meters
 from gateway.config.schema import Config
 
 __all__ = ["load_config", "parse_config"]
@@ -87,7 +88,8 @@ def parse_config(text: str, file: str, environ: Mapping[str, str]) -> Config:
     problems = list(document.problems)
     config: Config | None = None
     try:
-        config = Config.model_validate(document.data)
+        with legacy_keys_used() as used:
+            config = Config.model_validate(document.data)
     except ValidationError as exc:
         for error in exc.errors(include_input=False, include_url=False):
             path, line = document.locate(tuple(error["loc"]))
@@ -105,32 +107,14 @@ def parse_config(text: str, file: str, environ: Mapping[str, str]) -> Config:
         problems.sort(key=lambda p: (p.line or 0, format_path(p.path)))
         raise ConfigError(problems + in_map_files)  # a map file's problems: in its own order
     assert config is not None
+    config.warnings.extend(_legacy_warnings(document, used))
     return config
 
 
 def cross_check(config: Config) -> Iterator[tuple[KeyPath, str]]:
     """Relations pydantic cannot see: references between sections and known meter models."""
-    from drivers.modbus.maps import model_problem
-    from drivers.serial.config import is_serial_bus, serial_cross_check
-
-    seen: set[str] = set()
-    for index, meter in enumerate(config.meters):
-        if meter.id in seen:
-            yield ("meters", index, "id"), f"meter id {meter.id!r} is used twice"
-        seen.add(meter.id)
-        if meter.bus not in config.buses:
-            yield ("meters", index, "bus"), f"no bus named {meter.bus!r} under buses"
-        elif is_serial_bus(config.buses[meter.bus]):
-            # D0/P1/SML meters need no register map; serial_cross_check checks the rest
-            if meter.register_map is not None:
-                yield (
-                    ("meters", index, "register_map"),
-                    "register_map applies to Modbus meters only",
-                )
-        elif (problem := model_problem(meter)) is not None:
-            key, message = problem
-            yield ("meters", index, key) if key else ("meters", index), message
-    yield from serial_cross_check(config)
+    yield from check_meters(config)
+    seen = {meter.id for meter in config.meters}
     for name, source in config.sources:
         if source is None:
             continue
@@ -143,3 +127,13 @@ def cross_check(config: Config) -> Iterator[tuple[KeyPath, str]]:
             for path, meter_id in section.meter_references():
                 if meter_id not in seen:
                     yield ("uplinks", name, *path), f"no meter with id {meter_id!r}"
+
+
+def _legacy_warnings(document: YamlDocument, used: list[tuple[str, str]]) -> list[ConfigProblem]:
+    """One warning per old key used, at its line (the first place the document has it)."""
+    warnings: list[ConfigProblem] = []
+    for key, advice in dict.fromkeys(used):
+        paths = [path for path in document.lines if path and path[-1] == key]
+        for path in paths or [()]:
+            warnings.append(document.problem(path, f"{key!r}: {advice}"))
+    return sorted(warnings, key=lambda p: (p.line or 0, format_path(p.path)))

@@ -7,29 +7,20 @@ this module only says what a valid config is.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from core.config_base import (
-    Identifier,
-    Strict,
-)
+from core.config_base import Identifier, Strict
+from core.config_errors import ConfigProblem
 from core.durations import Seconds
-from drivers.serial.config import (
-    DsmrP1BusConfig,
-    Iec62056BusConfig,
-    SerialMeterFields,
-    SmlBusConfig,
-)
+from drivers.config import BusConfig, MeterConfig
 from gateway.sources.locus.config import LocusConfig
 from gateway.sources.mts.config import MtsConfig
 from gateway.uplinks.enerkey.config import EnerKeyConfig
 from gateway.uplinks.pts.config import PtsConfig
-from gateway.uplinks.wattics.config import (
-    WatticsConfig,
-)
+from gateway.uplinks.wattics.config import WatticsConfig
 
 
 class GatewayConfig(Strict):
@@ -60,79 +51,6 @@ class GatewayConfig(Strict):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from exc
         return value
-
-
-class ModbusTcpBusConfig(Strict):
-    type: Literal["modbus-tcp"]
-    host: str
-    port: int = Field(default=502, ge=1, le=65535)
-    timeout_secs: float = Field(default=3.0, gt=0)
-    reconnect_max_secs: float = Field(default=60.0, gt=0)
-
-
-class ModbusRtuBusConfig(Strict):
-    type: Literal["modbus-rtu"]
-    #: A device path; prefer the stable /dev/serial/by-id/... link of a USB adapter.
-    port: str
-    baudrate: int = Field(default=9600, ge=300, le=921600)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-    timeout_secs: float = Field(default=1.0, gt=0)
-    reconnect_max_secs: float = Field(default=60.0, gt=0)
-    #: Silence kept on the line between transactions; default 3.5 character times at this
-    #: baud rate (1.75 ms above 19200 baud, as the Modbus serial-line spec says).
-    inter_frame_gap_ms: float | None = Field(default=None, ge=0, le=1000)
-
-
-class ModbusRtuOverTcpBusConfig(Strict):
-    """A serial-to-Ethernet converter forwarding raw RTU frames (with CRC) over TCP."""
-
-    type: Literal["modbus-rtu-over-tcp"]
-    host: str
-    port: int = Field(ge=1, le=65535)
-    timeout_secs: float = Field(default=1.0, gt=0)
-    reconnect_max_secs: float = Field(default=60.0, gt=0)
-    #: Silence kept between transactions; the converter usually paces its line itself.
-    inter_frame_gap_ms: float = Field(default=0.0, ge=0, le=1000)
-
-
-#: Serial utility-meter buses (D0, DSMR P1, SML) are defined in drivers.serial.config.
-BusConfig = Annotated[
-    ModbusTcpBusConfig
-    | ModbusRtuBusConfig
-    | ModbusRtuOverTcpBusConfig
-    | Iec62056BusConfig
-    | DsmrP1BusConfig
-    | SmlBusConfig,
-    Field(discriminator="type"),
-]
-
-
-class MeterConfig(SerialMeterFields):
-    id: Identifier
-    bus: str
-    unit: int = Field(default=1, ge=0, le=247)
-    #: A built-in register map; on Modbus buses this or `register_map` is required; not used
-    #: on serial (D0/P1/SML) ones.
-    model: str | None = None
-    #: Your own register map instead of a built-in one: a map file's path (relative to this
-    #: config file's directory) or the map itself inline, in the schema of
-    #: drivers/registers/SCHEMA.md. The loader validates and resolves it (drivers.modbus.maps).
-    register_map: str | dict[str, Any] | None = None
-    #: The map `register_map` resolved to, set by the config loader (drivers.modbus.maps).
-    _resolved_map: object = PrivateAttr(default=None)
-    interval: Seconds = 60.0
-    #: Per-read timeout; defaults to the bus timeout.
-    timeout_secs: float | None = Field(default=None, gt=0)
-    #: An offline meter (3 failed reads in a row) is retried after max(interval, this), then
-    #: at doubling delays up to offline_retry_max_secs; the first success restores its
-    #: normal schedule. Spares a shared line the timeouts of a unit that is gone.
-    offline_retry_secs: Seconds = 60.0
-    offline_retry_max_secs: Seconds = 300.0
-    #: The most power the meter can measure (W). A Wh/varh counter rising faster than this
-    #: (plus 5 minutes of it, for coarse registers) is flagged `counter_jump`; none: no check.
-    max_power_w: float | None = Field(default=None, gt=0)
 
 
 class SourcesConfig(Strict):
@@ -189,13 +107,14 @@ class MqttConfig(Strict):
     tls: MqttTlsConfig | None = None
     topic_prefix: str = "meter-gateway"
     client_id: str | None = None
-    keepalive_secs: int = Field(default=60, ge=5)
+    #: MQTT keep-alive (whole seconds are sent to the broker).
+    keepalive_secs: Seconds = Field(default=60.0, ge=5)
     #: How long to wait for the broker's CONNACK, SUBACK or PUBACK before giving up the connection.
-    timeout_secs: float = Field(default=10.0, gt=0)
+    timeout_secs: Seconds = 10.0
     #: Retained state topics are re-published this often (and on every reconnect).
-    publish_interval_secs: float = Field(default=10.0, ge=0.05)
+    publish_interval_secs: Seconds = Field(default=10.0, ge=0.05)
     #: Reconnect backoff doubles (with jitter) up to this.
-    reconnect_max_secs: float = Field(default=30.0, gt=0)
+    reconnect_max_secs: Seconds = 30.0
     homeassistant_discovery: bool = False
     discovery_prefix: str = "homeassistant"
     #: Publish every stored sample on `meters/<id>/values` (not retained) for local consumers.
@@ -225,6 +144,12 @@ class Config(Strict):
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     uplinks: UplinksConfig = Field(default_factory=UplinksConfig)
     mqtt: MqttConfig | None = None
+    #: What the loader found worth saying but not refusing (old key names), for check-config.
+    _warnings: list[ConfigProblem] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[ConfigProblem]:
+        return self._warnings
 
     def meter(self, meter_id: str) -> MeterConfig:
         for meter in self.meters:

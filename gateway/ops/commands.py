@@ -27,7 +27,8 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from core.health import Health
 from core.sample import Sample
-from gateway.config.schema import MeterConfig, MqttCommandsConfig
+from drivers.config import MeterConfig
+from gateway.config.schema import MqttCommandsConfig
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import StoreFull
 from gateway.timefmt import utc_iso8601_ms

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from core.channels import CHANNEL_UNITS, PHASES
-from gateway.config.schema import BusConfig, MeterConfig
+from drivers.config import BusConfig, MeterConfig
 from gateway.store.async_store import AsyncStore
 
 log = logging.getLogger(__name__)

@@ -422,7 +422,7 @@ class Monitor:
             identifier=self.client_id,
             username=self.config.username,
             password=None if password is None else password.get_secret_value(),
-            keepalive=self.config.keepalive_secs,
+            keepalive=round(self.config.keepalive_secs),
             timeout=self.config.timeout_secs,
             will=aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True),
             tls_context=context,

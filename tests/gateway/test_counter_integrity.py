@@ -13,7 +13,7 @@ import pytest
 from core.flags import CLOCK_UNSYNCED, COUNTER_JUMP, COUNTER_RESET
 from core.health import Health
 from core.sample import Sample
-from gateway.config.schema import MeterConfig
+from drivers.config import MeterConfig
 from gateway.counters import CounterGuard
 from gateway.poller import Poller
 from gateway.store.async_store import AsyncStore

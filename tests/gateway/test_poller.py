@@ -8,8 +8,8 @@ from pathlib import Path
 
 from core.health import Health, MeterState
 from drivers.base import MeterReadError
+from drivers.config import MeterConfig
 from gateway.clock.clocks import SystemClock
-from gateway.config.schema import MeterConfig
 from gateway.poller import Poller
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from core.health import Health, MeterHealth, MeterState
 from drivers.base import MeterReadError
+from drivers.config import MeterConfig
 from drivers.modbus.bus import ModbusReader, ModbusRtuBus
 from drivers.modbus.register_map import load_builtin
-from gateway.config.schema import MeterConfig
 from gateway.poller import Poller, offline_retry_delay, retry_boundary
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store

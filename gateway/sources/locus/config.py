@@ -19,8 +19,8 @@ from typing import Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import CHANNEL_UNITS, COUNTER_CHANNELS
-from core.config_base import Identifier, KeyPath, Strict
-from core.durations import Seconds
+from core.config_base import Identifier, KeyPath, Strict, renamed
+from core.durations import Seconds, SecondsOrZero
 from gateway.sources.base import SourceConfig
 
 LOCUS_URL: Final = "https://api.locusenergy.com"
@@ -95,7 +95,9 @@ class LocusMeterConfig(Strict):
     #: The node (MAC) id; looked up at start with /v3/partners/{partner_id}/components.
     node_id: str | None = Field(default=None, min_length=1)
     #: How often `gran=latest` is asked.
-    interval: Seconds = 300.0
+    interval_secs: Seconds = Field(
+        default=300.0, validation_alias=renamed("interval_secs", "interval")
+    )
     #: The meter's interval length: the latest point and backfill windows are read as
     #: intervals of this granularity.
     granularity: Granularity = "5min"
@@ -144,23 +146,25 @@ class LocusConfig(SourceConfig):
     partner_id: int | None = Field(default=None, ge=0)
     meters: dict[Identifier, LocusMeterConfig] = Field(min_length=1)
     #: Refresh the access token this long before `expires_in` runs out (at most half of it).
-    token_refresh_margin_secs: float = Field(default=120.0, ge=0)
-    timeout_secs: float = Field(default=60.0, gt=0)
+    token_refresh_margin_secs: SecondsOrZero = 120.0
+    timeout_secs: Seconds = 60.0
     #: After an outage, backfill at most this far back from now.
     backfill_max_days: float = Field(default=90.0, gt=0)
     #: Backfill window length; default: the longest the granularity allows, less one interval.
-    backfill_window: Seconds | None = None
+    backfill_window_secs: Seconds | None = Field(
+        default=None, validation_alias=renamed("backfill_window_secs", "backfill_window")
+    )
     #: At first start (nothing stored for the meter), `interval` counters start from the
     #: component's lifetime energy (yearly, monthly, daily and interval sums since
     #: `lifetime_since`), or from zero.
     counter_baseline: Literal["lifetime", "zero"] = "lifetime"
     lifetime_since: date = date(2000, 1, 1)
-    retry_initial_secs: float = Field(default=5.0, gt=0)
-    retry_max_secs: float = Field(default=600.0, gt=0)
+    retry_initial_secs: Seconds = 5.0
+    retry_max_secs: Seconds = 600.0
     #: While credentials are refused (401/403 on /oauth/token), try again this often.
-    auth_probe_secs: float = Field(default=900.0, gt=0)
+    auth_probe_secs: Seconds = 900.0
     #: A meter whose configured field or component does not exist is checked again this often.
-    config_recheck_secs: float = Field(default=3600.0, gt=0)
+    config_recheck_secs: Seconds = 3600.0
 
     @field_validator("base_url")
     @classmethod
@@ -175,12 +179,12 @@ class LocusConfig(SourceConfig):
             raise ValueError("username and password go together (password grant)")
         if self.partner_id is None and any(m.node_id for m in self.meters.values()):
             raise ValueError("partner_id is required to find components by node_id")
-        if self.backfill_window is not None:
+        if self.backfill_window_secs is not None:
             for meter_id, meter in self.meters.items():
                 limit = SPAN_LIMIT_SECS[meter.granularity]
-                if not meter.granularity_secs <= self.backfill_window < limit:
+                if not meter.granularity_secs <= self.backfill_window_secs < limit:
                     raise ValueError(
-                        f"backfill_window must be below {limit // 86_400} days for "
+                        f"backfill_window_secs must be below {limit // 86_400} days for "
                         f"{meter.granularity} (meter {meter_id}) and at least one interval"
                     )
         return self
@@ -193,7 +197,7 @@ class LocusConfig(SourceConfig):
         """Backfill window for `meter`: whole intervals, strictly inside the span limit."""
         step = meter.granularity_secs
         limit = SPAN_LIMIT_SECS[meter.granularity]
-        wanted = int(self.backfill_window) if self.backfill_window else limit - step
+        wanted = int(self.backfill_window_secs) if self.backfill_window_secs else limit - step
         return max(step, min(wanted, limit - step) // step * step)
 
     def meter_ids(self) -> Iterator[tuple[KeyPath, str]]:

@@ -100,7 +100,7 @@ class LocusMeterWorker:
                 await self._poll()
             except ClockUntrusted as exc:
                 self._failed("clock", str(exc))
-                delay = self.meter.interval
+                delay = self.meter.interval_secs
             except ConfigProblem as exc:
                 self._config_problem(str(exc))
                 delay = self.section.config_recheck_secs
@@ -135,7 +135,7 @@ class LocusMeterWorker:
                 self._auth_alerted = False
                 self._succeeded(time.monotonic() - started)
                 now = self.clock.time()
-                delay = next_boundary(now, self.meter.interval) - now
+                delay = next_boundary(now, self.meter.interval_secs) - now
             await self.clock.sleep(delay)
 
     # -- start: component, fields, position ---------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import CHANNEL_UNITS
-from core.config_base import Identifier, KeyPath, Strict
+from core.config_base import Identifier, KeyPath, Strict, renamed
 from core.durations import Seconds
 from gateway.sources.base import SourceConfig
 
@@ -92,7 +92,9 @@ class MtsScheduleConfig(Strict):
     """When a meter is tested: `daily_at` site-local time (gateway.timezone), or `every`."""
 
     daily_at: time | None = None
-    every: Seconds | None = None
+    every_secs: Seconds | None = Field(
+        default=None, validation_alias=renamed("every_secs", "every")
+    )
 
     @field_validator("daily_at", mode="before")
     @classmethod
@@ -108,8 +110,8 @@ class MtsScheduleConfig(Strict):
 
     @model_validator(mode="after")
     def _one_form(self) -> MtsScheduleConfig:
-        if (self.daily_at is None) == (self.every is None):
-            raise ValueError("give exactly one of daily_at ('02:00') or every (e.g. 6h)")
+        if (self.daily_at is None) == (self.every_secs is None):
+            raise ValueError("give exactly one of daily_at ('02:00') or every_secs (e.g. 6h)")
         return self
 
 
@@ -176,7 +178,7 @@ class MtsConfig(SourceConfig):
     token: SecretStr
     #: Gateway meter id -> the meter MTS reads.
     meters: dict[Identifier, MtsMeterConfig] = Field(min_length=1)
-    timeout_secs: float = Field(default=30.0, gt=0)
+    timeout_secs: Seconds = 30.0
     #: A pending test is polled after this long, then at doubling intervals up to poll_max_secs.
     poll_initial_secs: Seconds = 60.0
     poll_max_secs: Seconds = 1800.0
@@ -196,7 +198,7 @@ class MtsConfig(SourceConfig):
     #: period, at most this many days.
     max_catchup_days: int = Field(default=31, ge=1, le=366)
     #: A meter clock further off than this (MTS's meterTime offset) is alerted.
-    clock_offset_alert_secs: float = Field(default=60.0, gt=0)
+    clock_offset_alert_secs: Seconds = 60.0
     #: Length of a survey period (interval values are divided by it into a rate).
     survey_period_secs: Seconds = 1800.0
     #: HTTP requests to MTS in flight at once, across all meters.

@@ -16,8 +16,8 @@ from gateway.timefmt import utc_datetime, zone
 
 def last_slot_ms(now_ms: int, schedule: MtsScheduleConfig, timezone: str) -> int:
     """The most recent slot at or before `now_ms`."""
-    if schedule.every is not None:
-        every_ms = round(schedule.every * 1000)
+    if schedule.every_secs is not None:
+        every_ms = round(schedule.every_secs * 1000)
         return now_ms - now_ms % every_ms
     assert schedule.daily_at is not None
     tz = zone(timezone)
@@ -32,8 +32,8 @@ def last_slot_ms(now_ms: int, schedule: MtsScheduleConfig, timezone: str) -> int
 
 def next_slot_ms(now_ms: int, schedule: MtsScheduleConfig, timezone: str) -> int:
     """The first slot strictly after `now_ms`."""
-    if schedule.every is not None:
-        every_ms = round(schedule.every * 1000)
+    if schedule.every_secs is not None:
+        every_ms = round(schedule.every_secs * 1000)
         return (now_ms // every_ms + 1) * every_ms
     last = last_slot_ms(now_ms, schedule, timezone)
     day = utc_datetime(last).astimezone(zone(timezone)).date()

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import ENERGY_CHANNELS, unit_of
-from core.config_base import KeyPath, Strict, UplinkConfig
-from core.durations import Seconds
+from core.config_base import KeyPath, Strict, UplinkConfig, renamed
+from core.durations import Seconds, SecondsOrZero
 
 if TYPE_CHECKING:
     from gateway.uplinks.base import Uplink
@@ -125,7 +125,11 @@ class EnerKeyConfig(UplinkConfig):
     #: gateway meter id -> its EnerKey meter.
     meters: dict[str, EnerKeyMeterConfig] = Field(min_length=1)
     #: The reading at an hour is interpolated between samples at most this far apart.
-    max_interpolation_gap: Seconds = Field(default=900.0, le=86_400.0)
+    max_interpolation_gap_secs: Seconds = Field(
+        default=900.0,
+        le=86_400.0,
+        validation_alias=renamed("max_interpolation_gap_secs", "max_interpolation_gap"),
+    )
     #: Paths under base_url; `{meter_id}` is replaced by the URL-encoded EnerKey meter id.
     cumulative_path: str = CUMULATIVE_PATH
     consumption_path: str = CONSUMPTION_PATH
@@ -142,17 +146,17 @@ class EnerKeyConfig(UplinkConfig):
     rate_limit_burst: int = Field(default=100, ge=1)
     #: A backlog is sent in messages spanning at most this many days (EnerKey: 365).
     max_days_per_message: int = Field(default=365, ge=1, le=365)
-    timeout_secs: float = Field(default=30.0, gt=0)
+    timeout_secs: Seconds = 30.0
     #: Meters sent at the same time (one message per meter and request).
     max_concurrency: int = Field(default=2, ge=1, le=16)
     #: A message answered with another 4xx this many times is parked in the dead-letter table.
     max_attempts_rejected: int = Field(default=3, ge=1)
-    retry_initial_secs: float = Field(default=1.0, gt=0)
-    retry_max_secs: float = Field(default=300.0, gt=0)
+    retry_initial_secs: Seconds = 1.0
+    retry_max_secs: Seconds = 300.0
     #: While both keys are refused, or a path/meter is unknown (404/405), try again this often.
-    auth_probe_secs: float = Field(default=300.0, gt=0)
+    auth_probe_secs: Seconds = 300.0
     #: At shutdown, a request in flight may finish for this long.
-    shutdown_grace_secs: float = Field(default=2.0, ge=0)
+    shutdown_grace_secs: SecondsOrZero = 2.0
     #: What was pushed per meter and hour is kept this long (the duplicate guard, for audits).
     keep_delivered_days: int = Field(default=400, ge=1)
 

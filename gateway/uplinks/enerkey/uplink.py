@@ -25,7 +25,7 @@ path and field — `cumulative_path`, `consumption_path`, `fields`, `authorizati
 
 Invariants (every change must keep them):
 1. An hour is decided from stored samples only (gateway.uplinks.enerkey.hourly): exact or
-   interpolated within `max_interpolation_gap`, never extrapolated; a longer gap leaves the
+   interpolated within `max_interpolation_gap_secs`, never extrapolated; a longer gap leaves the
    hour out and is alerted. Per meter, hours leave in time order, each in exactly one message.
 2. A stream's cursor, its state (next hour, last reading) and the `delivered_hours` rows of a
    message move in ONE store transaction, only after EnerKey answered 2xx (or the message was
@@ -230,7 +230,7 @@ class EnerKeyUplink:
         self._budget = RateBudget(
             config.rate_limit_per_day, config.rate_limit_burst, self._clock.clock
         )
-        self._max_gap_ms = round(config.max_interpolation_gap * 1000)
+        self._max_gap_ms = round(config.max_interpolation_gap_secs * 1000)
         self._span_ms = config.max_days_per_message * DAY_MS
         self._keep_ms = config.keep_delivered_days * DAY_MS
         self._streams = {str(t.meter_id): meter for meter, t in config.meters.items()}
@@ -445,7 +445,7 @@ class EnerKeyUplink:
         before = "the first sample" if gap.before_ms is None else utc_iso8601(gap.before_ms)
         why = (
             f"samples {before} and {utc_iso8601(gap.after_ms)} are more than "
-            f"{self.config.max_interpolation_gap:g} s apart"
+            f"{self.config.max_interpolation_gap_secs:g} s apart"
             if gap.reason == "no samples"
             else f"the counter went down between {before} and {utc_iso8601(gap.after_ms)}"
             if gap.reason == "counter decreased"

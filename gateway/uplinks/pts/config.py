@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import CHANNEL_UNITS
 from core.config_base import KeyPath, Strict, UplinkConfig
+from core.durations import Seconds
 
 if TYPE_CHECKING:
     from gateway.uplinks.base import Uplink
@@ -75,18 +76,18 @@ class PtsConfig(UplinkConfig):
     #: Alert this long before the window closes while a system has no Passed reading.
     missed_window_alert_hours: float = Field(default=48.0, ge=0)
     #: GetSubmissionStatus is polled this often while a submission is Validating.
-    status_poll_secs: float = Field(default=300.0, gt=0)
+    status_poll_secs: Seconds = 300.0
     #: GetSystems confirms the configured systems at start and this often (daily).
-    systems_check_secs: float = Field(default=86_400.0, gt=0)
+    systems_check_secs: Seconds = 86_400.0
     #: The uplink re-evaluates its systems at least this often.
-    check_every_secs: float = Field(default=300.0, gt=0)
+    check_every_secs: Seconds = 300.0
     #: GetSystems / GetLastReading: `GET ?fk_system=1,2` or `POST {"systems": [...]}`.
     query_method: Literal["GET", "POST"] = "GET"
-    timeout_secs: float = Field(default=30.0, gt=0)
-    retry_initial_secs: float = Field(default=5.0, gt=0)
-    retry_max_secs: float = Field(default=900.0, gt=0)
+    timeout_secs: Seconds = 30.0
+    retry_initial_secs: Seconds = 5.0
+    retry_max_secs: Seconds = 900.0
     #: While the key is refused (400 "Bad API Key", 401, 403), probe this often.
-    auth_probe_secs: float = Field(default=3600.0, gt=0)
+    auth_probe_secs: Seconds = 3600.0
 
     @field_validator("base_url")
     @classmethod

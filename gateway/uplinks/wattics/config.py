@@ -15,8 +15,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import is_known_channel
-from core.config_base import KeyPath, Strict, UplinkConfig
-from core.durations import Seconds
+from core.config_base import KeyPath, Strict, UplinkConfig, renamed
+from core.durations import Seconds, SecondsOrZero
 
 WATTICS_PRODUCTION_URL = "https://web-collector.wattics.com/measurements/v2/unifiedjson/"
 #: The route on which Wattics converts UTC timestamps to the site's local time (NOTES.md).
@@ -28,12 +28,16 @@ class _Cadence(Strict):
     #: The transmission interval the datapoint is registered with at Wattics (e.g. 5m, 15m).
     #: None: every stored sample is sent with its own timestamp. With an interval, one packet
     #: per boundary of that interval in site-local time (see gateway.uplinks.wattics.interval).
-    interval: Seconds | None = None
+    interval_secs: Seconds | None = Field(
+        default=None, validation_alias=renamed("interval_secs", "interval")
+    )
     #: With an interval: a boundary without a sample exactly on it takes the newest sample at
     #: most this much before it (stamped at the boundary); none that close leaves a hole.
-    tolerance: Seconds | None = None
+    tolerance_secs: Seconds | None = Field(
+        default=None, validation_alias=renamed("tolerance_secs", "tolerance")
+    )
 
-    @field_validator("interval")
+    @field_validator("interval_secs")
     @classmethod
     def _whole_seconds_dividing_a_day(cls, value: float | None) -> float | None:
         if value is not None and (value < 1 or value != int(value) or 86400 % int(value)):
@@ -84,19 +88,21 @@ class WatticsConfig(UplinkConfig):
     meters: dict[str, WatticsMeterConfig] = Field(default_factory=dict)
     datapoints: list[WatticsDatapointConfig] = Field(default_factory=list)
     #: Default tolerance of datapoints with an interval that do not set their own.
-    tolerance: Seconds = 60.0
+    tolerance_secs: Seconds = Field(
+        default=60.0, validation_alias=renamed("tolerance_secs", "tolerance")
+    )
     #: A sample at most `tolerance` before a boundary is sent once no better one can come:
     #: when a later sample is stored, or this long after the boundary.
-    boundary_wait_secs: float = Field(default=30.0, ge=0)
-    timeout_secs: float = Field(default=30.0, gt=0)
+    boundary_wait_secs: SecondsOrZero = 30.0
+    timeout_secs: Seconds = 30.0
     #: How many Wattics streams are sent concurrently (each stream stays in order).
     max_concurrency: int = Field(default=4, ge=1, le=64)
     #: A packet answered 400/404/422 this many times is parked in the dead-letter table.
     max_attempts_rejected: int = Field(default=3, ge=1)
-    retry_initial_secs: float = Field(default=1.0, gt=0)
-    retry_max_secs: float = Field(default=300.0, gt=0)
+    retry_initial_secs: Seconds = 1.0
+    retry_max_secs: Seconds = 300.0
     #: While credentials are refused (401/403), probe again this often.
-    auth_probe_secs: float = Field(default=300.0, gt=0)
+    auth_probe_secs: Seconds = 300.0
     #: Send per-phase energy (pC_1..3 <- energy_active_import_l1..l3) instead of the total in
     #: pC_1 (the API's rule for "one total value").
     energy_per_phase: bool = False
@@ -105,7 +111,7 @@ class WatticsConfig(UplinkConfig):
     #: the last group, and when stopping. After a crash at most that much is sent again (and
     #: resync_on_start usually skips even that). Fewer commits spare the SD card.
     commit_every_packets: int = Field(default=100, ge=1)
-    commit_every_secs: float = Field(default=30.0, gt=0)
+    commit_every_secs: Seconds = 30.0
     #: On start, ask Wattics for each stream's last processed packet (GET ?stream=) and skip
     #: what it already has: Wattics would discard those packets as out of order anyway.
     resync_on_start: bool = True
@@ -115,7 +121,7 @@ class WatticsConfig(UplinkConfig):
     counter_continuity: bool = True
     #: At shutdown, a request in flight may finish for this long (then it is abandoned and
     #: sent again next start).
-    shutdown_grace_secs: float = Field(default=2.0, ge=0)
+    shutdown_grace_secs: SecondsOrZero = 2.0
 
     @field_validator("url")
     @classmethod
@@ -154,12 +160,16 @@ class WatticsConfig(UplinkConfig):
     def all_datapoints(self) -> list[WatticsDatapointConfig]:
         """The `meters:` short form and `datapoints:` as one list, each with its tolerance."""
         points = [
-            WatticsDatapointConfig(id=m.id, meter=meter, interval=m.interval, tolerance=m.tolerance)
+            WatticsDatapointConfig(
+                id=m.id, meter=meter, interval_secs=m.interval_secs, tolerance_secs=m.tolerance_secs
+            )
             for meter, m in self.meters.items()
         ]
         points.extend(self.datapoints)
         return [
-            p.model_copy(update={"tolerance": self.tolerance}) if p.tolerance is None else p
+            p.model_copy(update={"tolerance_secs": self.tolerance_secs})
+            if p.tolerance_secs is None
+            else p
             for p in points
         ]
 

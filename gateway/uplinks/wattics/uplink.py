@@ -361,11 +361,11 @@ class WatticsUplink:
 
     def _new_picker(self, point: WatticsDatapointConfig) -> IntervalPicker[StoredSample] | None:
         """The boundary picker of a datapoint with a registered interval (None: every sample)."""
-        if point.interval is None:
+        if point.interval_secs is None:
             return None
         return IntervalPicker(
-            interval_ms=round(point.interval * 1000),
-            tolerance_ms=round((point.tolerance or 0.0) * 1000),
+            interval_ms=round(point.interval_secs * 1000),
+            tolerance_ms=round((point.tolerance_secs or 0.0) * 1000),
             wait_ms=round(self.config.boundary_wait_secs * 1000),
             tz=self._site_tz,
         )

@@ -17,9 +17,10 @@ from pydantic import ValidationError
 from core.flags import CLOCK_UNSYNCED
 from core.health import Health, kernel_clock_synchronized
 from core.sample import Sample, StoredSample
+from drivers.config import MeterConfig
 from gateway.clock.clocks import EARLIEST_PLAUSIBLE_S
 from gateway.clock.sync import STA_UNSYNC, SyncCheck, SyncedClock, kernel_sync
-from gateway.config.schema import Config, MeterConfig
+from gateway.config.schema import Config
 from gateway.poller import Poller, poller_for
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store

@@ -46,7 +46,7 @@ def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:
 
 def test_valid_config_loads_with_durations_and_secrets(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, VALID), SECRETS)
-    assert [m.interval for m in config.meters] == [60.0, 15.0]
+    assert [m.interval_secs for m in config.meters] == [60.0, 15.0]
     assert config.uplinks.wattics is not None
     assert config.uplinks.wattics.password.get_secret_value() == "s3cr3t-Pa55"
     assert "s3cr3t" not in repr(config)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config.schema import MeterConfig
+from drivers.config import MeterConfig
 from gateway.ops.discovery import (
     MAIN_CHANNELS,
     Inventory,

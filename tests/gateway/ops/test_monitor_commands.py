@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from drivers.modbus.config import ModbusTcpBusConfig
 from drivers.simulator import SimulatedMeter
-from gateway.config.schema import ModbusTcpBusConfig, MqttCommandsConfig
+from gateway.config.schema import MqttCommandsConfig
 from gateway.ops.monitor import Monitor
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.gateway.ops.test_commands import Site, open_site

@@ -59,7 +59,7 @@ uplinks:
     assert section.base_url == "https://api.locusenergy.com"
     assert section.grant == "password"
     roof = section.meters["pv-roof"]
-    assert roof.interval == 300.0 and roof.granularity == "5min"
+    assert roof.interval_secs == 300.0 and roof.granularity == "5min"
     assert {k: (f.channel, f.kind) for k, f in roof.fields.items()} == {
         "W_avg": ("power_active", "value"),
         "Wh_sum": ("energy_active_import", "interval"),
@@ -125,7 +125,7 @@ def test_backfill_window_must_stay_inside_the_span_limit(tmp_path: Path) -> None
         tmp_path,
         "    backfill_window: 31d\n    meters: {pv: {component_id: 1}}\n",
     )
-    assert any("backfill_window must be below 31 days" in p for p in found)
+    assert any("backfill_window_secs must be below 31 days" in p for p in found)
 
 
 # -- planning -----------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_defaults_and_both_key_forms(tmp_path: Path) -> None:
     )
     section = config.uplinks.enerkey  # type: ignore[attr-defined]
     assert section.base_url == "https://api.enerkey.com"
-    assert section.max_interpolation_gap == 900.0
+    assert section.max_interpolation_gap_secs == 900.0
     assert section.rate_limit_per_day == 40_000
     assert section.max_days_per_message == 365
     assert section.api_keys[0].key.get_secret_value() == "key-a-Secret-111"

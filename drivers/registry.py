@@ -1,0 +1,27 @@
+"""Bus types -> builders: the drivers' plugin registry (core.registry's one pattern).
+
+Each bus type's config module registers "module:function" here (drivers.modbus.config,
+drivers.serial.config); drivers.factory builds every configured bus through it. A builder is
+called as `builder(name, config, timeout_secs=..., health=...)` and returns an open-on-first-
+use bus: a ModbusBus or a SerialLine (an async context manager either way).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from core.health import BusHealth
+from core.registry import Registry
+
+if TYPE_CHECKING:
+    from drivers.modbus.bus import ModbusBus
+    from drivers.serial.lines import SerialLine
+
+
+class BusBuilder(Protocol):
+    def __call__(
+        self, name: str, config: Any, /, *, timeout_secs: float, health: BusHealth | None
+    ) -> ModbusBus | SerialLine: ...
+
+
+BUSES: Registry[BusBuilder] = Registry("bus type")
