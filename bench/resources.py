@@ -166,7 +166,7 @@ def site_config(data_dir: Path, ports: list[int], interval: str, urls: dict[str,
         ),
         "meters:",
         *(
-            f"  - {{id: m{i}, bus: b{i}, unit: 1, model: sdm630, interval: {interval}}}"
+            f"  - {{id: m{i}, bus: b{i}, unit: 1, model: sdm630, interval_secs: {interval}}}"
             for i in range(len(ports))
         ),
         "uplinks:",

@@ -72,7 +72,7 @@ gateway: {{id: secrets, timezone: UTC, data_dir: "{data_dir}", clock_check: none
 buses:
   plant: {{type: modbus-tcp, host: 127.0.0.1, port: {ports["modbus"]}, timeout_secs: 0.5}}
 meters:
-  - {{id: m1, bus: plant, unit: 1, model: sdm630, interval: 250ms}}
+  - {{id: m1, bus: plant, unit: 1, model: sdm630, interval_secs: 250ms}}
 uplinks:
   wattics:
     url: "{urls["wattics"]}"

@@ -30,8 +30,8 @@ gateway: {{id: demo-site, timezone: Europe/Dublin, data_dir: "{data_dir}", clock
 buses:
   plant: {{type: modbus-tcp, host: 127.0.0.1, port: {modbus_port}, timeout_secs: 1.0}}
 meters:
-  - {{id: incomer, bus: plant, unit: 1, model: sdm630, interval: {interval}}}
-  - {{id: pv-inverter, bus: plant, unit: 2, model: sdm630, interval: {interval}}}
+  - {{id: incomer, bus: plant, unit: 1, model: sdm630, interval_secs: {interval}}}
+  - {{id: pv-inverter, bus: plant, unit: 2, model: sdm630, interval_secs: {interval}}}
 uplinks:
   wattics:
     url: "{wattics_url}"

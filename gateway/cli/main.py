@@ -87,11 +87,14 @@ def _units(text: str) -> list[int]:
 
 def _load(path: str) -> Config:
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return config
 
 
 def _check_config(path: str) -> int:

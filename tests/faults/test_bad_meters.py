@@ -2,7 +2,7 @@
 
 Each broken meter sits on a bus of its own (a raw TCP server speaking just enough Modbus to be
 wrong), next to a healthy simulated SDM630 on another bus. The broken ones are retried on every
-boundary (offline_retry_secs = their interval: the worst case for the event loop). The healthy
+boundary (offline_retry_secs = their interval_secs: the worst case for the event loop). The healthy
 meter must still get a sample on every 200 ms boundary, with no gap, and each broken meter's
 failures must be counted under a kind that tells the installer what is wrong.
 """

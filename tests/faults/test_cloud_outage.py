@@ -33,8 +33,8 @@ gateway: {{id: faults, timezone: Europe/Dublin, data_dir: "{data_dir}", clock_ch
 buses:
   plant: {{type: modbus-tcp, host: 127.0.0.1, port: {modbus_port}, timeout_secs: 0.5}}
 meters:
-  - {{id: m1, bus: plant, unit: 1, model: sdm630, interval: {interval}ms}}
-  - {{id: m2, bus: plant, unit: 2, model: sdm630, interval: {interval}ms}}
+  - {{id: m1, bus: plant, unit: 1, model: sdm630, interval_secs: {interval}ms}}
+  - {{id: m2, bus: plant, unit: 2, model: sdm630, interval_secs: {interval}ms}}
 uplinks:
   wattics:
     url: "{url}"

@@ -200,7 +200,7 @@ gateway: {{id: faults, timezone: UTC, data_dir: "{data_dir}", clock_check: none}
 buses:
   plant: {{type: modbus-tcp, host: 127.0.0.1, port: {modbus.port}, timeout_secs: 0.5}}
 meters:
-  - {{id: m1, bus: plant, unit: 1, model: sdm630, interval: 200ms}}
+  - {{id: m1, bus: plant, unit: 1, model: sdm630, interval_secs: 200ms}}
 uplinks:
   wattics:
     url: "{wattics.url}"

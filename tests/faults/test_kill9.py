@@ -70,7 +70,7 @@ uplinks:
 
 def _config(data_dir: Path, port: int, url: str) -> str:
     meters = "\n".join(
-        f"  - {{id: {m}, bus: plant, unit: {unit}, model: sdm630, interval: {every}}}"
+        f"  - {{id: {m}, bus: plant, unit: {unit}, model: sdm630, interval_secs: {every}}}"
         for m, (unit, _, every) in METERS.items()
     )
     streams = "\n".join(f"      {m}: {{id: {stream}}}" for m, (_, stream, _) in METERS.items())

@@ -39,7 +39,7 @@ gateway: {{id: faults, timezone: UTC, data_dir: "{data_dir}", clock_check: none}
 buses:
   plant: {{type: modbus-tcp, host: 127.0.0.1, port: {modbus_port}, timeout_secs: 0.5}}
 meters:
-  - {{id: m1, bus: plant, unit: 1, model: sdm630, interval: {interval}ms}}
+  - {{id: m1, bus: plant, unit: 1, model: sdm630, interval_secs: {interval}ms}}
 uplinks:
   wattics:
     url: "{url}"

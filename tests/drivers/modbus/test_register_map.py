@@ -123,6 +123,12 @@ def test_a_mistake_names_file_line_and_key(tmp_path: Path, text: str, where: str
     assert isinstance(caught.value, ValueError)
 
 
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD + "max_gap: 4\nmax_gap: 40\n")
+    with pytest.raises(RegisterMapError, match=r":6: max_gap: duplicate key"):
+        load_map_file(path)
+
+
 def test_overlapping_registers_are_refused(tmp_path: Path) -> None:
     text = GOOD.replace("address: 10, table: holding", "address: 1, table: input")
     with pytest.raises(

@@ -84,7 +84,7 @@ async def test_a_push_meter_gives_one_sample_per_interval_the_newest_at_each_bou
         await astore.aclose()
     stamps = [r.sample.ts_ms for r in stored]
     assert len(stamps) >= 5, stamps
-    # exactly one sample per interval: consecutive boundaries, none skipped, none doubled
+    # exactly one sample per interval_secs: consecutive boundaries, none skipped, none doubled
     steps = [b - a for a, b in itertools.pairwise(stamps)]
     assert steps == [INTERVAL_SECS * 1000] * (len(stamps) - 1)
     assert len({int(r.sample.values["power_active"]) for r in stored}) == len(stored)

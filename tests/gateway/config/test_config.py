@@ -20,8 +20,8 @@ gateway:
 buses:
   plant: {type: modbus-tcp, host: 127.0.0.1, port: 5020}
 meters:
-  - {id: incomer, bus: plant, unit: 1, model: sdm630, interval: 60s}
-  - {id: pv, bus: plant, unit: 3, model: sdm630, interval: 15s}
+  - {id: incomer, bus: plant, unit: 1, model: sdm630, interval_secs: 60s}
+  - {id: pv, bus: plant, unit: 3, model: sdm630, interval_secs: 15s}
 uplinks:
   wattics:
     username: ${WATTICS_USER}
@@ -60,17 +60,17 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
 
 
 def test_misspelt_key_names_file_line_and_key(tmp_path: Path) -> None:
-    path = write(tmp_path, VALID.replace("interval: 15s", "intervall: 15s"))
+    path = write(tmp_path, VALID.replace("interval_secs: 15s", "intervall_secs: 15s"))
     assert problems(path) == [
-        f"{path}:9: meters[1].intervall: unknown key (check its "
+        f"{path}:9: meters[1].intervall_secs: unknown key (check its "
         "spelling and the README's configuration reference)"
     ]
 
 
 def test_bad_value_points_at_its_line(tmp_path: Path) -> None:
-    path = write(tmp_path, VALID.replace("interval: 15s", "interval: soon"))
+    path = write(tmp_path, VALID.replace("interval_secs: 15s", "interval_secs: soon"))
     (message,) = problems(path)
-    assert message.startswith(f"{path}:9: meters[1].interval: ")
+    assert message.startswith(f"{path}:9: meters[1].interval_secs: ")
     assert "duration" in message
 
 
@@ -95,7 +95,8 @@ def test_references_between_sections_are_checked(tmp_path: Path) -> None:
 def test_unknown_model_lists_the_built_in_ones(tmp_path: Path) -> None:
     (message,) = problems(
         write(
-            tmp_path, VALID.replace("model: sdm630, interval: 15s", "model: sdm999, interval: 15s")
+            tmp_path,
+            VALID.replace("model: sdm630, interval_secs: 15s", "model: sdm999, interval_secs: 15s"),
         )
     )
     assert ":9: meters[1].model: unknown model 'sdm999'" in message
@@ -168,3 +169,26 @@ def test_check_config_exit_codes_and_no_secret_in_output(tmp_path: Path) -> None
     assert result.returncode == 2
     assert f"{bad}:9: meters[1].unit:" in result.stderr
     assert "s3cr3t" not in result.stdout + result.stderr
+
+
+def test_old_key_names_still_work_and_check_config_says_what_they_are_now(tmp_path: Path) -> None:
+    old = VALID.replace("interval_secs: 15s", "interval: 15s").replace(
+        "port: 5020}",
+        "port: 5020}\n  line: {type: modbus-rtu, port: /dev/ttyUSB0, "
+        "inter_frame_gap_ms: 5}\n  optical: {type: iec62056-21, port: /dev/ttyUSB1, "
+        "switch_delay_ms: 300}",
+    )
+    path = write(tmp_path, old)
+    config = load_config(path, SECRETS)
+    assert [m.interval_secs for m in config.meters] == [60.0, 15.0]
+    line = config.buses["line"]
+    assert line.type == "modbus-rtu" and line.inter_frame_gap_secs == 0.005  # ms, converted
+    warnings = [str(w) for w in config.warnings]
+    assert any(w.startswith(f"{path}:11: meters[1].interval: 'interval': renamed 'interval_secs'")
+               for w in warnings), warnings  # fmt: skip
+    assert any("inter_frame_gap_ms" in w and "inter_frame_gap_secs" in w for w in warnings)
+    assert any("switch_delay_ms" in w and "no longer used" in w for w in warnings)
+    result = run_cli("check-config", str(path), env=SECRETS)
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "'interval_secs'" in result.stderr
+    assert load_config(write(tmp_path, VALID), SECRETS).warnings == []

@@ -51,7 +51,7 @@ INLINE_METER = """\
   - id: sibling
     bus: plant
     unit: 2
-    interval: 200ms
+    interval_secs: 200ms
     register_map:
       model: sibling-meter
       registers:
@@ -202,7 +202,7 @@ async def pump_site(tmp_path: Path) -> AsyncIterator[tuple[Path, Config]]:
     async with serve_modbus_tcp([pump, sibling]) as server:
         text = site(
             server.port,
-            "  - {id: pump, bus: plant, register_map: maps/pump.yaml, interval: 200ms}\n"
+            "  - {id: pump, bus: plant, register_map: maps/pump.yaml, interval_secs: 200ms}\n"
             + INLINE_METER,
         )
         text = text.replace("  - id: incomer\n    bus: plant\n    model: sdm630\n", "")

@@ -471,7 +471,7 @@ async def test_broker_away_publish_stays_instant_and_bounded_then_state_is_curre
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.ops.monitor")
     health = sample_health()
-    # A long interval: state after the restart can only come from the publish on (re)connect.
+    # A long interval_secs: state after the restart can only come from the publish on (re)connect.
     monitor = fast_monitor(mqtt_config(mosquitto, queue_size=10), health, interval_secs=60)
     async with running(monitor):
         async with Subscriber(mosquitto) as operator:

@@ -46,7 +46,7 @@ def test_defaults_node_ids_and_uplink_references(tmp_path: Path) -> None:
     partner_id: 123
     meters:
       pv-roof: {component_id: 54369}
-      pv-carport: {node_id: OB.001EC1111DC9.1, granularity: 15min, interval: 15m}
+      pv-carport: {node_id: OB.001EC1111DC9.1, granularity: 15min, interval_secs: 15m}
 uplinks:
   wattics:
     username: u
@@ -123,7 +123,7 @@ meters:
 def test_backfill_window_must_stay_inside_the_span_limit(tmp_path: Path) -> None:
     found = problems(
         tmp_path,
-        "    backfill_window: 31d\n    meters: {pv: {component_id: 1}}\n",
+        "    backfill_window_secs: 31d\n    meters: {pv: {component_id: 1}}\n",
     )
     assert any("backfill_window_secs must be below 31 days" in p for p in found)
 

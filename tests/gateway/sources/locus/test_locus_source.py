@@ -191,7 +191,7 @@ async def test_one_request_at_a_time_for_all_meters(
     fake_locus.slow(0.02)  # a second request would overlap: the fake answers it 429
     health = Health()
     meters = "".join(
-        f"      pv-{n}: {{component_id: {cid}, interval: 1m}}\n"
+        f"      pv-{n}: {{component_id: {cid}, interval_secs: 1m}}\n"
         for n, cid in enumerate([54369, 54370, 54369, 54370])
     )
     config = config_for(tmp_path, fake_locus, meters, extra="    counter_baseline: zero\n")
@@ -319,7 +319,7 @@ async def test_a_long_gap_is_read_in_windows_oldest_first(
     seeded = now_ms - now_ms % STEP_MS - 3 * 3_600_000 - 2 * STEP_MS
     seed(astore, "pv-roof", seeded, 42.0)
     health = Health()
-    config = config_for(tmp_path, fake_locus, ROOF, extra="    backfill_window: 1h\n")
+    config = config_for(tmp_path, fake_locus, ROOF, extra="    backfill_window_secs: 1h\n")
     async with running(config, astore, health, locus_clock):
         await wait_for(lambda: health.meter("pv-roof").reads >= 1)
     starts = [seen.query["start"] for seen in fake_locus.data_requests("5min")]

@@ -71,7 +71,7 @@ def test_channel_overrides_merge_over_defaults_and_null_removes_one() -> None:
             "site.yaml:10: sources.mts.meters.hh1.schedule.daily_at: write the time in quotes",
         ),
         (
-            "        schedule: {daily_at: '02:00', every: 1h}\n",
+            "        schedule: {daily_at: '02:00', every_secs: 1h}\n",
             "site.yaml:10: sources.mts.meters.hh1.schedule: give exactly one of daily_at",
         ),
         (

@@ -119,7 +119,7 @@ def test_paths_and_field_names_can_be_overridden(tmp_path: Path) -> None:
         ),
         ("    api_keys: [a]\n    meters: {incomer: {meter_id: 1, mode: sum}}\n", "mode"),
         (
-            "    api_keys: [a]\n    max_interpolation_gap: 2d\n" + ONE_METER,
+            "    api_keys: [a]\n    max_interpolation_gap_secs: 2d\n" + ONE_METER,
             "86400",
         ),
     ],

@@ -21,7 +21,7 @@ gateway: {{id: e2e, timezone: Europe/Helsinki, data_dir: "{data_dir}", clock_che
 buses:
   plant: {{type: modbus-tcp, host: 127.0.0.1, port: {modbus_port}, timeout_secs: 1.0}}
 meters:
-  - {{id: incomer, bus: plant, unit: 1, model: sdm630, interval: 1s}}
+  - {{id: incomer, bus: plant, unit: 1, model: sdm630, interval_secs: 1s}}
 uplinks:
   enerkey:
     base_url: "{url}"

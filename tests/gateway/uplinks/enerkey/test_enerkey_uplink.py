@@ -184,7 +184,7 @@ async def test_a_five_hour_meter_outage_is_left_out_and_alerted(
 ) -> None:
     health = Health()
     before = samples("incomer", T0, hour(10) + 7 * MIN + 1)
-    # A 13-minute hole around 04:00 is within the 15-minute tolerance: 04:00 is interpolated.
+    # A 13-minute hole around 04:00 is within the 15-minute tolerance_secs: 04:00 is interpolated.
     before = [s for s in before if not hour(4) - 6 * MIN < s.ts_ms < hour(4) + 6 * MIN]
     after = samples("incomer", hour(15) + 10 * MIN, hour(17) + 30 * MIN, offset=0)
     await append(astore, before + after)
@@ -531,7 +531,7 @@ async def test_more_than_a_year_of_backlog_goes_in_two_messages_the_fake_accepts
     days = 400
     await append(astore, samples("incomer", T0, hour(24 * days) + MIN, step=30 * MIN))
     uplink = uplink_for(
-        fake_enerkey, astore, Health(), {"incomer": 4711}, max_interpolation_gap="45m"
+        fake_enerkey, astore, Health(), {"incomer": 4711}, max_interpolation_gap_secs="45m"
     )
     async with running(uplink):
         await fake_enerkey.wait_hours(4711, 24 * days, timeout=20)

@@ -26,8 +26,8 @@ gateway: {{id: crash, timezone: {zone}, data_dir: "{data_dir}", clock_check: non
 buses:
   plant: {{type: modbus-tcp, host: 127.0.0.1, port: {modbus_port}, timeout_secs: 1.0}}
 meters:
-  - {{id: a, bus: plant, unit: 1, model: sdm630, interval: 0.2s}}
-  - {{id: b, bus: plant, unit: 1, model: sdm630, interval: 0.2s}}
+  - {{id: a, bus: plant, unit: 1, model: sdm630, interval_secs: 0.2s}}
+  - {{id: b, bus: plant, unit: 1, model: sdm630, interval_secs: 0.2s}}
 uplinks:
   wattics:
     url: "{url}"
