@@ -1,7 +1,7 @@
 """Which register map a Modbus meter is read with: built in, a user map file, or inline.
 
-A meter names its map one of three ways (README, "Your own register map"):
-- `model: sdm630`: a built-in map (drivers/registers/sdm630.yaml); `model: sunspec` is
+A meter names its map one of three ways (docs/modbus-meters.md, "Your own register map"):
+- `model: sdm630`: a built-in map (drivers/modbus/registers/sdm630.yaml); `model: sunspec` is
   discovered from the device instead;
 - `register_map: maps/pump.yaml`: a map file, relative to the config file's directory;
 - `register_map: {model: ..., registers: [...]}`: the same schema, inline in the config.

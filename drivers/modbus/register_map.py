@@ -1,8 +1,8 @@
 """Register maps are data: one YAML file per meter model, validated once at start-up.
 
-Vendor knowledge (addresses, types, scales) lives in `drivers/registers/*.yaml`; protocol
+Vendor knowledge (addresses, types, scales) lives in `drivers/modbus/registers/*.yaml`; protocol
 knowledge (planning, decoding, transport) lives in code. The schema is documented in
-`drivers/registers/SCHEMA.md`. A bad file is reported like a bad config file:
+`drivers/modbus/registers/SCHEMA.md`. A bad file is reported like a bad config file:
 `file:line: key: why`, as a `RegisterMapError` (a ConfigError, so the CLI exits with code 2).
 """
 

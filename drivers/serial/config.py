@@ -157,7 +157,7 @@ class ObisTargetConfig(Strict):
 
 def _channel(value: str) -> str:
     if value not in CHANNEL_UNITS:
-        raise ValueError(f"unknown channel {value!r} (see the README's channel list)")
+        raise ValueError(f"unknown channel {value!r} (see docs/channels.md)")
     return value
 
 

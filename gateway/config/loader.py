@@ -25,7 +25,7 @@ __all__ = ["load_config", "parse_config"]
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 
 #: Where the valid keys are listed, for "unknown key" problems.
-_REFERENCE_DOCS = "check its spelling and the README's configuration reference"
+_REFERENCE_DOCS = "check its spelling and docs/configuration.md"
 
 
 def _substitution(environ: Mapping[str, str]) -> StringHook:

@@ -10,7 +10,7 @@ Topics are relative to `<prefix>/<gateway id>/cmd/`; the answer goes to the same
 
 Invariants:
 - Every command is refused (`command disabled`) unless enabled in config; the broker's ACL must
-  still restrict who may publish to `cmd/` (README).
+  still restrict who may publish to `cmd/` (docs/mqtt.md, "Commands").
 - Every answer is a JSON object with `ok` (bool) and, when the command carried one, the same
   `request_id`; a refusal or failure carries `error`. A command never raises: a bug in one
   becomes `{"ok": false, "error": "internal error"}` and a logged traceback.

@@ -64,7 +64,7 @@ class LocusFieldConfig(Strict):
     @classmethod
     def _known_channel(cls, value: str) -> str:
         if value not in CHANNEL_UNITS:
-            raise ValueError(f"unknown channel {value!r} (see the README's canonical channels)")
+            raise ValueError(f"unknown channel {value!r} (see docs/channels.md)")
         return value
 
 

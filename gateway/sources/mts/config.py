@@ -68,7 +68,7 @@ class MtsChannelConfig(Strict):
     @classmethod
     def _known(cls, value: str) -> str:
         if value not in CHANNEL_UNITS:
-            raise ValueError(f"unknown channel {value!r} (see gateway/channels.py)")
+            raise ValueError(f"unknown channel {value!r} (see core/channels.py)")
         return value
 
     @model_validator(mode="after")

@@ -68,7 +68,8 @@ class EnerKeyMeterConfig(Strict):
     #: The meter's id in EnerKey (a number there; text is sent as a JSON string).
     meter_id: MeterId
     #: cumulative: the counter reading at each hour (idempotent, the default);
-    #: consumption: the energy of each hour (EnerKey SUMS values of one hour: see README).
+    #: consumption: the energy of each hour (EnerKey SUMS values of one hour, see
+    #: docs/uplinks/enerkey.md).
     mode: Literal["cumulative", "consumption"] = "cumulative"
     #: The stored energy channel (a counter in Wh or varh, core.channels).
     channel: str = "energy_active_import"

@@ -68,7 +68,7 @@ class WatticsDatapointConfig(_Cadence):
     @classmethod
     def _known_channel(cls, value: str | None) -> str | None:
         if value is not None and not is_known_channel(value):
-            raise ValueError(f"unknown channel {value!r} (see the channel list in the README)")
+            raise ValueError(f"unknown channel {value!r} (see docs/channels.md)")
         return value
 
     @model_validator(mode="after")

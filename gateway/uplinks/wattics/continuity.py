@@ -18,7 +18,7 @@ series continues from its last value:
 
 Differences, not a stored offset, carry the series on, so float rounding can never make an
 unflagged step go down. The forwarded values then differ from the meter's display by an
-offset (documented in the README). The state (last forwarded and last raw value per channel)
+offset (docs/clock-and-counters.md). The state (last forwarded and last raw value per channel)
 is committed with the uplink's cursor, and applying a sample twice gives the same result, so
 a replay after a crash is exact.
 """

@@ -63,7 +63,7 @@ def test_misspelt_key_names_file_line_and_key(tmp_path: Path) -> None:
     path = write(tmp_path, VALID.replace("interval_secs: 15s", "intervall_secs: 15s"))
     assert problems(path) == [
         f"{path}:9: meters[1].intervall_secs: unknown key (check its "
-        "spelling and the README's configuration reference)"
+        "spelling and docs/configuration.md)"
     ]
 
 

@@ -29,7 +29,7 @@ from tests.paths import REPO
 
 #: A sub-meter no built-in map covers: holding registers, scaled integers, a little-endian s32.
 PUMP_MAP = """\
-# heat pump sub-meter (a user map; schema: drivers/registers/SCHEMA.md)
+# heat pump sub-meter (a user map; schema: drivers/modbus/registers/SCHEMA.md)
 model: pump-meter
 description: Heat pump sub-meter
 max_gap: 4

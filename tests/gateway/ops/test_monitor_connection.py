@@ -228,8 +228,8 @@ def test_mqtt_section_from_yaml_typos_named_secrets_hidden() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(MQTT_YAML, "site.yaml", env)
     assert [str(p) for p in caught.value.problems] == [
-        "site.yaml:10: mqtt.commands.raed: unknown key (check its spelling and the README's "
-        "configuration reference)"
+        "site.yaml:10: mqtt.commands.raed: unknown key (check its spelling and "
+        "docs/configuration.md)"
     ]
     config = parse_config(MQTT_YAML.replace("    raed: true\n", ""), "site.yaml", env)
     assert config.mqtt is not None
