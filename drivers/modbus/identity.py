@@ -4,10 +4,9 @@ A register map may carry an `identity:` list (drivers/modbus/registers/SCHEMA.md
 names one register read *on its own* (exactly `address`, `words` long: some meters answer an
 identity read at an address that, read as part of a wider block, belongs to a measured value)
 and the values it holds on the models the map serves. `meter-gateway scan` reads them before
-guessing from plausibility: every entry matching means the model is *identified*; an entry that answers
-with data that matches none of its values rules the map out; a timeout or an exception says
-nothing either way (older firmware may lack the register).
-"""
+guessing from plausibility: every entry matching means the model is *identified*; an entry that
+answers with data that matches none of its values rules the map out; a timeout or an exception
+says nothing either way (older firmware may lack the register). """
 
 from __future__ import annotations
 
