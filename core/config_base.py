@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
@@ -96,6 +96,16 @@ class UplinkConfig(Strict):
     def meter_references(self) -> Iterator[tuple[KeyPath, str]]:
         """(key path relative to this section, meter id) for every meter the section names."""
         return iter(())
+
+
+class GatewayFacts(Protocol):
+    """What plugins may know of the `gateway:` section (gateway.config.schema.GatewayConfig)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def timezone(self) -> str: ...
 
 
 def is_identifier(value: str) -> bool:

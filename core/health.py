@@ -18,6 +18,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+#: Failed reads in a row after which a meter is OFFLINE (and retried on a slower schedule).
+OFFLINE_AFTER = 3
+
+
 class MeterState(StrEnum):
     UNKNOWN = "unknown"
     OK = "ok"
@@ -48,6 +52,33 @@ class MeterHealth:
     refused_clock_step: int = 0
     #: Source-specific facts for operators (MTS: serial number read, meter clock offset); JSON.
     facts: dict[str, Any] = field(default_factory=dict)
+
+    def read_failed(self, kind: str, message: str, *, what: str = "meter") -> None:
+        """Count a failed read; log once when the meter turns degraded and once offline."""
+        self.errors[kind] += 1
+        self.consecutive_errors += 1
+        self.last_error = f"{kind}: {message}"
+        state = (
+            MeterState.OFFLINE if self.consecutive_errors >= OFFLINE_AFTER else MeterState.DEGRADED
+        )
+        if state is not self.state:
+            logger = log.error if state is MeterState.OFFLINE else log.warning
+            logger("%s %s is %s: %s: %s", what, self.meter, state.value, kind, message)
+            self.state = state
+
+    def read_succeeded(self, *, what: str = "meter") -> None:
+        """Count a good read; log once when a failing meter reads again."""
+        if self.state is not MeterState.OK:
+            if self.state is not MeterState.UNKNOWN:
+                log.info(
+                    "%s %s: reading again after %d error(s)",
+                    what,
+                    self.meter,
+                    self.consecutive_errors,
+                )
+            self.state = MeterState.OK
+        self.consecutive_errors = 0
+        self.reads += 1
 
 
 class BusState(StrEnum):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
 
 
 class MeterReadError(Exception):
@@ -25,3 +26,25 @@ class MeterReader(Protocol):
         count failures by kind without knowing the protocol.
         """
         ...
+
+
+class Bus(Protocol):
+    """One physical line or endpoint and the meters on it (drivers.modbus, drivers.serial):
+    opened on first use, closed by `aclose()` or leaving `async with`; safe to close twice."""
+
+    name: str
+
+    def describe(self) -> str:
+        """For logs and commands: the line and its settings."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...

@@ -2,18 +2,17 @@
 
 The drivers own these models (a driver needs a meter's unit, map and timeouts, not the rest
 of the config); gateway.config.schema composes them with the gateway's own sections. The
-checks pydantic cannot make (a meter naming a bus that exists, keys that only some bus types
-take, a usable register map) are `check_meters`, run by the config loader.
+checks pydantic cannot make are drivers.checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Protocol
 
 from pydantic import Field, PrivateAttr
 
-from core.config_base import Identifier, KeyPath, renamed
+from core.config_base import Identifier, renamed
 from core.durations import Seconds
 from drivers.modbus.config import (
     ModbusRtuBusConfig,
@@ -25,8 +24,6 @@ from drivers.serial.config import (
     Iec62056BusConfig,
     SerialMeterFields,
     SmlBusConfig,
-    is_serial_bus,
-    serial_cross_check,
 )
 
 #: Every bus type, told apart by its `type` key.
@@ -79,27 +76,3 @@ class MeterSetup(Protocol):
 
     @property
     def meters(self) -> Sequence[MeterConfig]: ...
-
-
-def check_meters(setup: MeterSetup) -> Iterator[tuple[KeyPath, str]]:
-    """Relations between meters and buses that pydantic cannot see, by key path."""
-    from drivers.modbus.maps import model_problem
-
-    seen: set[str] = set()
-    for index, meter in enumerate(setup.meters):
-        if meter.id in seen:
-            yield ("meters", index, "id"), f"meter id {meter.id!r} is used twice"
-        seen.add(meter.id)
-        if meter.bus not in setup.buses:
-            yield ("meters", index, "bus"), f"no bus named {meter.bus!r} under buses"
-        elif is_serial_bus(setup.buses[meter.bus]):
-            # D0/P1/SML meters need no register map; serial_cross_check checks the rest
-            if meter.register_map is not None:
-                yield (
-                    ("meters", index, "register_map"),
-                    "register_map applies to Modbus meters only",
-                )
-        elif (problem := model_problem(meter)) is not None:
-            key, message = problem
-            yield ("meters", index, key) if key else ("meters", index), message
-    yield from serial_cross_check(setup.buses, setup.meters)

@@ -25,7 +25,10 @@ def build_bus(
 ) -> ModbusBus | SerialLine:
     """One bus for a config entry; `timeout_secs` overrides the configured transport timeout."""
     timeout = bus.timeout_secs if timeout_secs is None else timeout_secs
-    return BUSES.get(bus.type)(name, bus, timeout_secs=timeout, health=health)
+    built = BUSES.get(bus.type)(name, bus, timeout_secs=timeout, health=health)
+    if not isinstance(built, ModbusBus | SerialLine):
+        raise TypeError(f"bus type {bus.type}: built a {type(built).__name__}, not a bus")
+    return built
 
 
 def build_reader(

@@ -8,20 +8,17 @@ use bus: a ModbusBus or a SerialLine (an async context manager either way).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from core.health import BusHealth
 from core.registry import Registry
-
-if TYPE_CHECKING:
-    from drivers.modbus.bus import ModbusBus
-    from drivers.serial.lines import SerialLine
+from drivers.base import Bus
 
 
 class BusBuilder(Protocol):
     def __call__(
         self, name: str, config: Any, /, *, timeout_secs: float, health: BusHealth | None
-    ) -> ModbusBus | SerialLine: ...
+    ) -> Bus: ...
 
 
 BUSES: Registry[BusBuilder] = Registry("bus type")

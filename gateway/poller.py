@@ -51,7 +51,6 @@ from gateway.store.database import StoreFull
 log = logging.getLogger(__name__)
 
 #: Consecutive failures after which a meter counts as offline rather than degraded.
-OFFLINE_AFTER = 3
 #: A read starting later than this after its boundary is stamped with its real start time.
 ON_TIME_TOLERANCE_S = 1.0
 #: Waking this much before a planned boundary means the clock stepped back: plan again.
@@ -402,14 +401,7 @@ class Poller:
         if not values or not all(math.isfinite(v) for v in values.values()):
             self._failed(meter, health, "garbage", "empty or non-finite values")
             return None
-        if health.state is not MeterState.OK:
-            if health.state is not MeterState.UNKNOWN:
-                log.info(
-                    "meter %s: reading again after %d error(s)", meter.id, health.consecutive_errors
-                )
-            health.state = MeterState.OK
-        health.consecutive_errors = 0
-        health.reads += 1
+        health.read_succeeded()
         health.last_values = dict(values)
         return values, device_ts_ms
 
@@ -423,18 +415,7 @@ class Poller:
         )
 
     def _failed(self, meter: MeterConfig, health: MeterHealth, kind: str, message: str) -> None:
-        health.errors[kind] += 1
-        health.consecutive_errors += 1
-        health.last_error = f"{kind}: {message}"
-        state = (
-            MeterState.OFFLINE
-            if health.consecutive_errors >= OFFLINE_AFTER
-            else MeterState.DEGRADED
-        )
-        if state is not health.state:
-            logger = log.error if state is MeterState.OFFLINE else log.warning
-            logger("meter %s is %s: %s: %s", meter.id, state.value, kind, message)
-            health.state = state
+        health.read_failed(kind, message)
 
 
 def offline_retry_delay(meter: MeterConfig, retries: int) -> float:

@@ -6,7 +6,7 @@ identity read at an address that, read as part of a wider block, belongs to a me
 and the values it holds on the models the map serves. `meter-gateway scan` reads them before
 guessing from plausibility: every entry matching means the model is *identified*; an entry that
 answers with data that matches none of its values rules the map out; a timeout or an exception
-says nothing either way (older firmware may lack the register). """
+says nothing either way (older firmware may lack the register)."""
 
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ A meter names its map one of three ways (docs/modbus-meters.md, "Your own regist
 - `register_map: maps/pump.yaml`: a map file, relative to the config file's directory;
 - `register_map: {model: ..., registers: [...]}`: the same schema, inline in the config.
 
-The config loader calls `resolve_maps` once: every user map is validated there, so a mistake
-stops the start-up with `file:line: key: why` (the config's line for an inline map, the map
-file's own line for a file), and the resolved map is kept on the meter. Everything that needs
-a meter's map afterwards (the daemon's readers, `meter-gateway read`, HA discovery) asks
+The config loader calls `resolve_maps` (drivers.checks) once: every user map is validated there,
+so a mistake stops the start-up with `file:line: key: why` (the config's line for an inline map,
+the map file's own line for a file), and the resolved map is kept on the meter. Everything that
+needs a meter's map afterwards (the daemon's readers, `meter-gateway read`, HA discovery) asks
 `meter_register_map`, so all of them read with the same map.
 """
 
@@ -18,20 +18,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from core.config_base import KeyPath
-from core.config_errors import ConfigProblem
 from drivers.modbus.register_map import (
     RegisterMap,
-    RegisterMapError,
     builtin_models,
     load_builtin,
     load_map_file,
-    validate_map_data,
 )
-from drivers.serial.config import is_serial_bus
 
 if TYPE_CHECKING:
-    from drivers.config import MeterConfig, MeterSetup
+    from drivers.config import MeterConfig
 
 #: The model whose register map is discovered from the device rather than built in.
 SUNSPEC_MODEL: Final = "sunspec"
@@ -62,39 +57,6 @@ def model_problem(meter: MeterConfig) -> tuple[str, str] | None:
     return "model", (
         f"unknown model {meter.model!r} (built in: {known}; or give your own with register_map)"
     )
-
-
-def resolve_maps(
-    config: MeterSetup, base_dir: Path
-) -> tuple[list[tuple[KeyPath, str]], list[ConfigProblem]]:
-    """Validate every meter's user map and keep the result on the meter.
-
-    Returns (problems located in the config, by key path; problems inside map files, with
-    their own file and line). A map file that cannot be read is a config problem: the path
-    in the config is what is wrong.
-    """
-    in_config: list[tuple[KeyPath, str]] = []
-    in_files: list[ConfigProblem] = []
-    for index, meter in enumerate(config.meters):
-        where: KeyPath = ("meters", index, "register_map")
-        if meter.register_map is None or is_serial_bus(config.buses.get(meter.bus)):
-            continue  # a serial meter's register_map is an error cross_check reports
-        if isinstance(meter.register_map, str):
-            path = map_path(meter.register_map, base_dir)
-            try:
-                register_map = load_map_file(path)
-            except RegisterMapError as exc:
-                unreadable = [p for p in exc.problems if p.line is None and not p.path]
-                in_config += [(where, f"{path}: {p.message}") for p in unreadable]
-                in_files += [p for p in exc.problems if p not in unreadable]
-                continue
-        else:
-            register_map, found = validate_map_data(inline_data(meter))
-            in_config += [((*where, *path), why) for path, why in found]
-            if register_map is None or found:
-                continue
-        meter._resolved_map = register_map
-    return in_config, in_files
 
 
 def map_path(value: str, base_dir: Path) -> Path:

@@ -1,24 +1,21 @@
 """Config of serial utility meters: D0 (IEC 62056-21), DSMR P1 and SML buses, and the meter
 keys only they use. drivers.config puts these buses in its `BusConfig` union and mixes
-`SerialMeterFields` into `MeterConfig`; `serial_cross_check` is run by the config loader.
+`SerialMeterFields` into `MeterConfig`; drivers.checks checks the keys only some buses take.
 Each bus type registers its line builder in drivers.registry.BUSES.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeGuard
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import Field, field_validator, model_validator
 
 from core.channels import CHANNEL_UNITS
-from core.config_base import KeyPath, Strict, obsolete_key
+from core.config_base import Strict, obsolete_key
 from core.durations import Seconds
 from drivers.registry import BUSES
 from drivers.serial.obis_map import UNITS, ObisMapError, Override, config_code
-
-if TYPE_CHECKING:
-    from drivers.config import MeterConfig
 
 #: The DSMR flavours the P1 driver knows (dsmr-parser's telegram specifications).
 DsmrVersion = Literal["2.2", "3", "4", "5", "5B", "5L", "5S"]
@@ -207,43 +204,3 @@ class SerialMeterFields(Strict):
 
 def is_serial_bus(bus: object) -> TypeGuard[SerialBusConfig]:
     return isinstance(bus, SERIAL_BUS_TYPES)
-
-
-def serial_cross_check(
-    buses: Mapping[str, object], meters: Sequence[MeterConfig]
-) -> Iterator[tuple[KeyPath, str]]:
-    """Meter keys that only make sense on some bus types, and one meter per M-Bus channel."""
-    channels: dict[tuple[str, int], str] = {}
-    for index, meter in enumerate(meters):
-        bus = buses.get(meter.bus)
-        if bus is None:
-            continue
-        path: KeyPath = ("meters", index)
-        if not is_serial_bus(bus):
-            for key in ("address", "mbus_channel", "medium", "obis"):
-                if getattr(meter, key) is not None:
-                    yield (*path, key), f"{key} applies to serial meters (D0, P1, SML) only"
-            continue
-        kind = bus.type
-        if meter.model is not None:
-            yield (*path, "model"), f"model applies to Modbus meters only, not on a {kind} bus"
-        if "unit" in meter.model_fields_set:
-            yield (*path, "unit"), f"unit applies to Modbus meters only, not on a {kind} bus"
-        if meter.address is not None and kind != "iec62056-21":
-            yield (*path, "address"), "address applies to iec62056-21 (D0) buses only"
-        if kind != "dsmr-p1":
-            for key in ("mbus_channel", "medium"):
-                if getattr(meter, key) is not None:
-                    yield (*path, key), f"{key} applies to dsmr-p1 buses only"
-            continue
-        if meter.medium is not None and meter.mbus_channel is None:
-            yield (*path, "medium"), "medium needs mbus_channel (which M-Bus device to read)"
-        if meter.mbus_channel is not None:
-            key_ = (meter.bus, meter.mbus_channel)
-            if key_ in channels:
-                yield (
-                    (*path, "mbus_channel"),
-                    f"M-Bus channel {meter.mbus_channel} of bus {meter.bus!r} is already read "
-                    f"by meter {channels[key_]!r}",
-                )
-            channels.setdefault(key_, meter.id)

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 from core.config_errors import ConfigError
 from gateway import __version__
+from gateway.cli import pts as pts_cli
 from gateway.config.loader import load_config
 from gateway.config.schema import Config
 from gateway.logsetup import setup_logging
-from gateway.uplinks.pts import cli as pts_cli
 
 EXIT_CONFIG = 2
 DEFAULT_CONFIG = "/etc/meter-gateway/config.yaml"

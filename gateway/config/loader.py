@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from core.config_base import KeyPath, UplinkConfig, legacy_keys_used
 from core.config_errors import ConfigError, ConfigProblem, format_path
 from core.yaml_lines import StringHook, YamlDocument, describe, parse_yaml, read_text
-from drivers.config import check_meters
+from drivers.checks import check_meters, resolve_maps
 from gateway.config.schema import Config
 
 __all__ = ["load_config", "parse_config"]
@@ -98,8 +98,6 @@ def parse_config(text: str, file: str, environ: Mapping[str, str]) -> Config:
             )
     in_map_files: list[ConfigProblem] = []
     if config is not None:
-        from drivers.modbus.maps import resolve_maps
-
         in_config, in_map_files = resolve_maps(config, Path(file).parent)
         for path, message in [*cross_check(config), *in_config]:
             problems.append(document.problem(path, message))

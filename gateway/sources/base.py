@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from core.config_base import KeyPath, Strict
+from core.config_base import GatewayFacts, KeyPath, Strict
 from core.health import Health
 from core.sample import Sample
 from gateway.clock.clocks import Clock, SystemClock
@@ -34,11 +34,21 @@ class Source(Protocol):
         ...
 
 
+class SourceSite(Protocol):
+    """The config as sources see it (gateway.config.schema.Config is one)."""
+
+    @property
+    def gateway(self) -> GatewayFacts: ...
+
+    @property
+    def sources(self) -> Iterable[tuple[str, SourceConfig | None]]: ...
+
+
 @dataclass(frozen=True)
 class SourceContext:
     """What every source may use besides its own config section."""
 
-    config: object  # gateway.config.schema.Config (not imported: config imports source sections)
+    config: SourceSite
     store: AsyncStore
     health: Health
     clock: Clock = field(default_factory=SystemClock)

@@ -1,39 +1,25 @@
-"""Which source class serves which `sources:` config section: one line per source.
+"""Source plugins: `sources.<name>` -> the builder of its runtime source (core.registry).
 
-The daemon builds every configured source through this table, so adding a source never
-touches the daemon. Imports are lazy: an unconfigured source costs nothing.
+Each source's config module registers "module:build_source" here, so the daemon builds every
+configured source through `build_sources` and adding one never touches the daemon; an
+unconfigured source's code is never imported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from core.registry import Registry
 from gateway.sources.base import Source, SourceConfig, SourceContext
 
+SourceBuilder = Callable[[SourceConfig, SourceContext], Source]
 
-def _mts(section: SourceConfig, context: SourceContext) -> Source:
-    from gateway.sources.mts.source import build_source
-
-    return build_source(section, context)
-
-
-def _locus(section: SourceConfig, context: SourceContext) -> Source:
-    from gateway.sources.locus.source import build_source
-
-    return build_source(section, context)
-
-
-#: config key under `sources:` -> factory.
-FACTORIES: dict[str, Callable[[SourceConfig, SourceContext], Source]] = {
-    "mts": _mts,
-    "locus": _locus,
-}
+SOURCES: Registry[SourceBuilder] = Registry("source")
 
 
 def build_sources(context: SourceContext) -> list[Source]:
-    config = context.config
     sources: list[Source] = []
-    for name, section in config.sources:  # type: ignore[attr-defined]
+    for name, section in context.config.sources:
         if section is not None:
-            sources.append(FACTORIES[name](section, context))
+            sources.append(SOURCES.get(name)(section, context))
     return sources

@@ -1,56 +1,50 @@
-"""Which uplink class serves which `uplinks:` config section: one line per uplink.
+"""Uplink plugins: `uplinks.<name>` -> the builder of its runtime uplink (core.registry).
 
-The daemon builds every configured uplink through this table, so adding an uplink never
-touches the daemon.
+Each uplink's config module registers "module:build_uplink" here, so the daemon builds every
+configured uplink through `build_uplinks` and adding an uplink never touches the daemon; an
+unconfigured uplink's code is never imported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-from core.config_base import UplinkConfig
+from core.config_base import GatewayFacts, UplinkConfig
 from core.health import Health
-from gateway.config.schema import Config
+from core.registry import Registry
 from gateway.store.async_store import AsyncStore
 from gateway.uplinks.base import Uplink
-from gateway.uplinks.enerkey.config import build_uplink as _enerkey
-from gateway.uplinks.pts.config import build_uplink as _pts
+
+
+class UplinkSite(Protocol):
+    """The config as uplinks see it (gateway.config.schema.Config is one)."""
+
+    @property
+    def gateway(self) -> GatewayFacts: ...
+
+    @property
+    def uplinks(self) -> Iterable[tuple[str, UplinkConfig | None]]: ...
 
 
 @dataclass(frozen=True)
 class UplinkContext:
     """What every uplink may use besides its own config section."""
 
-    config: Config
+    config: UplinkSite
     store: AsyncStore
     health: Health
 
 
-def _wattics(section: UplinkConfig, context: UplinkContext) -> Uplink:
-    from gateway.uplinks.wattics.config import WatticsConfig
-    from gateway.uplinks.wattics.uplink import WatticsUplink
+UplinkBuilder = Callable[[UplinkConfig, UplinkContext], Uplink]
 
-    assert isinstance(section, WatticsConfig)
-    return WatticsUplink(
-        section,
-        store=context.store,
-        health=context.health,
-        timezone=context.config.gateway.timezone,
-    )
-
-
-#: config key under `uplinks:` -> factory. Imports are lazy: an unconfigured uplink costs nothing.
-FACTORIES: dict[str, Callable[[UplinkConfig, UplinkContext], Uplink]] = {
-    "wattics": _wattics,
-    "pts": _pts,
-    "enerkey": _enerkey,
-}
+UPLINKS: Registry[UplinkBuilder] = Registry("uplink")
 
 
 def build_uplinks(context: UplinkContext) -> list[Uplink]:
     uplinks: list[Uplink] = []
     for name, section in context.config.uplinks:
         if section is not None:
-            uplinks.append(FACTORIES[name](section, context))
+            uplinks.append(UPLINKS.get(name)(section, context))
     return uplinks

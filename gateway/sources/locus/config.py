@@ -22,6 +22,7 @@ from core.channels import CHANNEL_UNITS, COUNTER_CHANNELS
 from core.config_base import Identifier, KeyPath, Strict, renamed
 from core.durations import Seconds, SecondsOrZero
 from gateway.sources.base import SourceConfig
+from gateway.sources.registry import SOURCES
 
 LOCUS_URL: Final = "https://api.locusenergy.com"
 
@@ -203,3 +204,6 @@ class LocusConfig(SourceConfig):
     def meter_ids(self) -> Iterator[tuple[KeyPath, str]]:
         for meter_id in self.meters:
             yield ("meters", meter_id), meter_id
+
+
+SOURCES.register("locus", "gateway.sources.locus.source:build_source")

@@ -22,7 +22,6 @@ from typing import Any
 from core.backoff import Backoff
 from core.health import Health, MeterState
 from gateway.clock.clocks import Clock, next_boundary
-from gateway.poller import OFFLINE_AFTER
 from gateway.sources.base import SourceCounters, StoreFull, store_new_samples
 from gateway.sources.locus.auth import LocusApiError
 from gateway.sources.locus.client import LocusClient
@@ -317,32 +316,11 @@ class LocusMeterWorker:
 
     def _succeeded(self, latency: float) -> None:
         health = self.health.meter(self.meter_id)
-        if health.state is not MeterState.OK:
-            if health.state is not MeterState.UNKNOWN:
-                log.info(
-                    "locus meter %s: reading again after %d error(s)",
-                    self.meter_id,
-                    health.consecutive_errors,
-                )
-            health.state = MeterState.OK
-        health.consecutive_errors = 0
-        health.reads += 1
+        health.read_succeeded(what="locus meter")
         health.last_latency_s = latency
 
     def _failed(self, kind: str, message: str) -> None:
-        health = self.health.meter(self.meter_id)
-        health.errors[kind] += 1
-        health.consecutive_errors += 1
-        health.last_error = f"{kind}: {message}"
-        state = (
-            MeterState.OFFLINE
-            if health.consecutive_errors >= OFFLINE_AFTER
-            else MeterState.DEGRADED
-        )
-        if state is not health.state:
-            logger = log.error if state is MeterState.OFFLINE else log.warning
-            logger("locus meter %s is %s: %s: %s", self.meter_id, state.value, kind, message)
-            health.state = state
+        self.health.meter(self.meter_id).read_failed(kind, message, what="locus meter")
 
     def _config_problem(self, message: str, kind: str = "config") -> None:
         health = self.health.meter(self.meter_id)

@@ -45,6 +45,7 @@ class LocusEnergySource:
 
 
 def build_source(section: SourceConfig, context: SourceContext) -> Source:
+    """Registered for `sources.locus` (gateway.sources.locus.config)."""
     if not isinstance(section, LocusConfig):
         raise TypeError(f"not a Locus section: {type(section).__name__}")
     return LocusEnergySource(section, context)

@@ -27,6 +27,7 @@ from core.channels import CHANNEL_UNITS
 from core.config_base import Identifier, KeyPath, Strict, renamed
 from core.durations import Seconds
 from gateway.sources.base import SourceConfig
+from gateway.sources.registry import SOURCES
 
 MTS_URL: Final = "https://www.coherent-research.co.uk/MTS"
 
@@ -248,3 +249,6 @@ class MtsConfig(SourceConfig):
                 if meter.registers_meter is not None:
                     path = (*path, "registers_meter")
                 yield path, registers
+
+
+SOURCES.register("mts", "gateway.sources.mts.source:build_source")

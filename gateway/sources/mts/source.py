@@ -549,14 +549,14 @@ def _garbage(operation: str, why: str) -> MtsError:
 
 
 def build_source(section: SourceConfig, context: SourceContext) -> Source:
-    """The `mts` entry of gateway.sources.registry.FACTORIES."""
+    """Registered for `sources.mts` (gateway.sources.mts.config)."""
     assert isinstance(section, MtsConfig)
     config = context.config
     return MtsRuntime(
         section,
         store=context.store,
         health=context.health,
-        gateway_id=config.gateway.id,  # type: ignore[attr-defined]
-        timezone=config.gateway.timezone,  # type: ignore[attr-defined]
+        gateway_id=config.gateway.id,
+        timezone=config.gateway.timezone,
         clock=context.clock,
     )

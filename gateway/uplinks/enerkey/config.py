@@ -9,17 +9,14 @@ from __future__ import annotations
 import string
 from collections.abc import Iterator
 from datetime import date
-from typing import TYPE_CHECKING, Annotated, Final, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import ENERGY_CHANNELS, unit_of
 from core.config_base import KeyPath, Strict, UplinkConfig, renamed
 from core.durations import Seconds, SecondsOrZero
-
-if TYPE_CHECKING:
-    from gateway.uplinks.base import Uplink
-    from gateway.uplinks.registry import UplinkContext
+from gateway.uplinks.registry import UPLINKS
 
 ENERKEY_URL: Final = "https://api.enerkey.com"
 #: Defaults follow the one path EnerKey documents (`/api/v2/Provisioning/ProvisioningStatus`):
@@ -217,14 +214,4 @@ class EnerKeyConfig(UplinkConfig):
             yield ("meters", meter_id), meter_id
 
 
-def build_uplink(section: UplinkConfig, context: UplinkContext) -> Uplink:
-    """The `enerkey` entry of gateway.uplinks.registry.FACTORIES (the uplink is imported lazily)."""
-    from gateway.uplinks.enerkey.uplink import EnerKeyUplink as Runtime
-
-    assert isinstance(section, EnerKeyConfig)
-    return Runtime(
-        section,
-        store=context.store,
-        health=context.health,
-        timezone=context.config.gateway.timezone,
-    )
+UPLINKS.register("enerkey", "gateway.uplinks.enerkey.uplink:build_uplink")

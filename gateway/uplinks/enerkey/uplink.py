@@ -67,6 +67,7 @@ import aiohttp
 import yarl
 
 from core.backoff import Backoff
+from core.config_base import UplinkConfig
 from core.health import Health
 from gateway.clock.clocks import Clock, SystemClock
 from gateway.net.common import (
@@ -94,6 +95,7 @@ from gateway.uplinks.enerkey import config as ekc
 from gateway.uplinks.enerkey.hourly import Event, Gap, HourlyReadings, HourReading
 from gateway.uplinks.enerkey.keys import ApiKey, KeyRing
 from gateway.uplinks.enerkey.rate_budget import RateBudget
+from gateway.uplinks.registry import UplinkContext
 
 log = logging.getLogger(__name__)
 
@@ -757,3 +759,14 @@ def _maybe_sent(exc: BaseException) -> bool:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return False  # the connection was never made
     return isinstance(exc, _MAYBE_SENT)
+
+
+def build_uplink(section: UplinkConfig, context: UplinkContext) -> EnerKeyUplink:
+    """Registered for `uplinks.enerkey` (gateway.uplinks.enerkey.config)."""
+    assert isinstance(section, ekc.EnerKeyConfig)
+    return EnerKeyUplink(
+        section,
+        store=context.store,
+        health=context.health,
+        timezone=context.config.gateway.timezone,
+    )

@@ -8,17 +8,14 @@ what the MassCEC help desk gives with production access.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import CHANNEL_UNITS
 from core.config_base import KeyPath, Strict, UplinkConfig
 from core.durations import Seconds
-
-if TYPE_CHECKING:
-    from gateway.uplinks.base import Uplink
-    from gateway.uplinks.registry import UplinkContext
+from gateway.uplinks.registry import UPLINKS
 
 PTS_STAGING_BASE_URL = "https://automatedreporting.masscec-pts.com"
 PTS_STAGING_PATH_PREFIX = "/ptsstaging"
@@ -137,9 +134,4 @@ class PtsConfig(UplinkConfig):
             yield ("systems", meter_id), meter_id
 
 
-def build_uplink(section: UplinkConfig, context: UplinkContext) -> Uplink:
-    """The `pts` entry of gateway.uplinks.registry.FACTORIES (the uplink is imported lazily)."""
-    from gateway.uplinks.pts.uplink import PtsUplink as Pts
-
-    assert isinstance(section, PtsConfig)
-    return Pts(section, store=context.store, health=context.health)
+UPLINKS.register("pts", "gateway.uplinks.pts.uplink:build_uplink")

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from core.backoff import Backoff
+from core.config_base import UplinkConfig
 from core.flags import CLOCK_UNSYNCED
 from core.health import Health
 from core.sample import StoredSample
@@ -102,6 +103,7 @@ from gateway.uplinks.pts.window import (
     submit_at,
     window_at,
 )
+from gateway.uplinks.registry import UplinkContext
 
 log = logging.getLogger(__name__)
 
@@ -1184,3 +1186,9 @@ class PtsUplink:
 
     def _now_ms(self) -> int:
         return int(self._clock.time() * 1000)
+
+
+def build_uplink(section: UplinkConfig, context: UplinkContext) -> PtsUplink:
+    """Registered for `uplinks.pts` (gateway.uplinks.pts.config)."""
+    assert isinstance(section, PtsConfig)
+    return PtsUplink(section, store=context.store, health=context.health)

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from core.channels import is_known_channel
 from core.config_base import KeyPath, Strict, UplinkConfig, renamed
 from core.durations import Seconds, SecondsOrZero
+from gateway.uplinks.registry import UPLINKS
 
 WATTICS_PRODUCTION_URL = "https://web-collector.wattics.com/measurements/v2/unifiedjson/"
 #: The route on which Wattics converts UTC timestamps to the site's local time (NOTES.md).
@@ -178,3 +179,6 @@ class WatticsConfig(UplinkConfig):
             yield ("meters", meter_id), meter_id
         for index, datapoint in enumerate(self.datapoints):
             yield ("datapoints", index, "meter"), datapoint.meter
+
+
+UPLINKS.register("wattics", "gateway.uplinks.wattics.uplink:build_uplink")

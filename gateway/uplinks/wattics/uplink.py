@@ -41,6 +41,7 @@ import aiohttp
 import yarl
 
 from core.backoff import Backoff
+from core.config_base import UplinkConfig
 from core.health import Health
 from core.sample import Sample, StoredSample
 from gateway.clock.clocks import Clock, SystemClock
@@ -63,6 +64,7 @@ from gateway.net.policy import (
 )
 from gateway.store.async_store import AsyncStore
 from gateway.timefmt import local_iso8601_ms, parse_iso8601_ms, zone
+from gateway.uplinks.registry import UplinkContext
 from gateway.uplinks.wattics.config import WatticsConfig, WatticsDatapointConfig
 from gateway.uplinks.wattics.continuity import CounterContinuity
 from gateway.uplinks.wattics.interval import IntervalPicker
@@ -848,3 +850,14 @@ class WatticsUplink:
         if last is None:
             self._no_resync(stream, "no tsISO8601 in the answer")
         return last
+
+
+def build_uplink(section: UplinkConfig, context: UplinkContext) -> WatticsUplink:
+    """Registered for `uplinks.wattics` (gateway.uplinks.wattics.config)."""
+    assert isinstance(section, WatticsConfig)
+    return WatticsUplink(
+        section,
+        store=context.store,
+        health=context.health,
+        timezone=context.config.gateway.timezone,
+    )

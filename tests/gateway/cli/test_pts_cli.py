@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from core.health import Health
+from gateway.cli import pts as pts_cli
 from gateway.cli.main import main
 from gateway.config.loader import load_config
 from gateway.config.schema import MqttCommandsConfig
 from gateway.ops.commands import CommandHandler
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
-from gateway.uplinks.pts import cli as pts_cli
 from gateway.uplinks.pts.uplink import PtsUplink
 from gateway.uplinks.registry import UplinkContext, build_uplinks
 from tests.fakes.pts import FakePts
