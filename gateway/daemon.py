@@ -121,7 +121,7 @@ class Daemon:
         retention_ms = int(self.config.gateway.retention_hours * 3600 * 1000)
         while True:
             await asyncio.sleep(PRUNE_EVERY_S)
-            deleted = await astore.call(astore.store.prune, int(time.time() * 1000), retention_ms)
+            deleted = await astore.prune(int(time.time() * 1000), retention_ms)
             if deleted:
                 log.debug("retention deleted %d delivered sample(s)", deleted)
             release_free_memory()  # a catch-up's batches are garbage by now

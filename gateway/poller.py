@@ -101,10 +101,9 @@ class Poller:
         """Each meter's newest stored sample: order and counter checks go on across restarts."""
         if self._loaded:
             return
-        store = self.store.store
         for meter in self.meters:
-            last = await self.store.call(store.find_sample, meter.id, 0, _FAR_FUTURE_MS, last=True)
-            newest = await self.store.call(store.last_ts, meter.id)
+            last = await self.store.find_sample(meter.id, 0, _FAR_FUTURE_MS, last=True)
+            newest = self.store.last_ts(meter.id)
             if newest is not None:
                 self._newest[meter.id] = newest
             if last is not None:

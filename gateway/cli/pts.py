@@ -19,6 +19,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from gateway.uplinks.pts import ledger
+
 if TYPE_CHECKING:
     from gateway.clock.clocks import Clock
     from gateway.config.schema import Config
@@ -201,8 +203,8 @@ async def _quota(uplink: PtsUplink, astore: Any, args: argparse.Namespace) -> in
             print("error: no window is open: give --period YYYY-MM", file=sys.stderr)
             return 1
         period = window.period.key
-    await astore.call(
-        astore.store.pts_record_override,
+    await astore.run(
+        ledger.record_override,
         args.system,
         period,
         max_valid=args.valid,

@@ -464,7 +464,7 @@ class StoreLedger:
 
     async def load(self) -> list[str]:
         try:
-            raw = await self._astore.call(self._astore.store.state, LEDGER_OWNER, LEDGER_KEY)
+            raw = await self._astore.state(LEDGER_OWNER, LEDGER_KEY)
             topics = json.loads(raw) if raw else []
         except (sqlite3.Error, ValueError) as exc:
             log.warning("HA discovery: cannot read the published-topics list: %s", exc)
@@ -474,6 +474,6 @@ class StoreLedger:
     async def save(self, topics: Sequence[str]) -> None:
         value = json.dumps(sorted(topics), separators=(",", ":"))
         try:
-            await self._astore.call(self._astore.store.put_state, LEDGER_OWNER, {LEDGER_KEY: value})
+            await self._astore.put_state(LEDGER_OWNER, {LEDGER_KEY: value})
         except sqlite3.Error as exc:
             log.warning("HA discovery: cannot save the published-topics list: %s", exc)

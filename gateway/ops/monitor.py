@@ -663,7 +663,7 @@ async def feed_samples(monitor: Monitor, astore: AsyncStore, meters: Collection[
         )
         try:
             await asyncio.sleep(0)
-            batch: list[StoredSample] = await astore.call(store.read_all, position, 500)
+            batch: list[StoredSample] = await astore.read_all(position, 500)
             if not batch:
                 await waiter
         finally:

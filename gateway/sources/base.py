@@ -73,10 +73,7 @@ class SourceCounters:
         guard = self._guards.get(sample.meter)
         if guard is None:
             guard = self._guards[sample.meter] = CounterGuard(sample.meter)
-            store = self._store.store
-            last = await self._store.call(
-                store.find_sample, sample.meter, 0, _FAR_FUTURE_MS, last=True
-            )
+            last = await self._store.find_sample(sample.meter, 0, _FAR_FUTURE_MS, last=True)
             if last is not None:
                 guard.seed(last.sample)
         checked, problems = guard.check(sample)

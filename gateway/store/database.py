@@ -8,32 +8,27 @@ Invariants (every change to this module must keep them):
    survives kill -9 and power loss.
 3. Each uplink stream owns one cursor: the id of the last sample it has fully delivered. A
    cursor only moves forward, and moves in the same transaction as the uplink state,
-   dead-letter row or delivered-hours rows that go with it.
+   dead-letter row or uplink-owned rows that go with it (`advance(..., write=)`, `park`,
+   `transaction()`): after any crash, an uplink's own records agree with its cursor.
 4. A sample is deleted only when every registered stream that reads its meter is past it AND
    it is older than the retention window (look-back for hourly/monthly derivations).
 5. When the database reaches its disk budget, new samples are refused (StoreFull) and the
    caller alerts; undelivered data is never deleted to make room.
-6. `delivered_hours` records what an hourly uplink (EnerKey) was told it delivered: one row per
-   uplink, stream, kind and hour, written in the cursor's transaction (`record_delivery`), so
-   "was this hour pushed?" has the same answer as the cursor after any crash. Rows go only by
-   the age of their delivery (`keep_ms`), never with samples.
-7. The PTS quota ledger lives in `uplink_state` (uplink `pts`, keys `ledger:<fk>:<period>`, a
-   JSON list, and `quota:<fk>:<period>` for help-desk limits). A submission's entry is added
-   (status `sending`) in the SAME transaction that checks the quota (`pts_claim`), committed
-   before the request leaves; an entry whose outcome is unknown counts against both quotas
-   until resolved. So no crash, restart or second process (CLI next to the daemon) can spend
-   quota unseen.
+
+The store knows samples, cursors, dead letters and each uplink's key-value state, nothing of
+any particular uplink: an uplink that needs tables of its own creates them (`ensure_tables`)
+and writes them through a `Transaction` (gateway.uplinks.enerkey.delivered,
+gateway.uplinks.pts.ledger).
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -82,15 +77,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     parked_at_ms INTEGER NOT NULL,
     requeued_at_ms INTEGER
 );
-CREATE TABLE IF NOT EXISTS delivered_hours (
-    uplink TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    hour_ms INTEGER NOT NULL,
-    value REAL NOT NULL,
-    delivered_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (uplink, stream, kind, hour_ms)
-);
 """
 
 #: Response bodies kept in the dead-letter table are cut to this many characters.
@@ -121,43 +107,30 @@ class Backlog:
     oldest_ts_ms: int | None
 
 
-#: PTS ledger rows whose outcome is not known yet (they count against both quotas).
-PTS_PENDING = ("sending", "received", "validating")
-#: The uplink_state namespace of the PTS ledger.
-PTS_LEDGER = "pts"
+class Transaction:
+    """An open write transaction of a Store (`Store.transaction()`); valid inside its block."""
 
+    def __init__(self, store: Store, db: sqlite3.Connection) -> None:
+        self._store = store
+        self.db = db
 
-@dataclass(frozen=True, slots=True)
-class PtsSubmission:
-    """One row of the PTS quota ledger (gateway.uplinks.pts.uplink explains the statuses)."""
+    def advance(self, uplink: str, stream: str, position: int) -> None:
+        self._store._advance(self.db, uplink, stream, position)
 
-    id: int
-    fk_system: int
-    period: str
-    test: bool
-    origin: str
-    meter_value: float
-    meter_date: str
-    sample_id: int | None
-    status: str
-    http_status: int | None
-    validation_notes: str | None
-    detail: str | None
-    created_ms: int
-    updated_ms: int
+    def state(self, uplink: str, key: str) -> str | None:
+        row = self.db.execute(
+            "SELECT value FROM uplink_state WHERE uplink = ? AND key = ?", (uplink, key)
+        ).fetchone()
+        return row[0] if row else None
 
+    def put_state(self, uplink: str, values: Mapping[str, str]) -> None:
+        self._store._put_state(self.db, uplink, values)
 
-@dataclass(frozen=True, slots=True)
-class PtsClaim:
-    """The quota as `pts_claim` counted it; `row_id` is None when the claim was refused."""
+    def execute(self, sql: str, parameters: Sequence[object] = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, parameters)
 
-    row_id: int | None
-    refusal: str | None
-    passed: int
-    failed: int
-    pending: int
-    max_valid: int
-    max_failed: int
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> sqlite3.Cursor:
+        return self.db.executemany(sql, rows)
 
 
 class Store:
@@ -184,6 +157,7 @@ class Store:
             self._db.execute("SELECT meter, last_ts_ms FROM meters").fetchall()
         )
         self._streams: dict[tuple[str, str], str] = {}
+        self._ensured: set[str] = set()
         self.refused_older: dict[str, int] = {}
         self.full = False
 
@@ -215,6 +189,24 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One write transaction (BEGIN IMMEDIATE .. COMMIT; rolled back on any error) for an
+        uplink's own rows together with its cursor and state (invariant 3)."""
+        with self._transaction() as db:
+            yield Transaction(self, db)
+
+    def ensure_tables(self, ddl: str) -> None:
+        """Create an uplink's own tables and indexes (`CREATE ... IF NOT EXISTS` statements);
+        a no-op after the first call with the same `ddl` on this Store."""
+        if ddl in self._ensured:
+            return
+        with self._transaction() as db:
+            for statement in ddl.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        self._ensured.add(ddl)
 
     # -- ingest ----------------------------------------------------------------------------
 
@@ -336,6 +328,10 @@ class Store:
         row = self._db.execute(query, args).fetchone()
         return None if row is None else _stored(row)
 
+    def query(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        """Rows of a read-only query, for an uplink's own tables."""
+        return [tuple(row) for row in self._db.execute(sql, parameters).fetchall()]
+
     def count(self, meter: str | None = None) -> int:
         if meter is None:
             return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
@@ -372,12 +368,17 @@ class Store:
         stream: str,
         position: int,
         state: Mapping[str, str] | None = None,
+        *,
+        write: Callable[[Transaction], None] | None = None,
     ) -> None:
-        """Move a cursor forward (never back) together with the uplink's own state."""
-        with self._transaction() as db:
-            self._advance(db, uplink, stream, position)
+        """Move a cursor forward (never back) together with the uplink's own state and, with
+        `write`, whatever rows of its own it writes in the same transaction."""
+        with self.transaction() as txn:
+            txn.advance(uplink, stream, position)
             if state:
-                self._put_state(db, uplink, state)
+                txn.put_state(uplink, state)
+            if write is not None:
+                write(txn)
 
     def advance_many(
         self, uplink: str, rows: Sequence[tuple[str, int, Mapping[str, str] | None]]
@@ -389,52 +390,6 @@ class Store:
                 self._advance(db, uplink, stream, position)
                 if state:
                     self._put_state(db, uplink, state)
-
-    def record_delivery(
-        self,
-        uplink: str,
-        stream: str,
-        position: int,
-        *,
-        kind: str,
-        hours: Sequence[tuple[int, float]],
-        now_ms: int,
-        state: Mapping[str, str] | None = None,
-        keep_ms: int | None = None,
-    ) -> None:
-        """Advance a cursor, record the (hour_ms, value) pairs just delivered and the uplink's
-        state, in ONE transaction; rows of this stream delivered more than `keep_ms` ago go.
-
-        An hour recorded again (an idempotent re-push) keeps one row with the newest value.
-        """
-        with self._transaction() as db:
-            self._advance(db, uplink, stream, position)
-            db.executemany(
-                "INSERT INTO delivered_hours "
-                "(uplink, stream, kind, hour_ms, value, delivered_at_ms) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (uplink, stream, kind, hour_ms) DO UPDATE SET "
-                "value = excluded.value, delivered_at_ms = excluded.delivered_at_ms",
-                [(uplink, stream, kind, hour, value, now_ms) for hour, value in hours],
-            )
-            if state:
-                self._put_state(db, uplink, state)
-            if keep_ms is not None:
-                db.execute(
-                    "DELETE FROM delivered_hours "
-                    "WHERE uplink = ? AND stream = ? AND delivered_at_ms < ?",
-                    (uplink, stream, now_ms - keep_ms),
-                )
-
-    def delivered_hours(
-        self, uplink: str, stream: str, kind: str, start_ms: int, end_ms: int
-    ) -> list[tuple[int, float]]:
-        """(hour_ms, value) recorded for start_ms <= hour_ms <= end_ms, in time order."""
-        rows = self._db.execute(
-            "SELECT hour_ms, value FROM delivered_hours WHERE uplink = ? AND stream = ? "
-            "AND kind = ? AND hour_ms BETWEEN ? AND ? ORDER BY hour_ms",
-            (uplink, stream, kind, start_ms, end_ms),
-        ).fetchall()
-        return [(int(hour), float(value)) for hour, value in rows]
 
     def _advance(self, db: sqlite3.Connection, uplink: str, stream: str, position: int) -> None:
         updated = db.execute(
@@ -582,209 +537,6 @@ class Store:
             ).fetchone()[0]
         )
 
-    # -- PTS quota ledger (in uplink_state, see invariant 7) ------------------------------------
-
-    @staticmethod
-    def _pts_rows(db: sqlite3.Connection, fk_system: int, period: str) -> list[dict[str, Any]]:
-        row = db.execute(
-            "SELECT value FROM uplink_state WHERE uplink = ? AND key = ?",
-            (PTS_LEDGER, f"ledger:{fk_system}:{period}"),
-        ).fetchone()
-        return list(orjson.loads(row[0])) if row else []
-
-    def _pts_save(
-        self, db: sqlite3.Connection, fk_system: int, period: str, rows: list[dict[str, Any]]
-    ) -> None:
-        key = f"ledger:{fk_system}:{period}"
-        self._put_state(db, PTS_LEDGER, {key: orjson.dumps(rows).decode()})
-
-    @staticmethod
-    def _pts_override(db: sqlite3.Connection, fk_system: int, period: str) -> dict[str, Any] | None:
-        row = db.execute(
-            "SELECT value FROM uplink_state WHERE uplink = ? AND key = ?",
-            (PTS_LEDGER, f"quota:{fk_system}:{period}"),
-        ).fetchone()
-        return dict(orjson.loads(row[0])) if row else None
-
-    def pts_claim(
-        self,
-        fk_system: int,
-        period: str,
-        *,
-        origin: str,
-        meter_value: float,
-        meter_date: str,
-        sample_id: int | None,
-        max_valid: int,
-        max_failed: int,
-        now_ms: int,
-        check_only: bool = False,
-    ) -> PtsClaim:
-        """Check the quota and record a submission about to be sent, in ONE transaction.
-
-        Limits: the override recorded for this system and window, else the given ones.
-        Refused while a submission is pending, when this very reading already passed, when
-        passed + pending reached the valid limit or failed + pending the failed limit.
-        `check_only`: the same verdict, nothing recorded (row_id stays None).
-        """
-        with self._transaction() as db:
-            override = self._pts_override(db, fk_system, period)
-            if override is not None:
-                max_valid, max_failed = int(override["max_valid"]), int(override["max_failed"])
-            rows = self._pts_rows(db, fk_system, period)
-            counted = [row for row in rows if not row["test"]]
-            passed = sum(1 for row in counted if row["status"] == "passed")
-            failed = sum(1 for row in counted if row["status"] in ("failed", "superseded"))
-            pending = sum(1 for row in counted if row["status"] in PTS_PENDING)
-            same = any(
-                row["status"] == "passed"
-                and abs(row["meter_value"] - meter_value) < 0.0005
-                and row["meter_date"] == meter_date
-                for row in counted
-            )
-            refusal = None
-            if pending:
-                refusal = "a submission is still pending (its outcome is not known yet)"
-            elif same:
-                refusal = "this reading already passed (last one in wins: never resubmitted)"
-            elif passed >= max_valid:
-                refusal = f"valid quota used: {passed} of {max_valid} submissions passed"
-            elif failed >= max_failed:
-                refusal = f"failed quota used: {failed} of {max_failed} submissions failed"
-            row_id = None
-            if refusal is None and not check_only:
-                row_id = len(rows) + 1
-                rows.append(
-                    _pts_row(
-                        row_id,
-                        test=False,
-                        origin=origin,
-                        meter_value=meter_value,
-                        meter_date=meter_date,
-                        sample_id=sample_id,
-                        status="sending",
-                        now_ms=now_ms,
-                    )
-                )
-                self._pts_save(db, fk_system, period, rows)
-        return PtsClaim(row_id, refusal, passed, failed, pending, max_valid, max_failed)
-
-    def pts_record(
-        self,
-        fk_system: int,
-        period: str,
-        *,
-        test: bool,
-        origin: str,
-        meter_value: float,
-        meter_date: str,
-        sample_id: int | None,
-        status: str,
-        now_ms: int,
-        http_status: int | None = None,
-        validation_notes: str | None = None,
-        detail: str | None = None,
-    ) -> int:
-        """Record a ledger entry whose outcome is already known (tests, what PTS already has)."""
-        with self._transaction() as db:
-            rows = self._pts_rows(db, fk_system, period)
-            row = _pts_row(
-                len(rows) + 1,
-                test=test,
-                origin=origin,
-                meter_value=meter_value,
-                meter_date=meter_date,
-                sample_id=sample_id,
-                status=status,
-                now_ms=now_ms,
-            )
-            row.update(
-                http_status=http_status,
-                validation_notes=validation_notes,
-                detail=None if detail is None else detail[:MAX_BODY_CHARS],
-            )
-            rows.append(row)
-            self._pts_save(db, fk_system, period, rows)
-        return int(row["id"])
-
-    def pts_update(
-        self,
-        fk_system: int,
-        period: str,
-        row_id: int,
-        *,
-        status: str,
-        now_ms: int,
-        http_status: int | None = None,
-        validation_notes: str | None = None,
-        detail: str | None = None,
-    ) -> None:
-        """Set a ledger entry's outcome (fields given as None keep their value)."""
-        with self._transaction() as db:
-            rows = self._pts_rows(db, fk_system, period)
-            for row in rows:
-                if row["id"] == row_id:
-                    row["status"], row["updated_ms"] = status, now_ms
-                    if http_status is not None:
-                        row["http_status"] = http_status
-                    if validation_notes is not None:
-                        row["validation_notes"] = validation_notes
-                    if detail is not None:
-                        row["detail"] = detail[:MAX_BODY_CHARS]
-                    break
-            else:
-                raise KeyError(f"no PTS ledger entry {fk_system}/{period}/{row_id}")
-            self._pts_save(db, fk_system, period, rows)
-
-    def pts_submissions(
-        self, fk_system: int | None = None, period: str | None = None
-    ) -> list[PtsSubmission]:
-        """Ledger entries, oldest first, optionally of one system and/or one window."""
-        found: list[PtsSubmission] = []
-        for key, value in self._db.execute(
-            "SELECT key, value FROM uplink_state WHERE uplink = ? AND key LIKE 'ledger:%'",
-            (PTS_LEDGER,),
-        ).fetchall():
-            _, fk_text, key_period = key.split(":", 2)
-            if fk_system is not None and int(fk_text) != fk_system:
-                continue
-            if period is not None and key_period != period:
-                continue
-            found.extend(
-                PtsSubmission(fk_system=int(fk_text), period=key_period, **row)
-                for row in orjson.loads(value)
-            )
-        found.sort(key=lambda row: (row.created_ms, row.fk_system, row.id))
-        return found
-
-    def pts_record_override(
-        self,
-        fk_system: int,
-        period: str,
-        *,
-        max_valid: int,
-        max_failed: int,
-        reason: str,
-        now_ms: int,
-    ) -> None:
-        """Record limits the MassCEC help desk set for one system and window (latest wins)."""
-        value = {
-            "max_valid": max_valid,
-            "max_failed": max_failed,
-            "reason": reason,
-            "recorded_ms": now_ms,
-        }
-        self.put_state(PTS_LEDGER, {f"quota:{fk_system}:{period}": orjson.dumps(value).decode()})
-
-    def pts_limits(
-        self, fk_system: int, period: str, max_valid: int, max_failed: int
-    ) -> tuple[int, int, str | None]:
-        """(valid, failed, override reason): the recorded override, else the given limits."""
-        override = self._pts_override(self._db, fk_system, period)
-        if override is None:
-            return max_valid, max_failed, None
-        return int(override["max_valid"]), int(override["max_failed"]), str(override["reason"])
-
     # -- retention -------------------------------------------------------------------------
 
     def prune(self, now_ms: int, retention_ms: int, *, batch: int = 5000) -> int:
@@ -818,33 +570,6 @@ def _stored(row: tuple[int, str, int, str, str | None]) -> StoredSample:
             meter, ts_ms, orjson.loads(vals), frozenset(flags.split(",")) if flags else frozenset()
         ),
     )
-
-
-def _pts_row(
-    row_id: int,
-    *,
-    test: bool,
-    origin: str,
-    meter_value: float,
-    meter_date: str,
-    sample_id: int | None,
-    status: str,
-    now_ms: int,
-) -> dict[str, Any]:
-    return {
-        "id": row_id,
-        "test": test,
-        "origin": origin,
-        "meter_value": meter_value,
-        "meter_date": meter_date,
-        "sample_id": sample_id,
-        "status": status,
-        "http_status": None,
-        "validation_notes": None,
-        "detail": None,
-        "created_ms": now_ms,
-        "updated_ms": now_ms,
-    }
 
 
 def iter_batches(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:

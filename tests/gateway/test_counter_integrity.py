@@ -60,7 +60,7 @@ async def poll(astore: AsyncStore, health: Health, meter: MeterConfig, values: l
 
 
 async def stored(astore: AsyncStore, meter: str) -> list[tuple[float, frozenset[str]]]:
-    rows = await astore.call(astore.store.read, meter, 0, 1000)
+    rows = await astore.read(meter, 0, 1000)
     return [(row.sample.values[ENERGY], row.sample.flags) for row in rows]
 
 
@@ -171,7 +171,7 @@ async def test_a_head_end_sources_counter_that_goes_down_is_flagged_and_alerted(
             Sample("mts-1", 4_000, {"energy_active_import": 40.0}),
         ]
         stored = await store_new_samples(astore, survey, counters)
-        rows = await astore.call(astore.store.read, "mts-1", 0)
+        rows = await astore.read("mts-1", 0)
     finally:
         await astore.aclose()
     assert [sorted(s.flags) for s in stored] == [[], ["counter_reset"], []]

@@ -62,7 +62,7 @@ async def test_samples_are_aligned_and_a_slow_meter_delays_no_other(tmp_path: Pa
     )
     try:
         await run_for(poller, 1.3)
-        rows = await astore.call(astore.store.read, "fast", 0)
+        rows = await astore.read("fast", 0)
     finally:
         await astore.aclose()
     stamps = [r.sample.ts_ms for r in rows]

@@ -98,7 +98,7 @@ async def test_an_offline_meter_is_retried_slower_and_resumes_its_schedule(
             await reader.done.wait()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        rows = await astore.call(astore.store.read, "m", 0)
+        rows = await astore.read("m", 0)
     finally:
         await astore.aclose()
     # 3 failures in a row at the normal interval, then offline: +60, +120, +240, +240 ...
@@ -183,7 +183,7 @@ async def test_a_dead_unit_on_the_line_costs_the_live_one_at_most_its_timeout(
                 await asyncio.sleep(2.0)
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-            rows = await astore.call(astore.store.read, "live", 0)
+            rows = await astore.read("live", 0)
         finally:
             await server.stop()
             await astore.aclose()

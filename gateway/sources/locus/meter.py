@@ -190,8 +190,7 @@ class LocusMeterWorker:
         # in it); with `zero` the counter goes on from the stored value without that energy.
         if last is not None and not (skipped and self.section.counter_baseline == "lifetime"):
             for plan in self._interval_plans():
-                stored = await self.store.call(
-                    self.store.store.find_sample,
+                stored = await self.store.find_sample(
                     self.meter_id,
                     0,
                     last,

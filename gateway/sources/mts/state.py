@@ -41,8 +41,7 @@ class MtsState:
         self.last_request: dict[str, int] = {}
 
     async def load(self) -> None:
-        store = self._store.store
-        pending = _load_json(await self._store.call(store.state, NAMESPACE, _PENDING))
+        pending = _load_json(await self._store.state(NAMESPACE, _PENDING))
         for meter, entry in pending.items():
             try:
                 self.pending[meter] = PendingTest(
@@ -52,7 +51,7 @@ class MtsState:
                 )
             except (KeyError, TypeError, ValueError):
                 log.warning("mts: ignoring an unreadable pending test of %s in the store", meter)
-        last = _load_json(await self._store.call(store.state, NAMESPACE, _LAST_REQUEST))
+        last = _load_json(await self._store.state(NAMESPACE, _LAST_REQUEST))
         self.last_request = {
             meter: int(value) for meter, value in last.items() if isinstance(value, int | float)
         }
@@ -87,7 +86,7 @@ class MtsState:
         return json.dumps(dict(sorted(self.last_request.items())))
 
     async def _save(self, values: dict[str, str]) -> None:
-        await self._store.call(self._store.store.put_state, NAMESPACE, values)
+        await self._store.put_state(NAMESPACE, values)
 
 
 def _load_json(text: str | None) -> dict[str, Any]:

@@ -92,6 +92,7 @@ from gateway.net.policy import (
 from gateway.store.async_store import AsyncStore
 from gateway.timefmt import HOUR_MS, local_iso8601, utc_iso8601, zone
 from gateway.uplinks.enerkey import config as ekc
+from gateway.uplinks.enerkey import delivered as hours_table
 from gateway.uplinks.enerkey.hourly import Event, Gap, HourlyReadings, HourReading
 from gateway.uplinks.enerkey.keys import ApiKey, KeyRing
 from gateway.uplinks.enerkey.rate_budget import RateBudget
@@ -322,9 +323,8 @@ class EnerKeyUplink:
         )
 
     async def _run_stream(self, st: _Stream) -> None:
-        store = self._astore.store
-        position = await self._astore.call(store.register_stream, self.name, st.stream, st.meter)
-        saved = await self._astore.call(store.state, self.name, state_key(st.stream))
+        position = await self._astore.register_stream(self.name, st.stream, st.meter)
+        saved = await self._astore.state(self.name, state_key(st.stream))
         state = json.loads(saved) if saved else {}
         st.readings = HourlyReadings(st.target.channel, self._max_gap_ms, state.get("next_hour_ms"))
         st.last_hour_ms = state.get("last_hour_ms")
@@ -359,9 +359,8 @@ class EnerKeyUplink:
                 return message
             st.overflow.popleft()
         events: list[Event] = []
-        store = self._astore.store
         while True:
-            batch = await self._astore.call(store.read, st.meter, st.read_after, READ_BATCH)
+            batch = await self._astore.read(st.meter, st.read_after, READ_BATCH)
             if not batch:
                 return message
             for stored in batch:
@@ -469,8 +468,7 @@ class EnerKeyUplink:
         )
         try:
             await asyncio.sleep(0)
-            store = self._astore.store
-            newer = await self._astore.call(store.read, st.meter, st.read_after, 1)
+            newer = await self._astore.read(st.meter, st.read_after, 1)
             if not newer:
                 await self._clock.race(waiter)
         finally:
@@ -479,9 +477,8 @@ class EnerKeyUplink:
     async def _drop_delivered(self, st: _Stream, message: _Message) -> None:
         """The duplicate guard: consumption hours already recorded as delivered are not sent."""
         first, last = message.items[0][0], message.items[-1][0]
-        store = self._astore.store
-        done = await self._astore.call(
-            store.delivered_hours, self.name, st.stream, st.kind, first, last
+        done = await self._astore.run(
+            hours_table.delivered_hours, self.name, st.stream, st.kind, start_ms=first, end_ms=last
         )
         if not done:
             return
@@ -506,9 +503,8 @@ class EnerKeyUplink:
 
     async def _commit(self, st: _Stream, message: _Message, *, delivered: bool) -> None:
         assert message.cursor is not None
-        store = self._astore.store
-        await self._astore.call(
-            store.record_delivery,
+        await self._astore.run(
+            hours_table.record_delivery,
             self.name,
             st.stream,
             message.cursor,
@@ -722,9 +718,7 @@ class EnerKeyUplink:
         attempts: int,
     ) -> None:
         assert message.cursor is not None
-        store = self._astore.store
-        await self._astore.call(
-            store.park,
+        await self._astore.park(
             self.name,
             st.stream,
             message.cursor,

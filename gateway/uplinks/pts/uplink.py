@@ -69,8 +69,8 @@ from core.sample import StoredSample
 from gateway.clock.clocks import Clock, SystemClock
 from gateway.net.common import WakeableClock
 from gateway.store.async_store import AsyncStore
-from gateway.store.database import PTS_PENDING, PtsClaim, PtsSubmission
 from gateway.timefmt import parse_local_naive
+from gateway.uplinks.pts import ledger
 from gateway.uplinks.pts.client import (
     FAILED,
     PASSED,
@@ -81,6 +81,7 @@ from gateway.uplinks.pts.client import (
     SessionFactory,
 )
 from gateway.uplinks.pts.config import PtsConfig, PtsSystemConfig
+from gateway.uplinks.pts.ledger import PENDING, PtsClaim, PtsSubmission
 from gateway.uplinks.pts.rules import (
     REFUSED_FLAGS,
     LastReading,
@@ -271,18 +272,17 @@ class PtsUplink:
         """Register the streams (retention) and read what the last run left; idempotent."""
         if self._started:
             return
-        store = self._astore.store
         now = self._now_ms()
         for system in self._systems:
-            system.released_to = await self._astore.call(
-                store.register_stream, self.name, system.stream, system.meter
+            system.released_to = await self._astore.register_stream(
+                self.name, system.stream, system.meter
             )
-        heartbeat = await self._astore.call(store.state, self.name, "heartbeat_ms")
-        first_run = await self._astore.call(store.state, self.name, "first_run_ms")
+        heartbeat = await self._astore.state(self.name, "heartbeat_ms")
+        first_run = await self._astore.state(self.name, "first_run_ms")
         self._previous_heartbeat_ms = int(heartbeat) if heartbeat else None
         self._first_run_ms = int(first_run) if first_run else now
         if first_run is None:
-            await self._astore.call(store.put_state, self.name, {"first_run_ms": str(now)})
+            await self._astore.put_state(self.name, {"first_run_ms": str(now)})
         self._start_ms = now
         self._started = True
 
@@ -328,9 +328,7 @@ class PtsUplink:
                 await self._closing_alert(system, window, now)
             await self._release_samples(system, window, now)
         if now - self._heartbeat_ms >= HEARTBEAT_EVERY_MS:
-            await self._astore.call(
-                self._astore.store.put_state, self.name, {"heartbeat_ms": str(now)}
-            )
+            await self._astore.put_state(self.name, {"heartbeat_ms": str(now)})
             self._heartbeat_ms = now
 
     def _next_due_secs(self, now: int) -> float:
@@ -413,18 +411,16 @@ class PtsUplink:
     # -- per system ---------------------------------------------------------------------------
 
     async def _ledger(self, system: _System, period: str) -> list[PtsSubmission]:
-        return await self._astore.call(self._astore.store.pts_submissions, system.fk, period)
+        return await self._astore.run(ledger.submissions, system.fk, period)
 
     async def _update(self, system: _System, window: Window, row_id: int, **fields: Any) -> None:
-        await self._astore.call(
-            self._astore.store.pts_update, system.fk, window.period.key, row_id, **fields
-        )
+        await self._astore.run(ledger.update, system.fk, window.period.key, row_id, **fields)
 
     async def _step_system(self, system: _System, window: Window, now: int) -> None:
         rows = [row for row in await self._ledger(system, window.period.key) if not row.test]
         if any(row.status == "passed" for row in rows):
             return
-        if any(row.status in PTS_PENDING for row in rows):
+        if any(row.status in PENDING for row in rows):
             if now >= system.next_poll_ms:
                 await self._follow_up(system, window, now)
             return
@@ -471,10 +467,9 @@ class PtsUplink:
     ) -> StoredSample | None:
         """Like Store.find_sample, passing over samples stamped by an untrusted clock
         (`clock_unsynced`: a reading at an unknown time cannot be the month-end reading)."""
-        store = self._astore.store
         for _ in range(MAX_UNTIMED_SKIPPED):
-            stored = await self._astore.call(
-                store.find_sample, meter, start_ms, end_ms, channel=channel, last=last
+            stored = await self._astore.find_sample(
+                meter, start_ms, end_ms, channel=channel, last=last
             )
             if stored is None or CLOCK_UNSYNCED not in stored.sample.flags:
                 return stored
@@ -575,8 +570,8 @@ class PtsUplink:
         *,
         check_only: bool = False,
     ) -> PtsClaim:
-        return await self._astore.call(
-            self._astore.store.pts_claim,
+        return await self._astore.run(
+            ledger.claim,
             system.fk,
             period,
             origin=origin,
@@ -614,8 +609,8 @@ class PtsUplink:
         if entry is None or not _usable(entry) or entry.value_kwh is None:
             return False
         status = _status_name(entry.status)
-        await self._astore.call(
-            self._astore.store.pts_record,
+        await self._astore.run(
+            ledger.record,
             system.fk,
             window.period.key,
             test=False,
@@ -638,7 +633,7 @@ class PtsUplink:
             entry.meter_date,
         )
         system.next_poll_ms = now
-        return status in ("passed", *PTS_PENDING)
+        return status in ("passed", *PENDING)
 
     async def _last_reading(self, system: _System) -> LastReading | None:
         info = (await self._client.get_last_reading([system.fk])).get(system.fk)
@@ -677,8 +672,8 @@ class PtsUplink:
             elif answer is not None and answer.status == FAILED:
                 problem = f"ARPostTest validation failed: {answer.notes or 'no notes'}"
         answer = answers.get(system.fk)
-        await self._astore.call(
-            self._astore.store.pts_record,
+        await self._astore.run(
+            ledger.record,
             system.fk,
             window.period.key,
             test=True,
@@ -772,7 +767,7 @@ class PtsUplink:
         if not _usable(entry):
             entry = None
         for row in await self._ledger(system, window.period.key):
-            if row.test or row.status not in PTS_PENDING:
+            if row.test or row.status not in PENDING:
                 continue
             if entry is not None and same_reading(
                 row.meter_value, row.meter_date, entry.value_kwh, entry.meter_date
@@ -854,8 +849,8 @@ class PtsUplink:
         remedy = remedy_for(notes, reading_was_before_end=was_before_end)
         rows = [r for r in await self._ledger(system, window.period.key) if not r.test]
         failed = sum(1 for r in rows if r.status in _COUNTED_FAILED)
-        _, max_failed, _ = await self._astore.call(
-            self._astore.store.pts_limits,
+        _, max_failed, _ = await self._astore.run(
+            ledger.limits,
             system.fk,
             window.period.key,
             self.config.quota_valid,
@@ -894,8 +889,7 @@ class PtsUplink:
         if now < alert_from:
             return
         key = f"closing_alerted:{system.fk}"
-        store = self._astore.store
-        if await self._astore.call(store.state, self.name, key) == window.period.key:
+        if await self._astore.state(self.name, key) == window.period.key:
             return
         rows = [row for row in await self._ledger(system, window.period.key) if not row.test]
         if any(row.status == "passed" for row in rows):
@@ -908,7 +902,7 @@ class PtsUplink:
             f"passed reading: {await self._why_not_passed(system, window, rows, now)}. "
             "If none passes, PTS estimates the month and its SRECs may be forfeited",
         )
-        await self._astore.call(store.put_state, self.name, {key: window.period.key})
+        await self._astore.put_state(self.name, {key: window.period.key})
 
     async def _why_not_passed(
         self, system: _System, window: Window, rows: list[PtsSubmission], now: int
@@ -931,11 +925,10 @@ class PtsUplink:
 
     async def _report_closed_windows(self, now: int) -> None:
         """Once per window that closed since we last looked: say if it ended without a pass."""
-        store = self._astore.store
         days = (self.config.window_days_before, self.config.window_days_after)
         for system in self._systems:
             key = f"closed_reported:{system.fk}"
-            seen = await self._astore.call(store.state, self.name, key)
+            seen = await self._astore.state(self.name, key)
             after = int(seen) if seen else self._first_run_ms
             windows = closed_windows(after, now, *days)
             for window in windows:
@@ -963,26 +956,23 @@ class PtsUplink:
                 )
                 self._health.alert(self.name, message)
             if windows:
-                await self._astore.call(
-                    store.put_state, self.name, {key: str(windows[-1].close_ms)}
-                )
+                await self._astore.put_state(self.name, {key: str(windows[-1].close_ms)})
 
     # -- retention ----------------------------------------------------------------------------
 
     async def _release_samples(self, system: _System, window: Window | None, now: int) -> None:
         """Move the stream's cursor to just before the earliest window still needing samples."""
-        store = self._astore.store
         days = (self.config.window_days_before, self.config.window_days_after)
         needed_from = next_window(now, *days).open_ms
         if window is not None:
             rows = await self._ledger(system, window.period.key)
             if not any(row.status == "passed" and not row.test for row in rows):
                 needed_from = window.open_ms
-        last = await self._astore.call(
-            store.find_sample, system.meter, 0, min(needed_from, now + 1) - 1, last=True
+        last = await self._astore.find_sample(
+            system.meter, 0, min(needed_from, now + 1) - 1, last=True
         )
         if last is not None and last.rowid > system.released_to:
-            await self._astore.call(store.advance, self.name, system.stream, last.rowid)
+            await self._astore.advance(self.name, system.stream, last.rowid)
             system.released_to = last.rowid
 
     # -- reporting ----------------------------------------------------------------------------
@@ -1011,12 +1001,11 @@ class PtsUplink:
         shown = window or last_closed_window(now, *days)
         upcoming = next_window(now, *days)
         systems: dict[str, Any] = {}
-        store = self._astore.store
         for system in self._systems:
             rows = await self._ledger(system, shown.period.key)
             counted = [row for row in rows if not row.test]
-            max_valid, max_failed, override = await self._astore.call(
-                store.pts_limits,
+            max_valid, max_failed, override = await self._astore.run(
+                ledger.limits,
                 system.fk,
                 shown.period.key,
                 self.config.quota_valid,
@@ -1048,7 +1037,7 @@ class PtsUplink:
                 "quota": {
                     "passed": sum(1 for r in counted if r.status == "passed"),
                     "failed": sum(1 for r in counted if r.status in _COUNTED_FAILED),
-                    "pending": sum(1 for r in counted if r.status in PTS_PENDING),
+                    "pending": sum(1 for r in counted if r.status in PENDING),
                     "max_valid": max_valid,
                     "max_failed": max_failed,
                     "override": override,
@@ -1087,7 +1076,7 @@ class PtsUplink:
         statuses = [row.status for row in rows]
         if "passed" in statuses:
             return "passed"
-        if any(status in PTS_PENDING for status in statuses):
+        if any(status in PENDING for status in statuses):
             return "validating"
         if not is_open:
             return "closed without a passed reading"

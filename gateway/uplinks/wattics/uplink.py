@@ -414,18 +414,14 @@ class WatticsUplink:
         )
 
     async def _run_stream(self, st: _Stream) -> None:
-        position = await self._astore.call(
-            self._astore.store.register_stream, self.name, st.stream, st.meter
-        )
+        position = await self._astore.register_stream(self.name, st.stream, st.meter)
         st.acked = st.committed = st.read_pos = position
         st.uncommitted = 0
         # A (re)start decides boundaries and resync afresh from the cursor.
         st.picker, st.skip_until_ms = self._new_picker(st.point), None
         if self.config.counter_continuity:
             st.continuity = CounterContinuity.load(
-                await self._astore.call(
-                    self._astore.store.state, self.name, _continuity_key(st.stream)
-                )
+                await self._astore.state(self.name, _continuity_key(st.stream))
             )
         try:
             if self.config.resync_on_start:
@@ -445,9 +441,7 @@ class WatticsUplink:
     # -- reading --------------------------------------------------------------------------------
 
     async def _read(self, st: _Stream) -> list[StoredSample]:
-        return await self._astore.call(
-            self._astore.store.read, st.meter, st.read_pos, self._read_batch
-        )
+        return await self._astore.read(st.meter, st.read_pos, self._read_batch)
 
     def _decide(self, st: _Stream, batch: list[StoredSample]) -> list[tuple[StoredSample, int]]:
         """(sample, packet time) for each sample in order; -1: pass over, send nothing."""
@@ -667,8 +661,7 @@ class WatticsUplink:
         now_ms = int(self._clock.time() * 1000)
         await self._commit(st)
         verdict = parked.verdict
-        await self._astore.call(
-            self._astore.store.park,
+        await self._astore.park(
             self.name,
             st.stream,
             stored.rowid,
@@ -694,15 +687,14 @@ class WatticsUplink:
         oldest first, before new samples. Wattics discards a packet older than the stream's
         last one, so the CLI warns when a re-queued packet is older than what was sent since.
         """
-        letters = await self._astore.call(self._astore.store.requeued_letters, self.name, st.stream)
+        letters = await self._astore.requeued_letters(self.name, st.stream)
         for letter in letters:
             if self._stopping:
                 return
             try:
                 await self._settle(st, letter.payload.encode())
             except _Parked as parked:
-                await self._astore.call(
-                    self._astore.store.repark,
+                await self._astore.repark(
                     letter.id,
                     status=parked.verdict.status,
                     body=parked.answer.decode("utf-8", "replace"),
@@ -715,7 +707,7 @@ class WatticsUplink:
                     f"({parked.verdict.detail}); parked again",
                 )
                 continue
-            await self._astore.call(self._astore.store.forget_dead_letter, letter.id)
+            await self._astore.forget_dead_letter(letter.id)
             self._uplink_health.delivered += 1
             log.info("%s/%s: re-queued dead letter #%d delivered", self.name, st.stream, letter.id)
 
@@ -753,7 +745,7 @@ class WatticsUplink:
             rows = [(st.stream, st.acked, self._continuity_state(st)) for st in streams]
             try:
                 if rows:
-                    await self._astore.call(self._astore.store.advance_many, self.name, rows)
+                    await self._astore.advance_many(self.name, rows)
             except BaseException:
                 self._dirty = {**dirty, **self._dirty}
                 raise

@@ -318,8 +318,8 @@ async def test_the_poller_stamps_gas_with_the_telegram_time_and_stores_it_once(
             for task in (polling, pushing):
                 task.cancel()
             await asyncio.gather(polling, pushing, return_exceptions=True)
-        gas = await astore.call(astore.store.read, "gas", 0)
-        elec = await astore.call(astore.store.read, "elec", 0)
+        gas = await astore.read("gas", 0)
+        elec = await astore.read("elec", 0)
     finally:
         await astore.aclose()
     assert [(r.sample.ts_ms, dict(r.sample.values)) for r in gas] == [

@@ -79,7 +79,7 @@ async def test_a_push_meter_gives_one_sample_per_interval_the_newest_at_each_bou
             for task in (polling, pushing):
                 task.cancel()
             await asyncio.gather(polling, pushing, return_exceptions=True)
-        stored = await astore.call(astore.store.read, "elec", 0)
+        stored = await astore.read("elec", 0)
     finally:
         await astore.aclose()
     stamps = [r.sample.ts_ms for r in stored]

@@ -233,9 +233,8 @@ async def test_run_over_a_whole_window_submits_once_and_releases_samples(
     assert fake_pts.count("GetSubmissionStatus") <= 3  # before posting, then until Passed
     # After the pass, PTS holds nothing back: the cursor follows the newest sample (the last
     # pass ran within the hour before Feb 8), far past January's window.
-    store = astore.store
-    position = await astore.call(store.cursor, "pts", "system-1000")
-    held = await astore.call(store.read, "pv", position, 10_000)
+    position = await astore.cursor("pts", "system-1000")
+    held = await astore.read("pv", position, 10_000)
     assert held and held[0].sample.ts_ms >= int(eastern_s(2026, 2, 7, 23) * 1000)
 
 
@@ -243,7 +242,6 @@ async def test_window_samples_survive_retention_until_the_reading_passed(
     fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
 ) -> None:
     await feed(astore, eastern_s(2026, 1, 20), eastern_s(2026, 2, 4))
-    store = astore.store
     retention_ms = 48 * 3600 * 1000
     window_open_ms = int(eastern_s(2026, 1, 27) * 1000)
     uplink = make_uplink(make_config(fake_pts, test_before_submit=False), astore, pts_clock)
@@ -251,13 +249,13 @@ async def test_window_samples_survive_retention_until_the_reading_passed(
         pts_clock.now = eastern_s(2026, 2, 3, 23)
         await uplink.step()  # submits; validating
         now_ms = int(pts_clock.now * 1000)
-        await astore.call(store.prune, now_ms, retention_ms)
-        kept = await astore.call(store.find_sample, "pv", 0, now_ms)
+        await astore.prune(now_ms, retention_ms)
+        kept = await astore.find_sample("pv", 0, now_ms)
         assert kept is not None and kept.sample.ts_ms // 1000 == window_open_ms // 1000
         pts_clock.now += 700
         await uplink.step()  # passed: the window's samples are released
-        await astore.call(store.prune, int(pts_clock.now * 1000), retention_ms)
-        first = await astore.call(store.find_sample, "pv", 0, int(pts_clock.now * 1000))
+        await astore.prune(int(pts_clock.now * 1000), retention_ms)
+        first = await astore.find_sample("pv", 0, int(pts_clock.now * 1000))
     finally:
         await uplink.aclose()
     assert first is not None

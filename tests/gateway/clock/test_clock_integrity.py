@@ -75,7 +75,7 @@ def meters(*ids: str) -> list[MeterConfig]:
 
 
 async def rows_of(astore: AsyncStore, meter: str) -> list[StoredSample]:
-    return await astore.call(astore.store.read, meter, 0, 10_000)
+    return await astore.read(meter, 0, 10_000)
 
 
 async def start(poller: Poller) -> asyncio.Task[None]:

@@ -98,7 +98,7 @@ async def test_read_reads_now_stores_the_sample_and_echoes_the_request_id(site: 
     assert outcome["values"]["energy_active_import"] == SDM630_VALUES["energy_active_import"]
     assert outcome["ts"].endswith("Z")
     assert await site.stored("incomer") == 1
-    [stored] = await site.astore.call(site.astore.store.read, "incomer", 0)
+    [stored] = await site.astore.read("incomer", 0)
     assert stored.sample.ts_ms >= before_ms
     assert site.health.meter("incomer").reads == 1
 

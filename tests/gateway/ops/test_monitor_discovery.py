@@ -78,7 +78,7 @@ async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
 
 async def remembered(astore: AsyncStore) -> list[str]:
     """The discovery topics the gateway's store says it has published."""
-    raw = await astore.call(astore.store.state, LEDGER_OWNER, LEDGER_KEY)
+    raw = await astore.state(LEDGER_OWNER, LEDGER_KEY)
     return [] if raw is None else list(json.loads(raw))
 
 

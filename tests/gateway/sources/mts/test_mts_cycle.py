@@ -32,7 +32,7 @@ async def test_a_test_is_requested_polled_and_its_survey_and_registers_stored(
         await wait_until(lambda: not runtime.state.pending, what="the test done")
         survey = astore.store.read(METER, 0, 1000)
         registers = astore.store.read(f"{METER}-registers", 0, 10)
-        pending = await astore.call(astore.store.state, NAMESPACE, "pending")
+        pending = await astore.state(NAMESPACE, "pending")
 
     # What was asked: the meter's parameters, a reference naming gateway and meter.
     (params,) = fake_mts.requested()

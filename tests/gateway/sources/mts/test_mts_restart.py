@@ -15,7 +15,7 @@ from tests.gateway.sources.mts.mts_helpers import METER, opened_store, running, 
 
 async def pending_state(tmp_path: Path) -> dict[str, dict[str, object]]:
     async with opened_store(tmp_path) as astore:
-        text = await astore.call(astore.store.state, NAMESPACE, "pending")
+        text = await astore.state(NAMESPACE, "pending")
     return json.loads(text or "{}")
 
 

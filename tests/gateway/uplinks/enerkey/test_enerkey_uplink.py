@@ -21,6 +21,7 @@ from core.sample import Sample
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from gateway.timefmt import HOUR_MS
+from gateway.uplinks.enerkey import delivered as hours_table
 from gateway.uplinks.enerkey.config import EnerKeyConfig
 from gateway.uplinks.enerkey.uplink import EnerKeyUplink, state_key
 from tests.fakes.enerkey import FakeEnerKey
@@ -288,12 +289,12 @@ async def test_a_restart_after_a_completed_push_never_pushes_that_hour_again(
         assert fake_enerkey.hours(4711, mode) == pytest.approx(
             {hour(n): 7.2 for n in range(1, 6)}, abs=1e-9
         )
-    saved = await astore.call(astore.store.state, "enerkey", state_key("4711"))
+    saved = await astore.state("enerkey", state_key("4711"))
     assert saved is not None
     state = json.loads(saved)
     assert state["next_hour_ms"] == hour(7)
-    delivered = await astore.call(
-        astore.store.delivered_hours, "enerkey", "4711", mode, hour(0), hour(9)
+    delivered = await astore.run(
+        hours_table.delivered_hours, "enerkey", "4711", mode, start_ms=hour(0), end_ms=hour(9)
     )
     assert len(delivered) == (6 if mode == "cumulative" else 5)
 
@@ -328,10 +329,9 @@ async def test_consumption_hours_recorded_as_delivered_are_not_sent_again(
     """The guard behind the cursor: a delivered_hours row stops a consumption hour."""
     health = Health()
     await append(astore, samples("incomer", T0, hour(4) + MIN))
-    store = astore.store
-    await astore.call(store.register_stream, "enerkey", "4711", "incomer")
-    await astore.call(
-        store.record_delivery,
+    await astore.register_stream("enerkey", "4711", "incomer")
+    await astore.run(
+        hours_table.record_delivery,
         "enerkey",
         "4711",
         0,
@@ -484,8 +484,8 @@ async def test_an_unknown_meter_or_path_pauses_that_meter_with_an_alert_and_keep
 
     (alert,) = [a for a in alerts(health) if "9999" in a]
     assert "check the path and meter id" in alert and "data kept" in alert
-    assert await astore.call(astore.store.dead_letters, "enerkey") == []
-    assert await astore.call(astore.store.cursor, "enerkey", "9999") == 0
+    assert await astore.dead_letters("enerkey") == []
+    assert await astore.cursor("enerkey", "9999") == 0
 
 
 async def test_a_message_refused_for_good_is_parked_and_later_hours_still_go(
@@ -500,7 +500,7 @@ async def test_a_message_refused_for_good_is_parked_and_later_hours_still_go(
         await fake_enerkey.wait_hours(4711, 1)
 
     assert list(fake_enerkey.hours(4711)) == [hour(3)]
-    (letter,) = await astore.call(astore.store.dead_letters, "enerkey")
+    (letter,) = await astore.dead_letters("enerkey")
     assert letter.status == 400 and letter.attempts == 3
     body = json.loads(letter.payload)
     assert body["meterId"] == 4711 and len(body["values"]) == 2

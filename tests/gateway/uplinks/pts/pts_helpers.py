@@ -9,8 +9,9 @@ from zoneinfo import ZoneInfo
 from core.health import Health
 from core.sample import Sample
 from gateway.store.async_store import AsyncStore
-from gateway.store.database import PtsSubmission
+from gateway.uplinks.pts import ledger as pts_ledger
 from gateway.uplinks.pts.config import PtsConfig
+from gateway.uplinks.pts.ledger import PtsSubmission
 from gateway.uplinks.pts.uplink import PtsUplink
 from tests.fakes.pts import FakePts
 from tests.fixtures.pts import KEY, PtsClock
@@ -84,7 +85,7 @@ async def feed(
 
 
 async def ledger(astore: AsyncStore, fk: int = 1000) -> list[PtsSubmission]:
-    return await astore.call(astore.store.pts_submissions, fk)
+    return await astore.run(pts_ledger.submissions, fk)
 
 
 def counted(rows: list[PtsSubmission]) -> list[tuple[str, str, float, str]]:

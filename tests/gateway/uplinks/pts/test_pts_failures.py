@@ -11,6 +11,7 @@ import pytest
 from core.health import Health
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
+from gateway.uplinks.pts import ledger as pts_ledger
 from tests.fakes.pts import FakePts
 from tests.fixtures.pts import KEY, PtsClock
 from tests.gateway.uplinks.pts.pts_helpers import (
@@ -188,8 +189,8 @@ async def test_quota_ledger_help_desk_override_and_last_one_in_wins(
         assert len(fake_pts.submitted(1000)) == 1
 
         # The help desk raises the limit for this window; the gateway records it.
-        await january.call(
-            january.store.pts_record_override,
+        await january.run(
+            pts_ledger.record_override,
             1000,
             "2026-01",
             max_valid=2,

@@ -290,7 +290,7 @@ async def test_parked_packets_requeued_from_the_command_line_are_delivered(
             await store.append([electricity("late", start + 10 * MIN, 10)])  # wakes the stream
             await fake_wattics.wait_accepted(5)
         assert [p["aP_1"] for p in fake_wattics.delivered("not-yet")] == [0, 1, 2, 3, 10]
-        assert await store.call(store.store.dead_letters, "wattics", include_requeued=True) == []
+        assert await store.dead_letters("wattics", include_requeued=True) == []
         assert cli_main(["deadletters", "-c", str(config_path)]) == 0
         assert "no parked items" in capsys.readouterr().out
     finally:

@@ -113,7 +113,7 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
 
 
 async def cursor(astore: AsyncStore, stream: str = "stream-a", uplink: str = "wattics") -> int:
-    return await astore.call(astore.store.cursor, uplink, stream)
+    return await astore.cursor(uplink, stream)
 
 
 async def wait_cursor(
@@ -229,7 +229,7 @@ async def test_garbage_answers_do_not_crash_the_uplink(
     stamps = [p["tsISO8601"] for p in fake_wattics.delivered("stream-a")]
     assert stamps == expected_stamps(samples[1:])
     assert posts(fake_wattics) == [503, 502, 400, 400, 400, 200, 200]
-    (letter,) = await astore.call(astore.store.dead_letters, "wattics")
+    (letter,) = await astore.dead_letters("wattics")
     assert letter.sample_id == ids[0]
     assert letter.status == 400
     assert 0 < len(letter.body) <= 4000  # cut, not the whole 200 kB
@@ -301,7 +301,7 @@ async def test_rejected_packet_is_parked_and_later_ones_still_arrive(
     delivered = [p["tsISO8601"] for p in fake_wattics.delivered("stream-a")]
     assert delivered == expected_stamps([s for s in samples if s is not bad])
     assert posts(fake_wattics).count(400) == 3
-    (letter,) = await astore.call(astore.store.dead_letters, "wattics")
+    (letter,) = await astore.dead_letters("wattics")
     assert letter.stream == "stream-a"
     assert letter.sample_id == ids[2]
     assert letter.status == 400
@@ -342,7 +342,7 @@ async def test_refused_credentials_pause_everything_and_lose_nothing(
     assert fake_wattics.all_discarded() == []
     credential_alerts = [a for a in health.alerts if "credentials" in a.message]
     assert len(credential_alerts) == 1
-    assert await astore.call(astore.store.dead_letters, "wattics") == []
+    assert await astore.dead_letters("wattics") == []
     token = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
     assert PASSWORD not in caplog.text and token not in caplog.text
     assert all(PASSWORD not in a.message and token not in a.message for a in health.alerts)

@@ -1,0 +1,287 @@
+"""The PTS quota ledger: every submission of every system and reporting window, durable.
+
+PTS allows a fixed number of valid and of failed submissions per system and window (and the
+MassCEC help desk may set other limits: `record_override`). Invariants:
+1. The ledger lives in the store's uplink state (namespace `pts`, keys
+   `ledger:<fk_system>:<period>`, a JSON list, and `quota:<fk_system>:<period>`).
+2. A submission's entry is added (status `sending`) in the SAME transaction that checks the
+   quota (`claim`), committed before the request leaves; an entry whose outcome is unknown
+   counts against both quotas until resolved. So no crash, restart or second process (the CLI
+   next to the daemon) can spend quota unseen.
+3. The statuses are explained in gateway.uplinks.pts.uplink; PENDING ones are not final.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from gateway.store.database import MAX_BODY_CHARS, Store, Transaction
+
+#: PTS ledger rows whose outcome is not known yet (they count against both quotas).
+PENDING: Final = ("sending", "received", "validating")
+#: The uplink_state namespace of the ledger.
+NAMESPACE: Final = "pts"
+
+
+@dataclass(frozen=True, slots=True)
+class PtsSubmission:
+    """One row of the PTS quota ledger (gateway.uplinks.pts.uplink explains the statuses)."""
+
+    id: int
+    fk_system: int
+    period: str
+    test: bool
+    origin: str
+    meter_value: float
+    meter_date: str
+    sample_id: int | None
+    status: str
+    http_status: int | None
+    validation_notes: str | None
+    detail: str | None
+    created_ms: int
+    updated_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PtsClaim:
+    """The quota as `claim` counted it; `row_id` is None when the claim was refused."""
+
+    row_id: int | None
+    refusal: str | None
+    passed: int
+    failed: int
+    pending: int
+    max_valid: int
+    max_failed: int
+
+
+def _rows(txn: Transaction, fk_system: int, period: str) -> list[dict[str, Any]]:
+    value = txn.state(NAMESPACE, f"ledger:{fk_system}:{period}")
+    return list(orjson.loads(value)) if value else []
+
+
+def _save(txn: Transaction, fk_system: int, period: str, rows: list[dict[str, Any]]) -> None:
+    txn.put_state(NAMESPACE, {f"ledger:{fk_system}:{period}": orjson.dumps(rows).decode()})
+
+
+def _override(txn: Transaction, fk_system: int, period: str) -> dict[str, Any] | None:
+    value = txn.state(NAMESPACE, f"quota:{fk_system}:{period}")
+    return dict(orjson.loads(value)) if value else None
+
+
+def claim(
+    store: Store,
+    fk_system: int,
+    period: str,
+    *,
+    origin: str,
+    meter_value: float,
+    meter_date: str,
+    sample_id: int | None,
+    max_valid: int,
+    max_failed: int,
+    now_ms: int,
+    check_only: bool = False,
+) -> PtsClaim:
+    """Check the quota and record a submission about to be sent, in ONE transaction.
+
+    Limits: the override recorded for this system and window, else the given ones.
+    Refused while a submission is pending, when this very reading already passed, when
+    passed + pending reached the valid limit or failed + pending the failed limit.
+    `check_only`: the same verdict, nothing recorded (row_id stays None).
+    """
+    with store.transaction() as txn:
+        override = _override(txn, fk_system, period)
+        if override is not None:
+            max_valid, max_failed = int(override["max_valid"]), int(override["max_failed"])
+        rows = _rows(txn, fk_system, period)
+        counted = [row for row in rows if not row["test"]]
+        passed = sum(1 for row in counted if row["status"] == "passed")
+        failed = sum(1 for row in counted if row["status"] in ("failed", "superseded"))
+        pending = sum(1 for row in counted if row["status"] in PENDING)
+        same = any(
+            row["status"] == "passed"
+            and abs(row["meter_value"] - meter_value) < 0.0005
+            and row["meter_date"] == meter_date
+            for row in counted
+        )
+        refusal = None
+        if pending:
+            refusal = "a submission is still pending (its outcome is not known yet)"
+        elif same:
+            refusal = "this reading already passed (last one in wins: never resubmitted)"
+        elif passed >= max_valid:
+            refusal = f"valid quota used: {passed} of {max_valid} submissions passed"
+        elif failed >= max_failed:
+            refusal = f"failed quota used: {failed} of {max_failed} submissions failed"
+        row_id = None
+        if refusal is None and not check_only:
+            row_id = len(rows) + 1
+            rows.append(
+                _new_row(
+                    row_id,
+                    test=False,
+                    origin=origin,
+                    meter_value=meter_value,
+                    meter_date=meter_date,
+                    sample_id=sample_id,
+                    status="sending",
+                    now_ms=now_ms,
+                )
+            )
+            _save(txn, fk_system, period, rows)
+    return PtsClaim(row_id, refusal, passed, failed, pending, max_valid, max_failed)
+
+
+def record(
+    store: Store,
+    fk_system: int,
+    period: str,
+    *,
+    test: bool,
+    origin: str,
+    meter_value: float,
+    meter_date: str,
+    sample_id: int | None,
+    status: str,
+    now_ms: int,
+    http_status: int | None = None,
+    validation_notes: str | None = None,
+    detail: str | None = None,
+) -> int:
+    """Record a ledger entry whose outcome is already known (tests, what PTS already has)."""
+    with store.transaction() as txn:
+        rows = _rows(txn, fk_system, period)
+        row = _new_row(
+            len(rows) + 1,
+            test=test,
+            origin=origin,
+            meter_value=meter_value,
+            meter_date=meter_date,
+            sample_id=sample_id,
+            status=status,
+            now_ms=now_ms,
+        )
+        row.update(
+            http_status=http_status,
+            validation_notes=validation_notes,
+            detail=None if detail is None else detail[:MAX_BODY_CHARS],
+        )
+        rows.append(row)
+        _save(txn, fk_system, period, rows)
+    return int(row["id"])
+
+
+def update(
+    store: Store,
+    fk_system: int,
+    period: str,
+    row_id: int,
+    *,
+    status: str,
+    now_ms: int,
+    http_status: int | None = None,
+    validation_notes: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """Set a ledger entry's outcome (fields given as None keep their value)."""
+    with store.transaction() as txn:
+        rows = _rows(txn, fk_system, period)
+        for row in rows:
+            if row["id"] == row_id:
+                row["status"], row["updated_ms"] = status, now_ms
+                if http_status is not None:
+                    row["http_status"] = http_status
+                if validation_notes is not None:
+                    row["validation_notes"] = validation_notes
+                if detail is not None:
+                    row["detail"] = detail[:MAX_BODY_CHARS]
+                break
+        else:
+            raise KeyError(f"no PTS ledger entry {fk_system}/{period}/{row_id}")
+        _save(txn, fk_system, period, rows)
+
+
+def submissions(
+    store: Store, fk_system: int | None = None, period: str | None = None
+) -> list[PtsSubmission]:
+    """Ledger entries, oldest first, optionally of one system and/or one window."""
+    found: list[PtsSubmission] = []
+    for key, value in store.query(
+        "SELECT key, value FROM uplink_state WHERE uplink = ? AND key LIKE 'ledger:%'",
+        (NAMESPACE,),
+    ):
+        assert isinstance(key, str) and isinstance(value, str)
+        _, fk_text, key_period = key.split(":", 2)
+        if fk_system is not None and int(fk_text) != fk_system:
+            continue
+        if period is not None and key_period != period:
+            continue
+        found.extend(
+            PtsSubmission(fk_system=int(fk_text), period=key_period, **row)
+            for row in orjson.loads(value)
+        )
+    found.sort(key=lambda row: (row.created_ms, row.fk_system, row.id))
+    return found
+
+
+def record_override(
+    store: Store,
+    fk_system: int,
+    period: str,
+    *,
+    max_valid: int,
+    max_failed: int,
+    reason: str,
+    now_ms: int,
+) -> None:
+    """Record limits the MassCEC help desk set for one system and window (latest wins)."""
+    value = {
+        "max_valid": max_valid,
+        "max_failed": max_failed,
+        "reason": reason,
+        "recorded_ms": now_ms,
+    }
+    store.put_state(NAMESPACE, {f"quota:{fk_system}:{period}": orjson.dumps(value).decode()})
+
+
+def limits(
+    store: Store, fk_system: int, period: str, max_valid: int, max_failed: int
+) -> tuple[int, int, str | None]:
+    """(valid, failed, override reason): the recorded override, else the given limits."""
+    value = store.state(NAMESPACE, f"quota:{fk_system}:{period}")
+    override = dict(orjson.loads(value)) if value else None
+    if override is None:
+        return max_valid, max_failed, None
+    return int(override["max_valid"]), int(override["max_failed"]), str(override["reason"])
+
+
+def _new_row(
+    row_id: int,
+    *,
+    test: bool,
+    origin: str,
+    meter_value: float,
+    meter_date: str,
+    sample_id: int | None,
+    status: str,
+    now_ms: int,
+) -> dict[str, Any]:
+    return {
+        "id": row_id,
+        "test": test,
+        "origin": origin,
+        "meter_value": meter_value,
+        "meter_date": meter_date,
+        "sample_id": sample_id,
+        "status": status,
+        "http_status": None,
+        "validation_notes": None,
+        "detail": None,
+        "created_ms": now_ms,
+        "updated_ms": now_ms,
+    }
