@@ -28,10 +28,11 @@ from tests.fixtures.locus import (
     PASSWORD,
     PV_CARPORT,
     SECRETS,
-    FastClock,
+    fast_clock,
     locus_yaml,
     make_fake,
 )
+from tests.helpers.clock import ManualClock
 
 STEP_MS = 300_000
 ROOF = "      pv-roof: {component_id: 54369}\n"
@@ -56,7 +57,7 @@ async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
 
 @contextlib.asynccontextmanager
 async def running(
-    config: Config, astore: AsyncStore, health: Health, clock: FastClock
+    config: Config, astore: AsyncStore, health: Health, clock: ManualClock
 ) -> AsyncIterator[LocusEnergySource]:
     section = config.sources.locus
     assert isinstance(section, LocusConfig)
@@ -108,7 +109,7 @@ def seed(astore: AsyncStore, meter: str, ts_ms: int, counter: float) -> None:
 
 
 async def test_older_data_is_backfilled_in_order_then_latest_is_polled(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     now_ms = int(locus_clock.time() * 1000)
     seeded = now_ms - now_ms % STEP_MS - 2 * 3_600_000  # two hours behind
@@ -132,7 +133,7 @@ async def test_older_data_is_backfilled_in_order_then_latest_is_polled(
 
 
 async def test_token_expiring_mid_run_is_renewed_and_nothing_is_lost(
-    tmp_path: Path, astore: AsyncStore, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, locus_clock: ManualClock
 ) -> None:
     now_ms = int(locus_clock.time() * 1000)
     seed(astore, "pv-roof", now_ms - now_ms % STEP_MS - 3_600_000, 0.0)
@@ -158,7 +159,7 @@ async def test_token_expiring_mid_run_is_renewed_and_nothing_is_lost(
 
 
 async def test_outage_is_reported_then_backfilled_in_order(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     now_ms = int(locus_clock.time() * 1000)
     seed(astore, "pv-roof", now_ms - now_ms % STEP_MS - 1_800_000, 500.0)
@@ -186,7 +187,7 @@ async def test_outage_is_reported_then_backfilled_in_order(
 
 
 async def test_one_request_at_a_time_for_all_meters(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     fake_locus.slow(0.02)  # a second request would overlap: the fake answers it 429
     health = Health()
@@ -204,7 +205,7 @@ async def test_one_request_at_a_time_for_all_meters(
 
 
 async def test_rate_limit_answer_pauses_and_is_counted(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     health = Health()
     config = config_for(tmp_path, fake_locus, ROOF, extra="    counter_baseline: zero\n")
@@ -224,7 +225,7 @@ async def test_missing_field_is_a_clear_error_and_other_meters_go_on(
     tmp_path: Path,
     astore: AsyncStore,
     fake_locus: FakeLocus,
-    locus_clock: FastClock,
+    locus_clock: ManualClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     health = Health()
@@ -253,7 +254,7 @@ async def test_missing_field_is_a_clear_error_and_other_meters_go_on(
 
 
 async def test_node_id_lookup_and_lifetime_counter_at_first_start(
-    tmp_path: Path, astore: AsyncStore, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, locus_clock: ManualClock
 ) -> None:
     health = Health()
     now_ms = int(locus_clock.time() * 1000)
@@ -281,7 +282,7 @@ async def test_node_id_lookup_and_lifetime_counter_at_first_start(
 
 
 async def test_client_credentials_grant(
-    tmp_path: Path, astore: AsyncStore, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, locus_clock: ManualClock
 ) -> None:
     health = Health()
     async with make_fake(locus_clock, password_grant=False) as fake:
@@ -295,7 +296,7 @@ async def test_client_credentials_grant(
 
 
 async def test_refused_credentials_pause_and_alert(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     health = Health()
     text = f'gateway: {{id: site, data_dir: "{tmp_path}"}}\n' + locus_yaml(fake_locus.url, ROOF)
@@ -313,7 +314,7 @@ async def test_refused_credentials_pause_and_alert(
 
 
 async def test_a_long_gap_is_read_in_windows_oldest_first(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     now_ms = int(locus_clock.time() * 1000)
     seeded = now_ms - now_ms % STEP_MS - 3 * 3_600_000 - 2 * STEP_MS
@@ -330,8 +331,7 @@ async def test_a_long_gap_is_read_in_windows_oldest_first(
 async def test_nothing_is_asked_while_the_clock_is_untrusted(
     tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus
 ) -> None:
-    clock = FastClock()
-    clock.trusted = lambda: False  # type: ignore[method-assign]
+    clock = fast_clock(trusted=False)
     health = Health()
     config = config_for(tmp_path, fake_locus, ROOF)
     async with running(config, astore, health, clock):
