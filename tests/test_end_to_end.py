@@ -64,6 +64,7 @@ async def retained(broker: MosquittoBroker, topic: str) -> str:
     raise AssertionError("no retained message")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_daemon_forwards_meter_values_in_local_time_and_stops_cleanly(
     tmp_path: Path,

@@ -48,6 +48,7 @@ uplinks:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120 if long_form() else 40)
 async def test_503s_timeouts_and_dropped_connections_then_everything_arrives_in_order(
     tmp_path: Path, daemon_factory: Callable[[Path, dict[str, str]], DaemonProcess]

@@ -96,6 +96,7 @@ def _seed_backlog(db: Path) -> None:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400 if long_form() else 60)
 async def test_kill9_at_random_moments_loses_nothing_and_keeps_order(
     tmp_path: Path,

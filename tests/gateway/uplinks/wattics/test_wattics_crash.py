@@ -52,6 +52,7 @@ async def start_daemon(config: Path, log: Path) -> asyncio.subprocess.Process:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_kill_9_mid_send_then_restart_sends_nothing_twice_and_loses_nothing(
     tmp_path: Path, sdm630_server: tuple[int, SimulatedMeter]
