@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers.eventually import eventually, eventually_sync
+
 pytest_plugins = [
     "tests.fixtures.network",
     "tests.fixtures.mosquitto",
@@ -25,15 +27,15 @@ def no_leftover_threads() -> Iterator[None]:
     """Like pymodbus' own suite: a test that leaves threads running fails."""
     before = set(threading.enumerate())
     yield
-    deadline = 50
-    while deadline:
-        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        extra = [t for t in extra if not t.daemon or t.name.startswith("store")]
-        if not extra:
-            return
-        threading.Event().wait(0.05)
-        deadline -= 1
-    pytest.fail(f"test left threads running: {[t.name for t in extra]}")
+
+    def extra() -> list[threading.Thread]:
+        new = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        return [t for t in new if not t.daemon or t.name.startswith("store")]
+
+    try:
+        eventually_sync(lambda: not extra(), timeout=2.5, interval=0.05, what="threads to end")
+    except AssertionError:
+        pytest.fail(f"test left threads running: {[t.name for t in extra()]}")
 
 
 @pytest.fixture(autouse=True)
@@ -42,11 +44,13 @@ async def no_leftover_tasks() -> None:
     yield
     current = asyncio.current_task()
     leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    for _ in range(20):
-        if not leftover:
-            return
-        await asyncio.sleep(0.05)
-        leftover = [t for t in leftover if not t.done()]
-    for task in leftover:
-        task.cancel()
-    pytest.fail(f"test left tasks running: {[t.get_name() for t in leftover]}")
+
+    def running() -> list[asyncio.Task[object]]:
+        return [t for t in leftover if not t.done()]
+
+    try:
+        await eventually(lambda: not running(), timeout=1.0, interval=0.05, what="tasks to end")
+    except AssertionError:
+        for task in running():
+            task.cancel()
+        pytest.fail(f"test left tasks running: {[t.get_name() for t in running()]}")

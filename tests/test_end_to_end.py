@@ -21,6 +21,7 @@ from drivers.simulator import SimulatedMeter
 from tests.fakes.wattics import FakeWattics
 from tests.fixtures.modbus import SDM630_VALUES
 from tests.fixtures.mosquitto import MosquittoBroker
+from tests.helpers.eventually import eventually
 from tests.paths import REPO
 
 PASSWORD = "e2e-Pa55word-never-logged"
@@ -43,14 +44,6 @@ mqtt: {{host: 127.0.0.1, port: {mqtt_port}, topic_prefix: mg, keepalive_secs: 5}
 """
 
 
-async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def drain(sock: socket.socket) -> list[str]:
     messages = []
     while True:
@@ -71,6 +64,7 @@ async def retained(broker: MosquittoBroker, topic: str) -> str:
     raise AssertionError("no retained message")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_daemon_forwards_meter_values_in_local_time_and_stops_cleanly(
     tmp_path: Path,
@@ -115,13 +109,21 @@ async def test_daemon_forwards_meter_values_in_local_time_and_stops_cleanly(
 
         reader = asyncio.create_task(read_notifications(), name="notify-reader")
         try:
-            await wait_until(lambda: len(wattics.delivered("stream-incomer")) >= 3, 15, "3 packets")
+            await eventually(
+                lambda: len(wattics.delivered("stream-incomer")) >= 3,
+                timeout=15,
+                interval=0.05,
+                what="3 packets",
+            )
             assert await retained(mosquitto, "mg/e2e/status") == "online"
             # The meter changes: later packets carry the new reading.
             meter.set_values({**SDM630_VALUES, "energy_active_import": 12_346_000.0})
             seen = len(wattics.delivered("stream-incomer"))
-            await wait_until(
-                lambda: len(wattics.delivered("stream-incomer")) >= seen + 2, 10, "more"
+            await eventually(
+                lambda: len(wattics.delivered("stream-incomer")) >= seen + 2,
+                timeout=10,
+                interval=0.05,
+                what="more",
             )
             process.send_signal(signal.SIGTERM)
             stopped_at = time.monotonic()

@@ -25,6 +25,7 @@ def run(destdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_staged_install_upgrade_and_uninstall(tmp_path: Path) -> None:
     dest = tmp_path / "root"

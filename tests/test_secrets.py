@@ -36,6 +36,7 @@ from tests.fakes.wattics import FakeWattics
 from tests.faults.conftest import sdm630_meters
 from tests.fixtures.modbus import SDM630_VALUES
 from tests.fixtures.mosquitto import MosquittoBroker
+from tests.helpers.eventually import eventually
 from tests.paths import REPO
 
 #: env name -> value. The middle of each value is a token found nowhere else.
@@ -226,14 +227,16 @@ async def test_the_daemon_at_debug_and_its_mqtt_traffic_never_show_a_secret(
         try:
             await wattics.wait_accepted(3, timeout=15)
             wattics.reject_credentials()  # now Wattics refuses: pause, alert, probes
-            deadline = time.monotonic() + 10
-            while not (
-                any("credentials refused" in m for m in seen)
-                and any("switched to key B" in m for m in seen)
-                and enerkey.pushes
-            ):
-                assert time.monotonic() < deadline, "the refusals never reached MQTT"
-                await asyncio.sleep(0.1)
+            await eventually(
+                lambda: (
+                    any("credentials refused" in m for m in seen)
+                    and any("switched to key B" in m for m in seen)
+                    and enerkey.pushes
+                ),
+                timeout=10,
+                interval=0.1,
+                what="the refusals to reach MQTT",
+            )
             process.terminate()
             assert await asyncio.wait_for(process.wait(), 10) == 0
             await asyncio.sleep(0.3)  # the last retained messages

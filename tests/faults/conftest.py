@@ -22,6 +22,7 @@ import pytest
 from drivers.modbus.register_map import load_builtin
 from drivers.simulator import SimulatedMeter
 from tests.fixtures.modbus import SDM630_VALUES
+from tests.helpers.eventually import eventually
 from tests.paths import REPO
 
 #: How long a daemon may take from exec to its "running" line (imports, store open).
@@ -57,14 +58,6 @@ def stored_stamps(db: Path) -> dict[str, list[int]]:
     for meter, ts_ms in rows:
         stamps.setdefault(meter, []).append(ts_ms)
     return stamps
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class DaemonProcess:
@@ -105,13 +98,15 @@ class DaemonProcess:
 
     async def wait_running(self, timeout: float = START_TIMEOUT_S) -> None:
         """Until the daemon logged that it runs (store open, tasks started)."""
-        deadline = time.monotonic() + timeout
-        while " running: " not in self.log_text():
+
+        def started() -> bool:
+            if " running: " in self.log_text():
+                return True
             if not self.running:
                 raise AssertionError(f"daemon exited while starting:\n{self.log_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"daemon not running after {timeout:g} s")
-            await asyncio.sleep(0.02)
+            return False
+
+        await eventually(started, timeout=timeout, interval=0.02, what="the daemon to run")
 
     async def kill9(self) -> int:
         """SIGKILL now (a power cut, as far as the process can tell); its exit code."""

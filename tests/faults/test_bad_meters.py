@@ -22,7 +22,8 @@ from core.health import Health, MeterState
 from drivers.simulator import serve_modbus_tcp
 from gateway.config.schema import Config
 from gateway.daemon import DB_FILE, Daemon
-from tests.faults.conftest import long_form, sdm630_meters, stored_stamps, wait_until
+from tests.faults.conftest import long_form, sdm630_meters, stored_stamps
+from tests.helpers.eventually import eventually
 
 INTERVAL_MS = 200
 RUN_S = 15.0 if long_form() else 3.0
@@ -118,7 +119,12 @@ async def test_garbage_half_frames_and_silence_are_counted_while_a_good_meter_st
         daemon = Daemon(_config(tmp_path, ports), health=health)
         task = asyncio.get_running_loop().create_task(daemon.run(), name="daemon")
         try:
-            await wait_until(lambda: health.meter("good").reads > 0, 10, "the first good read")
+            await eventually(
+                lambda: health.meter("good").reads > 0,
+                timeout=10,
+                interval=0.02,
+                what="the first good read",
+            )
             await asyncio.sleep(RUN_S)
             assert not task.done()
         finally:

@@ -21,8 +21,8 @@ from tests.faults.conftest import (
     packet_ms,
     sdm630_meters,
     stored_stamps,
-    wait_until,
 )
+from tests.helpers.eventually import eventually
 
 PASSWORD = "cloud-outage-wattics-password"
 INTERVAL_MS = 200
@@ -48,6 +48,7 @@ uplinks:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120 if long_form() else 40)
 async def test_503s_timeouts_and_dropped_connections_then_everything_arrives_in_order(
     tmp_path: Path, daemon_factory: Callable[[Path, dict[str, str]], DaemonProcess]
@@ -66,7 +67,9 @@ async def test_503s_timeouts_and_dropped_connections_then_everything_arrives_in_
         daemon = daemon_factory(config, {"WATTICS_PASSWORD": PASSWORD})
         await daemon.start()
         await daemon.wait_running()
-        await wait_until(lambda: wattics.total_accepted() >= 4, 10, "first packets")
+        await eventually(
+            lambda: wattics.total_accepted() >= 4, timeout=10, interval=0.02, what="first packets"
+        )
         wattics.fail_for(PHASE_S, 503, retry_after=0.1)  # the service is down
         await asyncio.sleep(PHASE_S)
         slow_from = wattics.requests
@@ -82,7 +85,9 @@ async def test_503s_timeouts_and_dropped_connections_then_everything_arrives_in_
         await daemon.start()
         await daemon.wait_running()
         total = sum(len(stamps) for stamps in stored.values())
-        await wait_until(lambda: wattics.total_accepted() >= total, 20, "the backlog")
+        await eventually(
+            lambda: wattics.total_accepted() >= total, timeout=20, interval=0.02, what="the backlog"
+        )
         assert await daemon.stop() == 0
     assert wattics.statuses[503] > 0 and wattics.dropped == 6
     for meter, stamps in stored.items():

@@ -38,10 +38,10 @@ from tests.faults.conftest import (
     packet_ms,
     sdm630_meters,
     stored_stamps,
-    wait_until,
 )
 from tests.fixtures.modbus import SDM630_VALUES
 from tests.fixtures.mosquitto import MosquittoBroker
+from tests.helpers.eventually import eventually
 
 PASSWORD = "disk-wattics-password"
 STREAMS = {"m1": "s-m1", "m2": "s-m2"}
@@ -139,7 +139,9 @@ async def test_a_full_disk_refuses_loudly_deletes_nothing_and_recovers_by_itself
         daemon = Daemon(_config(tmp_path, modbus.port, wattics.url, budget), health=health)
         task = asyncio.get_running_loop().create_task(daemon.run(), name="daemon")
         try:
-            await wait_until(lambda: health.store_full, 15, "the store to fill up")
+            await eventually(
+                lambda: health.store_full, timeout=15, interval=0.02, what="the store to fill up"
+            )
             full_rows = sum(len(s) for s in stored_stamps(db).values())
             refused_before = sum(health.meter(m).errors["store_full"] for m in STREAMS)
             await asyncio.sleep(1.0)  # samples keep coming, and keep being refused
@@ -150,18 +152,24 @@ async def test_a_full_disk_refuses_loudly_deletes_nothing_and_recovers_by_itself
             assert "REFUSED" in caplog.text
 
             wattics.fail_for(0)  # the cloud is back: deliver, prune, and accept again
-            await wait_until(lambda: not health.store_full, 15, "the store to accept again")
+            await eventually(
+                lambda: not health.store_full,
+                timeout=15,
+                interval=0.02,
+                what="the store to accept again",
+            )
             # Every meter's samples stored after the recovery reach Wattics (a meter whose older
             # samples were all delivered and pruned meanwhile has none stored: it counts from now).
             recovered_ms = int(time.time() * 1000)
             newest = {m: stamps[-1] for m, stamps in stored_stamps(db).items()}
-            await wait_until(
+            await eventually(
                 lambda: all(
                     any(packet_ms(p) >= newest.get(m, recovered_ms) for p in wattics.delivered(s))
                     for m, s in STREAMS.items()
                 ),
-                10,
-                "samples stored after the recovery to reach Wattics",
+                timeout=10,
+                interval=0.02,
+                what="samples stored after the recovery to reach Wattics",
             )
         finally:
             daemon.stop()

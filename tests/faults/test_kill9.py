@@ -30,9 +30,9 @@ from tests.faults.conftest import (
     packet_ms,
     sdm630_meters,
     stored_stamps,
-    wait_until,
 )
 from tests.fixtures.modbus import SDM630_VALUES
+from tests.helpers.eventually import eventually
 
 KILLS = 100 if long_form() else 20
 PASSWORD = "kill9-wattics-password"
@@ -96,6 +96,7 @@ def _seed_backlog(db: Path) -> None:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400 if long_form() else 60)
 async def test_kill9_at_random_moments_loses_nothing_and_keeps_order(
     tmp_path: Path,
@@ -132,13 +133,14 @@ async def test_kill9_at_random_moments_loses_nothing_and_keeps_order(
         await daemon.start()
         await daemon.wait_running()
         stored = stored_stamps(db)
-        await wait_until(
+        await eventually(
             lambda: all(
                 {packet_ms(p) for p in wattics.delivered(METERS[m][1])} >= set(stamps)
                 for m, stamps in stored.items()
             ),
-            20,
-            "the backlog to drain",
+            timeout=20,
+            interval=0.02,
+            what="the backlog to drain",
         )
         assert await daemon.stop() == 0
 

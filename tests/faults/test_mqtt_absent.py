@@ -26,9 +26,9 @@ from tests.faults.conftest import (
     packet_ms,
     sdm630_meters,
     stored_stamps,
-    wait_until,
 )
 from tests.fixtures.network import free_port
+from tests.helpers.eventually import eventually
 
 PASSWORD = "mqtt-absent-wattics-password"
 INTERVAL_MS = 200
@@ -112,10 +112,11 @@ async def test_without_a_broker_every_sample_is_stored_and_delivered_on_time(
         await asyncio.sleep(RUN_S)
         # Delivered as they come: within a second of being stored, not in a burst at the end.
         stored = stored_stamps(data_dir / DB_FILE)["m1"]
-        await wait_until(
+        await eventually(
             lambda: {packet_ms(p) for p in wattics.delivered("s-m1")} >= set(stored),
-            1.0,
-            "Wattics to have every stored sample",
+            timeout=1.0,
+            interval=0.02,
+            what="Wattics to have every stored sample",
         )
         assert await daemon.stop() == 0
 

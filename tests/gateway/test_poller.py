@@ -9,10 +9,10 @@ from pathlib import Path
 from core.health import Health, MeterState
 from drivers.base import MeterReadError
 from drivers.config import MeterConfig
-from gateway.clock.clocks import SystemClock
 from gateway.poller import Poller
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
+from tests.helpers.clock import ManualClock
 
 
 class ScriptedReader:
@@ -30,11 +30,6 @@ class ScriptedReader:
             raise MeterReadError(self.failures.pop(0), "scripted failure")
         self.reads += 1
         return {"energy_active_import": float(self.reads), "power_active": 10.0}
-
-
-class UntrustedClock(SystemClock):
-    def trusted(self) -> bool:
-        return False
 
 
 def meter(meter_id: str, interval: float) -> MeterConfig:
@@ -105,7 +100,8 @@ async def test_nothing_is_stamped_while_the_clock_is_untrusted(tmp_path: Path) -
     astore = AsyncStore(Store(tmp_path / "s.sqlite3"))
     reader = ScriptedReader("m")
     health = Health()
-    poller = Poller([meter("m", 0.1)], {"m": reader}, astore, health, clock=UntrustedClock())
+    untrusted = ManualClock(speed=1.0, trusted=False)  # real time, never trusted
+    poller = Poller([meter("m", 0.1)], {"m": reader}, astore, health, clock=untrusted)
     try:
         await run_for(poller, 0.35)
         assert await astore.call(astore.store.count) == 0

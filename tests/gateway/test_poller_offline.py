@@ -20,28 +20,9 @@ from gateway.store.database import Store
 from tests.fakes.modbus_device import SimulatedMeter, SimulatorServer
 from tests.fixtures.modbus import SDM630_VALUES
 from tests.fixtures.socat import PtyPair
+from tests.helpers.clock import ManualClock
 
 START = 1_800_000_000.0  # a multiple of every interval used here
-
-
-class FakeClock:
-    """Virtual wall clock: sleeping advances it at once (one meter per test, so no races)."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-    def trusted(self) -> bool:
-        return True
 
 
 class FlakyMeter:
@@ -49,7 +30,7 @@ class FlakyMeter:
     and what the meter's health said just before it."""
 
     def __init__(
-        self, clock: FakeClock, health: MeterHealth, recovers_at: float, stop_after: int
+        self, clock: ManualClock, health: MeterHealth, recovers_at: float, stop_after: int
     ) -> None:
         self.meter_id = "m"
         self.clock = clock
@@ -84,7 +65,7 @@ def test_offline_delays_start_at_one_minute_or_the_interval_and_double_to_the_ca
 async def test_an_offline_meter_is_retried_slower_and_resumes_its_schedule(
     tmp_path: Path,
 ) -> None:
-    clock = FakeClock(START + 0.5)
+    clock = ManualClock(START + 0.5)  # virtual time (one meter per test, so no races)
     health = Health()
     reader = FlakyMeter(clock, health.meter("m"), recovers_at=START + 700, stop_after=16)
     meter = MeterConfig(

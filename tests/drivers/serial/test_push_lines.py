@@ -25,6 +25,7 @@ from tests.drivers.serial.test_sml import TYPICAL_VALUES, sml_config, typical
 from tests.fakes.serial_meters import D0Meter, PtyDevice
 from tests.fakes.telegrams import D0_BLOCK, D0_IDENTIFICATION, D0_VALUES, dsmr5_example
 from tests.fixtures.socat import PtyPair
+from tests.helpers.eventually import eventually
 
 #: The meter pushes every PUSH_SECS; the poller samples every INTERVAL_SECS.
 PUSH_SECS = 0.1
@@ -116,15 +117,18 @@ async def test_an_sml_head_that_disappears_and_comes_back_is_read_again(pty: Pty
         assert caught.value.kind in ("connection", "stale")
         await pty.start()  # ...and plugged in again, under the same name
         async with PtyDevice(pty.device) as head:
-            deadline = time.monotonic() + 3
-            while True:
+
+            async def push_and_read() -> dict[str, float]:
                 await head.write(typical(power=321))
-                try:
-                    values = await ehz.read()
-                except MeterReadError:
-                    assert time.monotonic() < deadline, "the port was never re-opened"
-                    continue
-                break
+                return await ehz.read()
+
+            values = await eventually(
+                push_and_read,
+                timeout=3,
+                interval=0,
+                retry_on=MeterReadError,
+                what="the port to be re-opened",
+            )
     assert values == TYPICAL_VALUES | {"power_active": 321.0}
     assert health.buses["ir"].reconnects >= 1
 

@@ -11,6 +11,7 @@ import pytest
 from tests.paths import REPO
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_demo_forwards_packets_from_both_meters_and_exits_cleanly() -> None:
     result = subprocess.run(

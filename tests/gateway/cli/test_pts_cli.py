@@ -24,7 +24,7 @@ from gateway.store.database import Store
 from gateway.uplinks.pts.uplink import PtsUplink
 from gateway.uplinks.registry import UplinkContext, build_uplinks
 from tests.fakes.pts import FakePts
-from tests.fixtures.pts import KEY, PtsClock
+from tests.fixtures.pts import KEY
 from tests.gateway.uplinks.pts.pts_helpers import (
     alerts,
     counted,
@@ -34,6 +34,7 @@ from tests.gateway.uplinks.pts.pts_helpers import (
     make_config,
     make_uplink,
 )
+from tests.helpers.clock import ManualClock
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +120,7 @@ def test_production_needs_its_address(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 async def test_manual_submission_from_the_command_line(
-    tmp_path: Path, fake_pts: FakePts, pts_clock: PtsClock, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fake_pts: FakePts, pts_clock: ManualClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake_pts.validation_delay_secs = 0
     config = load_config(write_config(tmp_path, fake_pts, status_poll_secs=0.05))
@@ -157,7 +158,7 @@ async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
 
 
 async def test_mqtt_pts_submit_command_runs_a_dry_run(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     await feed(astore, eastern_s(2026, 1, 28), eastern_s(2026, 2, 2))
     health = Health()
@@ -186,29 +187,12 @@ async def test_registry_builds_the_pts_uplink(tmp_path: Path, astore: AsyncStore
     assert uplink.config.api_root == "https://automatedreporting.masscec-pts.com/ptsstaging"
 
 
-class StoppingClock(PtsClock):
-    """Sleeping advances the virtual clock at once, until `stop_at`: then it waits forever."""
-
-    def __init__(self, now: float, stop_at: float) -> None:
-        super().__init__(now)
-        self.stop_at = stop_at
-        self.reached = asyncio.Event()
-        self.sleeps = 0
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps += 1
-        self.now += max(0.0, seconds)
-        if self.now >= self.stop_at:
-            self.reached.set()
-            await asyncio.Event().wait()
-        await asyncio.sleep(0)
-
-
 async def test_run_over_a_whole_window_submits_once_and_releases_samples(
     fake_pts: FakePts, astore: AsyncStore
 ) -> None:
     await feed(astore, eastern_s(2026, 1, 20), eastern_s(2026, 2, 8))
-    clock = StoppingClock(eastern_s(2026, 1, 25), stop_at=eastern_s(2026, 2, 8))
+    # sleeping advances virtual time at once, until Feb 8: there the uplink is held
+    clock = ManualClock(eastern_s(2026, 1, 25), stop_at=eastern_s(2026, 2, 8))
     fake_pts.clock = clock.time
     health = Health()
     config = make_config(fake_pts, check_every_secs=3600, status_poll_secs=600)
@@ -239,7 +223,7 @@ async def test_run_over_a_whole_window_submits_once_and_releases_samples(
 
 
 async def test_window_samples_survive_retention_until_the_reading_passed(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     await feed(astore, eastern_s(2026, 1, 20), eastern_s(2026, 2, 4))
     retention_ms = 48 * 3600 * 1000

@@ -24,31 +24,17 @@ from gateway.config.schema import Config
 from gateway.poller import Poller, poller_for
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
+from tests.helpers.clock import ManualClock
 
 INTERVAL = 0.1
 #: 1970-01-11: where a Raspberry Pi without RTC (and without fake-hwclock) boots.
 BOOT_1970 = 10 * 86_400.0
 
 
-class SteppableClock:
+def steppable_clock(*, wall_at: float | None = None, synced: bool = True) -> ManualClock:
     """Real monotonic time and sleeps; a wall clock that can be set anywhere (as `date -s`
-    would) and a switch for what the sync check says."""
-
-    def __init__(self, *, wall_at: float | None = None, synced: bool = True) -> None:
-        self.offset = 0.0 if wall_at is None else wall_at - time.time()
-        self.synced = synced
-
-    def time(self) -> float:
-        return time.time() + self.offset
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
-
-    def trusted(self) -> bool:
-        return self.synced
+    would) and a switch (`is_trusted`) for what the sync check says."""
+    return ManualClock(wall_at, monotonic=time.monotonic(), speed=1.0, trusted=synced)
 
 
 class CountingMeter:
@@ -71,7 +57,7 @@ async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
 
 
 def meters(*ids: str) -> list[MeterConfig]:
-    return [MeterConfig(id=i, bus="b", model="sdm630", interval=INTERVAL) for i in ids]
+    return [MeterConfig(id=i, bus="b", model="sdm630", interval_secs=INTERVAL) for i in ids]
 
 
 async def rows_of(astore: AsyncStore, meter: str) -> list[StoredSample]:
@@ -96,7 +82,7 @@ def assert_in_time_order(rows: list[StoredSample]) -> None:
 async def test_readings_from_a_1970_boot_are_stamped_with_their_real_time_once_ntp_syncs(
     astore: AsyncStore,
 ) -> None:
-    clock = SteppableClock(wall_at=BOOT_1970, synced=False)
+    clock = steppable_clock(wall_at=BOOT_1970, synced=False)
     health = Health()
     readers = {"a": CountingMeter("a"), "b": CountingMeter("b")}
     poller = Poller(meters("a", "b"), dict(readers), astore, health, clock=clock)
@@ -107,7 +93,8 @@ async def test_readings_from_a_1970_boot_are_stamped_with_their_real_time_once_n
         held = health.clock.held
         assert held == len(readers["a"].read_at) + len(readers["b"].read_at) >= 6
 
-        clock.offset, clock.synced = 0.0, True  # NTP answered: the clock jumps 56 years
+        clock.set_wall(time.time())  # NTP answered: the clock jumps 56 years
+        clock.is_trusted = True
         await asyncio.sleep(0.35)
     finally:
         await stop(task)
@@ -131,7 +118,7 @@ async def test_a_clock_never_synchronised_stores_flagged_samples_after_the_hold_
     # Yesterday's run stored a sample at the real time; this boot's clock says 1970.
     seeded = Sample("a", round(time.time() * 1000) - 5_000, {"energy_active_import": 1000.0})
     await astore.append([seeded])
-    clock = SteppableClock(wall_at=BOOT_1970, synced=False)
+    clock = steppable_clock(wall_at=BOOT_1970, synced=False)
     health = Health()
     reader = CountingMeter("a")
     poller = Poller(meters("a"), {"a": reader}, astore, health, clock=clock, hold_max_secs=0.25)
@@ -156,7 +143,7 @@ async def test_a_clock_never_synchronised_stores_flagged_samples_after_the_hold_
 
 
 async def test_the_hold_is_bounded_by_count_as_well(astore: AsyncStore) -> None:
-    clock = SteppableClock(wall_at=BOOT_1970, synced=False)
+    clock = steppable_clock(wall_at=BOOT_1970, synced=False)
     health = Health()
     reader = CountingMeter("a")
     poller = Poller(meters("a"), {"a": reader}, astore, health, clock=clock, hold_max_samples=3)
@@ -175,7 +162,7 @@ async def test_the_hold_is_bounded_by_count_as_well(astore: AsyncStore) -> None:
 async def test_a_clock_stepping_back_an_hour_never_reorders_data_and_says_so_once(
     astore: AsyncStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = SteppableClock()
+    clock = steppable_clock()
     health = Health()
     reader = CountingMeter("a")
     poller = Poller(meters("a"), {"a": reader}, astore, health, clock=clock)
@@ -184,10 +171,10 @@ async def test_a_clock_stepping_back_an_hour_never_reorders_data_and_says_so_onc
         await asyncio.sleep(0.35)
         with caplog.at_level(logging.WARNING, logger="gateway.poller"):
             stepped_ms = round(time.time() * 1000)
-            clock.offset = -3600.0  # someone (or a bad time source) sets the clock back
+            clock.step_wall(-3600.0)  # someone (or a bad time source) sets the clock back
             await asyncio.sleep(0.45)
             restored_ms = round(time.time() * 1000)
-            clock.offset = 0.0  # NTP steps it right again
+            clock.step_wall(3600.0)  # NTP steps it right again
             await asyncio.sleep(0.35)
     finally:
         await stop(task)

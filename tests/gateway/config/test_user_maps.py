@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from gateway.config.schema import Config
 from gateway.daemon import DB_FILE, Daemon
 from gateway.ops.discovery import describe_meters
 from gateway.store.database import Store
+from tests.helpers.eventually import eventually
 from tests.paths import REPO
 
 #: A sub-meter no built-in map covers: holding registers, scaled integers, a little-endian s32.
@@ -221,12 +221,15 @@ async def test_the_daemon_stores_values_read_through_a_file_map_and_an_inline_ma
     health = Health()
     daemon = Daemon(config, health=health)
     task = asyncio.get_running_loop().create_task(daemon.run(), name="daemon")
+
+    def both_read() -> bool:
+        if health.meter("pump").reads and health.meter("sibling").reads:
+            return True
+        assert not task.done()
+        return False
+
     try:
-        deadline = time.monotonic() + 10
-        while not (health.meter("pump").reads and health.meter("sibling").reads):
-            assert time.monotonic() < deadline, "no read within 10 s"
-            assert not task.done()
-            await asyncio.sleep(0.05)
+        await eventually(both_read, timeout=10, interval=0.05, what="a read of both meters")
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 10)

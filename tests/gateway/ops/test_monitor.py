@@ -26,6 +26,7 @@ from gateway.ops.monitor import HealthRenderer, Monitor, health_messages, measur
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from tests.fixtures.mosquitto import MosquittoBroker
+from tests.helpers.eventually import eventually
 from tests.paths import REPO
 
 PREFIX = "test-gw"
@@ -149,13 +150,6 @@ async def retained_under(broker: MosquittoBroker, pattern: str) -> dict[str, str
                 assert isinstance(message.payload, bytes)
                 found[str(message.topic)] = message.payload.decode()
     raise AssertionError("unreachable")
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Wait for a plain attribute or log line to change: nothing there to await."""
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def topic(suffix: str, gateway_id: str = "site-1") -> str:
@@ -293,7 +287,7 @@ async def test_store_figures_reach_health(tmp_path: Path) -> None:
                 health, astore, [TwoStreamUplink()], every_secs=60, clock_trusted=lambda: True
             )
         )
-        await eventually(lambda: health.store_bytes is not None)
+        await eventually(lambda: health.store_bytes is not None, timeout=3.0)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     finally:
@@ -477,7 +471,7 @@ async def test_broker_away_publish_stays_instant_and_bounded_then_state_is_curre
         async with Subscriber(mosquitto) as operator:
             await operator.until(topic("status"), "online")
         mosquitto.stop()
-        await eventually(lambda: not monitor.connected)
+        await eventually(lambda: not monitor.connected, timeout=3.0)
 
         # The data path keeps publishing while the broker is away: never blocked, never unbounded.
         dropped_before = monitor.dropped
@@ -545,12 +539,14 @@ async def test_authenticates_and_never_logs_the_password(
     broker = mosquitto_factory(f"allow_anonymous false\npassword_file {password_file}\n")
     wrong = fast_monitor(mqtt_config(broker, username="gateway", password="wrong-Pa55"), Health())
     async with running(wrong):
-        await eventually(lambda: any("unreachable" in r.getMessage() for r in caplog.records))
+        await eventually(
+            lambda: any("unreachable" in r.getMessage() for r in caplog.records), timeout=3.0
+        )
     assert not wrong.connected
 
     right = fast_monitor(mqtt_config(broker, username="gateway", password="s3cret-Pa55"), Health())
     async with running(right):
-        await eventually(lambda: right.connected)
+        await eventually(lambda: right.connected, timeout=3.0)
     assert "s3cret-Pa55" not in caplog.text
     assert "wrong-Pa55" not in caplog.text
     assert "s3cret-Pa55" not in repr(right.config)

@@ -19,7 +19,8 @@ from gateway.config.loader import parse_config
 from gateway.config.schema import MqttCommandsConfig, MqttConfig, MqttTlsConfig
 from gateway.ops.monitor import tls_context
 from tests.fixtures.mosquitto import MosquittoBroker
-from tests.gateway.ops.test_monitor import eventually, fast_monitor, mqtt_config, running, topic
+from tests.gateway.ops.test_monitor import fast_monitor, mqtt_config, running, topic
+from tests.helpers.eventually import eventually
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl binary is not installed")
@@ -153,7 +154,7 @@ async def test_tls_with_a_client_certificate_and_a_password(
     config = mqtt_config(broker, tls=tls, username="gateway", password="tls-Pa55word")
     monitor = fast_monitor(config, Health())
     async with running(monitor):
-        await eventually(lambda: monitor.connected)
+        await eventually(lambda: monitor.connected, timeout=3.0)
         assert await retained_over_tls(broker, pki, topic("status")) == "online"
     assert "tls-Pa55word" not in caplog.text
 
@@ -170,7 +171,7 @@ async def test_without_its_client_certificate_the_gateway_is_refused(
     config = mqtt_config(broker, tls=MqttTlsConfig(ca_file=pki.ca), timeout_secs=0.5)
     monitor = fast_monitor(config, Health())
     async with running(monitor):
-        await eventually(lambda: "unreachable" in caplog.text)
+        await eventually(lambda: "unreachable" in caplog.text, timeout=3.0)
         assert not monitor.connected
 
 
@@ -190,7 +191,7 @@ async def test_a_broker_certificate_that_does_not_verify_is_refused(
         config = mqtt_config(broker, host="localhost", tls=MqttTlsConfig(ca_file=pki.ca))
     monitor = fast_monitor(config, Health())
     async with running(monitor):
-        await eventually(lambda: "certificate verify failed" in caplog.text)
+        await eventually(lambda: "certificate verify failed" in caplog.text, timeout=3.0)
         assert not monitor.connected
 
 
@@ -203,7 +204,7 @@ async def test_a_missing_ca_file_is_reported_and_retried_never_fatal(
     config = mqtt_config(mosquitto, tls=MqttTlsConfig(ca_file=tmp_path / "missing-ca.crt"))
     monitor = fast_monitor(config, Health())
     async with running(monitor) as task:
-        await eventually(lambda: "TLS set-up failed" in caplog.text)
+        await eventually(lambda: "TLS set-up failed" in caplog.text, timeout=3.0)
         await asyncio.sleep(0.3)  # several more attempts
         assert not task.done()  # still trying: the data path is never taken down by MQTT
     assert caplog.text.count("TLS set-up failed") == 1  # logged once, then only counted

@@ -26,7 +26,8 @@ from tests.fakes.wattics import FakeWattics
 from tests.fixtures.modbus import SDM630_VALUES
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.wattics import PASSWORD, USERNAME
-from tests.gateway.ops.test_monitor import Subscriber, eventually, retained, retained_under
+from tests.gateway.ops.test_monitor import Subscriber, retained, retained_under
+from tests.helpers.eventually import eventually
 
 INTERVAL_S = 0.25
 BASE = "test-gw/site-1"
@@ -138,7 +139,9 @@ async def test_broker_restart_mid_run_loses_no_sample_and_state_comes_back_curre
         await asyncio.to_thread(mosquitto.stop)
         outage_from = len(fake_wattics.delivered(STREAM))
         # While the broker is away the data path carries on at full rate.
-        await eventually(lambda: len(fake_wattics.delivered(STREAM)) >= outage_from + 3)
+        await eventually(
+            lambda: len(fake_wattics.delivered(STREAM)) >= outage_from + 3, timeout=3.0
+        )
         await asyncio.to_thread(mosquitto.start)
 
         async with Subscriber(mosquitto) as operator:
@@ -161,7 +164,8 @@ async def test_broker_restart_mid_run_loses_no_sample_and_state_comes_back_curre
         assert any(t.endswith("/meter_incomer_energy_active_import/config") for t in discovery)
         # Let delivery catch up with polling before stopping.
         await eventually(
-            lambda: len(fake_wattics.delivered(STREAM)) >= health.meter("incomer").reads
+            lambda: len(fake_wattics.delivered(STREAM)) >= health.meter("incomer").reads,
+            timeout=3.0,
         )
         caught_up = len(fake_wattics.delivered(STREAM))
     assert await retained(mosquitto, f"{BASE}/status") == "offline"

@@ -23,6 +23,7 @@ from tests.gateway.ops.test_monitor import (
     running,
     topic,
 )
+from tests.helpers.eventually import eventually
 
 CHANNELS = frozenset({"power_active", "voltage_l1", "energy_active_import"})
 
@@ -132,10 +133,12 @@ async def test_a_meter_removed_from_config_loses_its_entities_at_the_next_start(
         for pv_topic in pv_topics:
             await home_assistant.until(pv_topic, "")
         await published(home_assistant, after)
+
         # ... and the gateway forgets them once they are cleared.
-        async with asyncio.timeout(3):
-            while set(await remembered(astore)) != set(after.discovery):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        async def forgotten() -> bool:
+            return set(await remembered(astore)) == set(after.discovery)
+
+        await eventually(forgotten, timeout=3.0, what="the cleared entities to be forgotten")
     assert await retained_under(mosquitto, "homeassistant/#") == after.discovery
 
     # Discovery switched off: every entity this gateway created goes.

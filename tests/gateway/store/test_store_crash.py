@@ -18,6 +18,7 @@ from tests.paths import REPO
 KILLS = int(os.environ.get("MG_CRASH_KILLS", "20"))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_sigkill_loses_no_committed_sample(tmp_path: Path) -> None:
     path = tmp_path / "crash.sqlite3"

@@ -16,7 +16,6 @@ from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from tests.fakes.enerkey import FakeEnerKey
 from tests.fakes.pts import FakePts
-from tests.fixtures.pts import PtsClock
 from tests.gateway.uplinks.enerkey.test_enerkey_uplink import (
     CHANNEL,
     MIN,
@@ -34,6 +33,7 @@ from tests.gateway.uplinks.pts.pts_helpers import (
     make_config,
     make_uplink,
 )
+from tests.helpers.clock import ManualClock
 
 #: The electrician swaps the meter at 02:30 UTC (EnerKey tests) — its register starts anew.
 SWAP = hour(2) + 30 * MIN
@@ -159,7 +159,7 @@ def pts_samples(flagged_at_s: float, flag: str, *, value_wh: float | None = None
 
 
 async def test_pts_refuses_a_counter_flagged_month_end_reading_for_a_human(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     midnight = eastern_s(2026, 2, 1)
     # flagged counter_jump although its value would pass every other check: the flag decides
@@ -183,7 +183,7 @@ async def test_pts_refuses_a_counter_flagged_month_end_reading_for_a_human(
 
 
 async def test_pts_passes_over_samples_stamped_by_an_untrusted_clock(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     # The sample "at midnight" was stamped by a clock nobody vouched for: not a month end.
     assert None not in await astore.append(

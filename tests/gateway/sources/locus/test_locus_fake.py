@@ -15,8 +15,8 @@ from tests.fixtures.locus import (
     PASSWORD,
     PV_ROOF,
     USERNAME,
-    FastClock,
 )
+from tests.helpers.clock import ManualClock
 
 
 async def token(
@@ -50,7 +50,7 @@ async def get(
         return response.status, await response.json(content_type=None)
 
 
-async def test_grants_and_token_expiry(fake_locus: FakeLocus, locus_clock: FastClock) -> None:
+async def test_grants_and_token_expiry(fake_locus: FakeLocus, locus_clock: ManualClock) -> None:
     async with aiohttp.ClientSession() as session:
         answer = await password_token(session, fake_locus)
         assert answer["expires_in"] == 3600 and answer["refresh_token"]
@@ -82,7 +82,7 @@ async def test_a_second_concurrent_request_gets_the_locus_429(fake_locus: FakeLo
 
 
 async def test_data_arguments_span_limits_and_gzip(
-    fake_locus: FakeLocus, locus_clock: FastClock
+    fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     path = f"/v3/components/{PV_ROOF}/data"
     async with aiohttp.ClientSession() as session:

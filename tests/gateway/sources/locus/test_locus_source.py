@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,10 +27,12 @@ from tests.fixtures.locus import (
     PASSWORD,
     PV_CARPORT,
     SECRETS,
-    FastClock,
+    fast_clock,
     locus_yaml,
     make_fake,
 )
+from tests.helpers.clock import ManualClock
+from tests.helpers.eventually import eventually
 
 STEP_MS = 300_000
 ROOF = "      pv-roof: {component_id: 54369}\n"
@@ -56,7 +57,7 @@ async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
 
 @contextlib.asynccontextmanager
 async def running(
-    config: Config, astore: AsyncStore, health: Health, clock: FastClock
+    config: Config, astore: AsyncStore, health: Health, clock: ManualClock
 ) -> AsyncIterator[LocusEnergySource]:
     section = config.sources.locus
     assert isinstance(section, LocusConfig)
@@ -68,14 +69,6 @@ async def running(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.02)
 
 
 def stored(astore: AsyncStore, meter: str) -> list[Sample]:
@@ -108,7 +101,7 @@ def seed(astore: AsyncStore, meter: str, ts_ms: int, counter: float) -> None:
 
 
 async def test_older_data_is_backfilled_in_order_then_latest_is_polled(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     now_ms = int(locus_clock.time() * 1000)
     seeded = now_ms - now_ms % STEP_MS - 2 * 3_600_000  # two hours behind
@@ -116,7 +109,7 @@ async def test_older_data_is_backfilled_in_order_then_latest_is_polled(
     health = Health()
     config = config_for(tmp_path, fake_locus, ROOF)
     async with running(config, astore, health, locus_clock):
-        await wait_for(lambda: health.meter("pv-roof").reads >= 3)
+        await eventually(lambda: health.meter("pv-roof").reads >= 3, timeout=8.0, interval=0.02)
     samples = stored(astore, "pv-roof")[1:]
     assert samples[0].ts_ms == seeded + STEP_MS
     assert len(samples) >= 24  # the two hours, then what latest brought
@@ -132,7 +125,7 @@ async def test_older_data_is_backfilled_in_order_then_latest_is_polled(
 
 
 async def test_token_expiring_mid_run_is_renewed_and_nothing_is_lost(
-    tmp_path: Path, astore: AsyncStore, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, locus_clock: ManualClock
 ) -> None:
     now_ms = int(locus_clock.time() * 1000)
     seed(astore, "pv-roof", now_ms - now_ms % STEP_MS - 3_600_000, 0.0)
@@ -141,12 +134,12 @@ async def test_token_expiring_mid_run_is_renewed_and_nothing_is_lost(
     async with make_fake(locus_clock, expires_in=600) as fake:
         config = config_for(tmp_path, fake, ROOF, extra="    token_refresh_margin_secs: 120\n")
         async with running(config, astore, health, locus_clock) as source:
-            await wait_for(lambda: fake.grants["refresh_token"] >= 1)
+            await eventually(lambda: fake.grants["refresh_token"] >= 1, timeout=8.0, interval=0.02)
             # The server forgets every token early: the next call gets 401, renews, repeats.
             fake.expire_tokens()
-            await wait_for(lambda: fake.statuses[401] >= 1)
+            await eventually(lambda: fake.statuses[401] >= 1, timeout=8.0, interval=0.02)
             target = polls(fake) + 3
-            await wait_for(lambda: polls(fake) >= target)
+            await eventually(lambda: polls(fake) >= target, timeout=8.0, interval=0.02)
             tokens = source.workers[0].client.tokens
     assert fake.grants["password"] == 1  # the refresh token did all the renewing
     assert fake.grants["refresh_token"] >= 2 and tokens.refreshes >= 2
@@ -158,26 +151,28 @@ async def test_token_expiring_mid_run_is_renewed_and_nothing_is_lost(
 
 
 async def test_outage_is_reported_then_backfilled_in_order(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     now_ms = int(locus_clock.time() * 1000)
     seed(astore, "pv-roof", now_ms - now_ms % STEP_MS - 1_800_000, 500.0)
     health = Health()
     config = config_for(tmp_path, fake_locus, ROOF)
     async with running(config, astore, health, locus_clock):
-        await wait_for(lambda: polls(fake_locus) >= 1)
+        await eventually(lambda: polls(fake_locus) >= 1, timeout=8.0, interval=0.02)
         fake_locus.outage(503)
         meter = health.meter("pv-roof")
-        await wait_for(lambda: meter.state is MeterState.OFFLINE)
+        await eventually(lambda: meter.state is MeterState.OFFLINE, timeout=8.0, interval=0.02)
         before = astore.store.last_ts("pv-roof")
         # 30 minutes of fast time without Locus (retried with backoff meanwhile).
         await asyncio.sleep(1_800 / locus_clock.speed)
         assert astore.store.last_ts("pv-roof") == before
         fake_locus.restore()
-        await wait_for(lambda: meter.state is MeterState.OK)
-        await wait_for(lambda: len(fake_locus.data_requests("5min")) >= 2)
+        await eventually(lambda: meter.state is MeterState.OK, timeout=8.0, interval=0.02)
+        await eventually(
+            lambda: len(fake_locus.data_requests("5min")) >= 2, timeout=8.0, interval=0.02
+        )
         after = polls(fake_locus)
-        await wait_for(lambda: polls(fake_locus) >= after + 2)
+        await eventually(lambda: polls(fake_locus) >= after + 2, timeout=8.0, interval=0.02)
     assert meter.errors["server"] >= 3
     assert "503" in (meter.last_error or "")
     samples = stored(astore, "pv-roof")[1:]
@@ -186,7 +181,7 @@ async def test_outage_is_reported_then_backfilled_in_order(
 
 
 async def test_one_request_at_a_time_for_all_meters(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     fake_locus.slow(0.02)  # a second request would overlap: the fake answers it 429
     health = Health()
@@ -196,7 +191,11 @@ async def test_one_request_at_a_time_for_all_meters(
     )
     config = config_for(tmp_path, fake_locus, meters, extra="    counter_baseline: zero\n")
     async with running(config, astore, health, locus_clock):
-        await wait_for(lambda: all(health.meter(f"pv-{n}").reads >= 3 for n in range(4)))
+        await eventually(
+            lambda: all(health.meter(f"pv-{n}").reads >= 3 for n in range(4)),
+            timeout=8.0,
+            interval=0.02,
+        )
     assert fake_locus.max_in_flight == 1
     assert 429 not in fake_locus.statuses
     for n in range(4):
@@ -204,14 +203,14 @@ async def test_one_request_at_a_time_for_all_meters(
 
 
 async def test_rate_limit_answer_pauses_and_is_counted(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     health = Health()
     config = config_for(tmp_path, fake_locus, ROOF, extra="    counter_baseline: zero\n")
     async with running(config, astore, health, locus_clock) as source:
-        await wait_for(lambda: polls(fake_locus) >= 1)
+        await eventually(lambda: polls(fake_locus) >= 1, timeout=8.0, interval=0.02)
         fake_locus.fail_next(2, 429)
-        await wait_for(lambda: polls(fake_locus) >= 4)
+        await eventually(lambda: polls(fake_locus) >= 4, timeout=8.0, interval=0.02)
         gate = source.workers[0].client.gate
     meter = health.meter("pv-roof")
     assert meter.errors["rate_limited"] == 2
@@ -224,7 +223,7 @@ async def test_missing_field_is_a_clear_error_and_other_meters_go_on(
     tmp_path: Path,
     astore: AsyncStore,
     fake_locus: FakeLocus,
-    locus_clock: FastClock,
+    locus_clock: ManualClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     health = Health()
@@ -236,7 +235,7 @@ async def test_missing_field_is_a_clear_error_and_other_meters_go_on(
     config = config_for(tmp_path, fake_locus, meters, extra="    counter_baseline: zero\n")
     with caplog.at_level(logging.INFO):
         async with running(config, astore, health, locus_clock):
-            await wait_for(lambda: polls(fake_locus) >= 3)
+            await eventually(lambda: polls(fake_locus) >= 3, timeout=8.0, interval=0.02)
     bad = health.meter("pv-bad")
     assert bad.state is MeterState.OFFLINE
     assert bad.errors["config"] == 1
@@ -253,7 +252,7 @@ async def test_missing_field_is_a_clear_error_and_other_meters_go_on(
 
 
 async def test_node_id_lookup_and_lifetime_counter_at_first_start(
-    tmp_path: Path, astore: AsyncStore, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, locus_clock: ManualClock
 ) -> None:
     health = Health()
     now_ms = int(locus_clock.time() * 1000)
@@ -264,7 +263,7 @@ async def test_node_id_lookup_and_lifetime_counter_at_first_start(
         carport.gaps = [(gap_start, gap_start + 2 * 86_400_000 + 7 * 60_000)]
         config = config_for(tmp_path, fake, CARPORT)
         async with running(config, astore, health, locus_clock):
-            await wait_for(lambda: polls(fake) >= 2)
+            await eventually(lambda: polls(fake) >= 2, timeout=8.0, interval=0.02)
     lookups = [s for s in fake.history if s.path.endswith("/components")]
     assert lookups[0].query == {"nodeId": "OB.001EC1111DC9.1"}
     assert {s.path for s in fake.data_requests()} == {f"/v3/components/{PV_CARPORT}/data"}
@@ -281,7 +280,7 @@ async def test_node_id_lookup_and_lifetime_counter_at_first_start(
 
 
 async def test_client_credentials_grant(
-    tmp_path: Path, astore: AsyncStore, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, locus_clock: ManualClock
 ) -> None:
     health = Health()
     async with make_fake(locus_clock, password_grant=False) as fake:
@@ -289,19 +288,21 @@ async def test_client_credentials_grant(
             tmp_path, fake, ROOF, password_grant=False, extra="    counter_baseline: zero\n"
         )
         async with running(config, astore, health, locus_clock):
-            await wait_for(lambda: health.meter("pv-roof").reads >= 1)
+            await eventually(lambda: health.meter("pv-roof").reads >= 1, timeout=8.0, interval=0.02)
     assert fake.grants == {"client_credentials": 1}
     assert health.meter("pv-roof").state is MeterState.OK
 
 
 async def test_refused_credentials_pause_and_alert(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     health = Health()
     text = f'gateway: {{id: site, data_dir: "{tmp_path}"}}\n' + locus_yaml(fake_locus.url, ROOF)
     config = parse_config(text, "site.yaml", {**SECRETS, "LOCUS_PASSWORD": "wrong"})
     async with running(config, astore, health, locus_clock):
-        await wait_for(lambda: health.meter("pv-roof").errors["auth"] >= 1)
+        await eventually(
+            lambda: health.meter("pv-roof").errors["auth"] >= 1, timeout=8.0, interval=0.02
+        )
         await asyncio.sleep(0.2)
     meter = health.meter("pv-roof")
     assert meter.errors["auth"] == 1  # waits auth_probe_secs (15 fast minutes) to try again
@@ -313,7 +314,7 @@ async def test_refused_credentials_pause_and_alert(
 
 
 async def test_a_long_gap_is_read_in_windows_oldest_first(
-    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: FastClock
+    tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus, locus_clock: ManualClock
 ) -> None:
     now_ms = int(locus_clock.time() * 1000)
     seeded = now_ms - now_ms % STEP_MS - 3 * 3_600_000 - 2 * STEP_MS
@@ -321,7 +322,7 @@ async def test_a_long_gap_is_read_in_windows_oldest_first(
     health = Health()
     config = config_for(tmp_path, fake_locus, ROOF, extra="    backfill_window_secs: 1h\n")
     async with running(config, astore, health, locus_clock):
-        await wait_for(lambda: health.meter("pv-roof").reads >= 1)
+        await eventually(lambda: health.meter("pv-roof").reads >= 1, timeout=8.0, interval=0.02)
     starts = [seen.query["start"] for seen in fake_locus.data_requests("5min")]
     assert starts[:4] == [locus_time(seeded + n * 3_600_000) for n in range(4)]
     assert_complete_series(stored(astore, "pv-roof")[1:], 1, 42.0)
@@ -330,11 +331,12 @@ async def test_a_long_gap_is_read_in_windows_oldest_first(
 async def test_nothing_is_asked_while_the_clock_is_untrusted(
     tmp_path: Path, astore: AsyncStore, fake_locus: FakeLocus
 ) -> None:
-    clock = FastClock()
-    clock.trusted = lambda: False  # type: ignore[method-assign]
+    clock = fast_clock(trusted=False)
     health = Health()
     config = config_for(tmp_path, fake_locus, ROOF)
     async with running(config, astore, health, clock):
-        await wait_for(lambda: health.meter("pv-roof").errors["clock"] >= 1)
+        await eventually(
+            lambda: health.meter("pv-roof").errors["clock"] >= 1, timeout=8.0, interval=0.02
+        )
     assert fake_locus.data_requests() == []
     assert stored(astore, "pv-roof") == []

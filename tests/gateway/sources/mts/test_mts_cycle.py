@@ -10,7 +10,8 @@ from core.health import Health, MeterState
 from gateway.sources.mts.state import NAMESPACE
 from tests.fakes.mts import DAY_MS, PERIOD_MS, FakeMeter, FakeMts, default_energy_kwh
 from tests.fixtures.mts import METER_PASSWORD, REMOTE_ADDRESS, SERIAL
-from tests.gateway.sources.mts.mts_helpers import METER, opened_store, running, section, wait_until
+from tests.gateway.sources.mts.mts_helpers import METER, opened_store, running, section
+from tests.helpers.eventually import eventually
 
 
 def yesterday_midnight_ms() -> int:
@@ -28,8 +29,8 @@ async def test_a_test_is_requested_polled_and_its_survey_and_registers_stored(
         opened_store(tmp_path) as astore,
         running(section(fake_mts), astore, health) as runtime,
     ):
-        await wait_until(lambda: astore.store.last_ts(f"{METER}-registers") is not None)
-        await wait_until(lambda: not runtime.state.pending, what="the test done")
+        await eventually(lambda: astore.store.last_ts(f"{METER}-registers") is not None)
+        await eventually(lambda: not runtime.state.pending, what="the test done")
         survey = astore.store.read(METER, 0, 1000)
         registers = astore.store.read(f"{METER}-registers", 0, 10)
         pending = await astore.state(NAMESPACE, "pending")
@@ -74,10 +75,10 @@ async def test_consecutive_overlapping_surveys_are_stored_once_in_order(
     fake_mts._now = lambda: time.time() + day[0] * 86_400  # MTS lives a day later each test
     config = section(fake_mts, meter={"survey_days": 2, "schedule": {"every": "300ms"}})
     async with opened_store(tmp_path) as astore, running(config, astore):
-        await wait_until(lambda: astore.store.count(METER) == 96, what="first survey")
+        await eventually(lambda: astore.store.count(METER) == 96, what="first survey")
         day[0] = 1
-        await wait_until(lambda: astore.store.count(METER) > 96, what="second survey")
-        await wait_until(lambda: len(fake_mts.tests) >= 3, what="a third test")
+        await eventually(lambda: astore.store.count(METER) > 96, what="second survey")
+        await eventually(lambda: len(fake_mts.tests) >= 3, what="a third test")
         survey = astore.store.read(METER, 0, 1000)
     start = yesterday_midnight_ms() - DAY_MS
     stamps = [row.sample.ts_ms for row in survey]
@@ -104,8 +105,8 @@ async def test_error_results_serial_mismatch_and_clock_offset_are_reported(
     )
     health = Health()
     async with opened_store(tmp_path) as astore, running(config, astore, health):
-        await wait_until(lambda: len(health.alerts) >= 3, what="three alerts")
-        await wait_until(lambda: health.meter("drifting").reads == 1)
+        await eventually(lambda: len(health.alerts) >= 3, what="three alerts")
+        await eventually(lambda: health.meter("drifting").reads == 1)
         stored = {name: astore.store.count(name) for name in meters}
 
     dead = health.meter("dead")

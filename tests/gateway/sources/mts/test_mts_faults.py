@@ -8,14 +8,15 @@ from pathlib import Path
 from core.health import Health
 from tests.fakes.mts import FakeMts
 from tests.fixtures.mts import TOKEN
-from tests.gateway.sources.mts.mts_helpers import METER, opened_store, running, section, wait_until
+from tests.gateway.sources.mts.mts_helpers import METER, opened_store, running, section
+from tests.helpers.eventually import eventually
 
 
 async def test_only_service_status_goes_without_the_token(
     tmp_path: Path, fake_mts: FakeMts
 ) -> None:
     async with opened_store(tmp_path) as astore, running(section(fake_mts), astore) as runtime:
-        await wait_until(lambda: astore.store.count(METER) == 48)
+        await eventually(lambda: astore.store.count(METER) == 48)
     assert runtime.service == {"serviceVersion": "3.0.0", "status": "OK"}
     for operation, headers in fake_mts.seen_headers:
         if operation == "service-status":
@@ -31,12 +32,12 @@ async def test_a_refused_token_pauses_every_meter_alerts_once_and_resumes_when_f
     fake_mts.token = None  # the token was deleted in MTS
     health = Health()
     async with opened_store(tmp_path) as astore, running(section(fake_mts), astore, health):
-        await wait_until(lambda: health.meter(METER).errors["auth"] >= 2, what="a probe")
+        await eventually(lambda: health.meter(METER).errors["auth"] >= 2, what="a probe")
         assert astore.store.count(METER) == 0
         auth_alerts = [a for a in health.alerts if "refused the API token" in a.message]
         assert len(auth_alerts) == 1
         fake_mts.token = TOKEN  # a new token... (the same value, for the test)
-        await wait_until(lambda: astore.store.count(METER) == 48, what="the survey")
+        await eventually(lambda: astore.store.count(METER) == 48, what="the survey")
     assert fake_mts.statuses[401] == health.meter(METER).errors["auth"]
     assert TOKEN not in caplog.text
 
@@ -45,9 +46,9 @@ async def test_forbidden_is_paused_like_unauthorised(tmp_path: Path, fake_mts: F
     fake_mts.forbid()
     health = Health()
     async with opened_store(tmp_path) as astore, running(section(fake_mts), astore, health):
-        await wait_until(lambda: health.meter(METER).errors["auth"] >= 1)
+        await eventually(lambda: health.meter(METER).errors["auth"] >= 1)
         fake_mts.forbid(False)
-        await wait_until(lambda: astore.store.count(METER) == 48, what="the survey")
+        await eventually(lambda: astore.store.count(METER) == 48, what="the survey")
     assert any("MTS API scope" in alert.message for alert in health.alerts)
 
 
@@ -56,7 +57,7 @@ async def test_429_retry_after_is_honoured(tmp_path: Path, fake_mts: FakeMts) ->
     fake_mts.rate_window_secs = 1.0
     health = Health()
     async with opened_store(tmp_path) as astore, running(section(fake_mts), astore, health):
-        await wait_until(lambda: astore.store.count(METER) == 48, timeout=8, what="the survey")
+        await eventually(lambda: astore.store.count(METER) == 48, timeout=8, what="the survey")
     refused = [i for i, (_, _, status) in enumerate(fake_mts.history) if status == 429]
     assert refused and fake_mts.retry_afters[0] == 1
     first = refused[0]
@@ -75,9 +76,9 @@ async def test_5xx_and_dropped_connections_are_retried_with_backoff(
     fake_mts.fail_next(2, 503)
     fake_mts.fail_next(1, 500, body=b"Internal Server Error")
     async with opened_store(tmp_path) as astore, running(section(fake_mts), astore, health):
-        await wait_until(lambda: fake_mts.calls["test-status"] >= 1)
+        await eventually(lambda: fake_mts.calls["test-status"] >= 1)
         fake_mts.drop_connections(2)
-        await wait_until(lambda: astore.store.count(METER) == 48, what="the survey")
+        await eventually(lambda: astore.store.count(METER) == 48, what="the survey")
     # 503, 503, 500, and the drops (aiohttp itself retries a GET once on a kept-alive
     # connection the server closed, so at least one of the two reaches us).
     assert health.meter(METER).errors["unreachable"] >= 4
@@ -92,16 +93,16 @@ async def test_garbage_answers_are_counted_and_never_stop_the_source(
     fake_mts.service_ok = False  # the start-up check fails: alerted, meters go on regardless
     health = Health()
     async with opened_store(tmp_path) as astore, running(section(fake_mts), astore, health):
-        await wait_until(lambda: fake_mts.calls["test-status"] >= 1)
+        await eventually(lambda: fake_mts.calls["test-status"] >= 1)
         assert "MTS service-status failed at start" in health.alerts[0].message
         fake_mts.garbage_next(1)  # HTML
         fake_mts.garbage_next(1, b'{"testId": 1001}')  # no result at all
         fake_mts.garbage_next(1, b'{"testId": 1001, "result": "RUNNING"}')  # unknown result
         fake_mts.garbage_next(1, b"[1, 2, 3]")
         fake_mts.garbage_next(1, b'{"testId": 999, "result": "SUCCESS"}')  # another test
-        await wait_until(lambda: health.meter(METER).errors["garbage"] >= 5, what="garbage")
+        await eventually(lambda: health.meter(METER).errors["garbage"] >= 5, what="garbage")
         fake_mts.release()
-        await wait_until(lambda: astore.store.count(METER) == 48, what="the survey")
+        await eventually(lambda: astore.store.count(METER) == 48, what="the survey")
     assert health.meter(METER).errors["garbage"] == 5
 
 
@@ -111,7 +112,7 @@ async def test_a_refused_request_reports_mts_details_and_is_not_repeated_before_
     health = Health()
     config = section(fake_mts, meter={"remote_address": "abc"})
     async with opened_store(tmp_path) as astore, running(config, astore, health):
-        await wait_until(lambda: health.meter(METER).errors["rejected"] == 1)
+        await eventually(lambda: health.meter(METER).errors["rejected"] == 1)
         await asyncio.sleep(0.3)  # many retry/poll periods
         pending = astore.store.state("source:mts", "pending")
     assert fake_mts.calls["test-request"] == 1

@@ -12,28 +12,15 @@ import pytest
 from gateway.uplinks.enerkey.config import EnerKeyApiKeyConfig
 from gateway.uplinks.enerkey.keys import KeyRing
 from gateway.uplinks.enerkey.rate_budget import RateBudget
+from tests.helpers.clock import ManualClock
 
 DAY = 86_400.0
 
 
-class FakeClock:
-    """Time that moves only when someone sleeps (no real waiting)."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def time(self) -> float:
-        return 1.7e9 + self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-    def trusted(self) -> bool:
-        return True
+def budget_clock() -> ManualClock:
+    """Virtual time that moves only when someone sleeps (no real waiting); the budget reads
+    monotonic time, which starts at 1000 s."""
+    return ManualClock(1.7e9 + 1_000.0, monotonic=1_000.0)
 
 
 def max_in_any_window(starts: list[float], window: float) -> int:
@@ -45,15 +32,15 @@ def max_in_any_window(starts: list[float], window: float) -> int:
 
 
 async def test_many_meters_never_exceed_the_daily_limit_in_any_24_hours() -> None:
-    clock = FakeClock()
+    clock = budget_clock()
     budget = RateBudget(40_000, 100, clock)
     starts: list[float] = []
-    stop_at = clock.now + 2 * DAY
+    stop_at = clock.monotonic() + 2 * DAY
 
     async def meter() -> None:
-        while clock.now < stop_at:
+        while clock.monotonic() < stop_at:
             await budget.acquire()
-            starts.append(clock.now)
+            starts.append(clock.monotonic())
 
     await asyncio.gather(*(meter() for _ in range(30)))
     assert len(starts) > 70_000  # the budget is used, not wasted
@@ -65,49 +52,49 @@ async def test_many_meters_never_exceed_the_daily_limit_in_any_24_hours() -> Non
 
 
 async def test_a_burst_goes_at_once_then_calls_are_spread() -> None:
-    clock = FakeClock()
+    clock = budget_clock()
     budget = RateBudget(1000, 10, clock, window_secs=990.0)
-    t0 = clock.now
+    t0 = clock.monotonic()
     for _ in range(10):
         await budget.acquire()
-    assert clock.now == t0
+    assert clock.monotonic() == t0
     await budget.acquire()
-    assert clock.now == pytest.approx(t0 + 1.0)  # (1000 - 10) / 990 s = 1 call per second
+    assert clock.monotonic() == pytest.approx(t0 + 1.0)  # (1000 - 10) / 990 s = 1 call per second
 
 
 async def test_the_servers_count_withdraws_the_burst_and_zero_waits() -> None:
-    clock = FakeClock()
+    clock = budget_clock()
     budget = RateBudget(1000, 10, clock, window_secs=990.0)
     budget.observe("A", 50)  # at or below low water (100): steady pace only
-    t0 = clock.now
+    t0 = clock.monotonic()
     await budget.acquire()
     await budget.acquire()
-    assert clock.now == pytest.approx(t0 + 1.0)
+    assert clock.monotonic() == pytest.approx(t0 + 1.0)
     budget.observe("A", 0)
-    before = clock.now
+    before = clock.monotonic()
     await budget.acquire()
-    assert clock.now >= before + budget.steady_interval_secs
+    assert clock.monotonic() >= before + budget.steady_interval_secs
     assert budget.remaining == {"A": 0}
     budget.observe("A", 900)  # the server has room again: the burst comes back as tokens refill
-    clock.now += 100
-    before = clock.now
+    clock.advance(100)
+    before = clock.monotonic()
     for _ in range(5):
         await budget.acquire()
-    assert clock.now == before
+    assert clock.monotonic() == before
 
 
 async def test_a_429_blocks_every_caller_until_retry_after() -> None:
-    clock = FakeClock()
+    clock = budget_clock()
     budget = RateBudget(1000, 10, clock)
     budget.block(42.0)
-    t0 = clock.now
+    t0 = clock.monotonic()
     await asyncio.gather(budget.acquire(), budget.acquire())
-    assert clock.now == pytest.approx(t0 + 42.0)
+    assert clock.monotonic() == pytest.approx(t0 + 42.0)
 
 
 def test_a_burst_as_large_as_the_limit_is_refused() -> None:
     with pytest.raises(ValueError):
-        RateBudget(100, 100, FakeClock())
+        RateBudget(100, 100, budget_clock())
 
 
 # -- keys ---------------------------------------------------------------------------------------

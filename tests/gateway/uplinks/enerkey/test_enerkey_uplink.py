@@ -26,6 +26,7 @@ from gateway.uplinks.enerkey.config import EnerKeyConfig
 from gateway.uplinks.enerkey.uplink import EnerKeyUplink, state_key
 from tests.fakes.enerkey import FakeEnerKey
 from tests.fixtures.enerkey import KEY_A, KEY_B
+from tests.helpers.eventually import eventually
 
 CHANNEL = "energy_active_import"
 #: 2024-06-01T00:00:00Z
@@ -116,14 +117,6 @@ async def running(uplink: EnerKeyUplink) -> AsyncIterator[asyncio.Task[None]]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def alerts(health: Health) -> list[str]:

@@ -14,7 +14,8 @@ from gateway.uplinks.pts.config import PtsConfig
 from gateway.uplinks.pts.ledger import PtsSubmission
 from gateway.uplinks.pts.uplink import PtsUplink
 from tests.fakes.pts import FakePts
-from tests.fixtures.pts import KEY, PtsClock
+from tests.fixtures.pts import KEY
+from tests.helpers.clock import ManualClock
 
 NY = ZoneInfo("America/New_York")
 #: The December reading the fixture's system 1000 has in PTS, as an epoch second.
@@ -45,7 +46,7 @@ def make_config(fake: FakePts, **overrides: Any) -> PtsConfig:
 
 
 def make_uplink(
-    config: PtsConfig, astore: AsyncStore, clock: PtsClock, health: Health | None = None
+    config: PtsConfig, astore: AsyncStore, clock: ManualClock, health: Health | None = None
 ) -> PtsUplink:
     return PtsUplink(config, store=astore, health=health or Health(), clock=clock)
 

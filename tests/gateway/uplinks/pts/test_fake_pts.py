@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 
 from tests.fakes.pts import FakePts
-from tests.fixtures.pts import KEY, PtsClock
+from tests.fixtures.pts import KEY
 from tests.gateway.uplinks.pts.pts_helpers import eastern_s
+from tests.helpers.clock import ManualClock
 
 HEADERS = {"Ocp-Apim-Subscription-Key": KEY, "Ocp-Apim-Trace": "true"}
 
@@ -111,7 +112,7 @@ async def test_systems_and_last_reading_by_get_and_post(
 async def test_validation_rules(
     http: aiohttp.ClientSession,
     fake_pts: FakePts,
-    pts_clock: PtsClock,
+    pts_clock: ManualClock,
     case: tuple[float, str, str],
 ) -> None:
     value, date, notes = case
@@ -133,7 +134,7 @@ async def test_validation_rules(
 
 
 async def test_status_moves_from_validating_and_quotas_hold(
-    http: aiohttp.ClientSession, fake_pts: FakePts, pts_clock: PtsClock
+    http: aiohttp.ClientSession, fake_pts: FakePts, pts_clock: ManualClock
 ) -> None:
     pts_clock.now = eastern_s(2026, 2, 1, 12)
     results = []
@@ -162,7 +163,7 @@ async def test_status_moves_from_validating_and_quotas_hold(
 
 
 async def test_window_closed_and_settlement(
-    http: aiohttp.ClientSession, fake_pts: FakePts, pts_clock: PtsClock
+    http: aiohttp.ClientSession, fake_pts: FakePts, pts_clock: ManualClock
 ) -> None:
     pts_clock.now = eastern_s(2026, 2, 15)
     _, [answer] = await call(

@@ -13,7 +13,7 @@ from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from gateway.uplinks.pts import ledger as pts_ledger
 from tests.fakes.pts import FakePts
-from tests.fixtures.pts import KEY, PtsClock
+from tests.fixtures.pts import KEY
 from tests.gateway.uplinks.pts.pts_helpers import (
     alerts,
     counted,
@@ -23,6 +23,7 @@ from tests.gateway.uplinks.pts.pts_helpers import (
     make_config,
     make_uplink,
 )
+from tests.helpers.clock import ManualClock
 
 MONTH_END = "2026-02-01T00:00:00"
 AFTER_MONTH_END = "2026-02-01T00:15:00"
@@ -43,7 +44,7 @@ async def january(astore: AsyncStore) -> AsyncStore:
 
 
 async def test_reading_below_the_last_one_is_reported_not_submitted(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     fake_pts.systems[1000].last_value = 7000.0  # PTS holds more than the meter: replaced?
     health = Health()
@@ -67,7 +68,7 @@ async def test_reading_below_the_last_one_is_reported_not_submitted(
 
 
 async def test_test_submission_failure_spends_no_quota(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     fake_pts.fail_validation(1000, "Production inconsistent with estimated annual production")
     health = Health()
@@ -86,7 +87,7 @@ async def test_test_submission_failure_spends_no_quota(
 
 
 async def test_test_refusing_the_date_tries_the_reading_after_midnight_for_free(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     fake_pts.fail_validation(1000, "MeterDate is outside the current reporting window")
     health = Health()
@@ -102,7 +103,7 @@ async def test_test_refusing_the_date_tries_the_reading_after_midnight_for_free(
 
 
 async def test_failed_validation_is_reported_and_not_retried_when_unfixable(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     notes = "Production is above the system capacity for the period"
     fake_pts.fail_validation(1000, notes)
@@ -127,7 +128,7 @@ async def test_failed_validation_is_reported_and_not_retried_when_unfixable(
 
 
 async def test_fixable_failure_is_retried_once_with_a_reading_after_month_end(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     fake_pts.fail_validation(1000, "MeterDate is outside the current reporting window")
     health = Health()
@@ -155,7 +156,7 @@ async def test_fixable_failure_is_retried_once_with_a_reading_after_month_end(
 
 
 async def test_no_automatic_retry_that_would_use_the_last_failed_submission(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     fake_pts.fail_validation(1000, "MeterDate is outside the current reporting window")
     health = Health()
@@ -173,7 +174,7 @@ async def test_no_automatic_retry_that_would_use_the_last_failed_submission(
 
 
 async def test_quota_ledger_help_desk_override_and_last_one_in_wins(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     fake_pts.fail_validation(1000, "Production is above the system capacity")
     config = make_config(fake_pts, test_before_submit=False, quota_failed=1)
@@ -221,7 +222,7 @@ async def test_quota_ledger_help_desk_override_and_last_one_in_wins(
 
 
 async def test_restart_after_arpost_does_not_submit_again(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     first = make_uplink(make_config(fake_pts), january, pts_clock)
     try:
@@ -245,7 +246,7 @@ async def test_restart_after_arpost_does_not_submit_again(
 
 
 async def test_lost_arpost_answer_is_resolved_without_a_duplicate(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     fake_pts.lose_answer_next("ARPost")  # PTS took it; the gateway never heard back
     health = Health()
@@ -271,7 +272,7 @@ async def test_lost_arpost_answer_is_resolved_without_a_duplicate(
 
 
 async def test_arpost_that_never_arrived_is_sent_again_once(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     fake_pts.drop_next("ARPost")  # the connection died before PTS processed anything
     first = make_uplink(make_config(fake_pts), january, pts_clock)
@@ -300,7 +301,7 @@ async def test_arpost_that_never_arrived_is_sent_again_once(
 
 
 async def test_server_errors_back_off_and_nothing_is_lost(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     fake_pts.fail_next(2, 500, operation="GetSystems")
     health = Health()
@@ -316,7 +317,7 @@ async def test_server_errors_back_off_and_nothing_is_lost(
 
 
 async def test_bad_key_pauses_and_alerts_once(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     fake_pts.key = "rotated-by-the-help-desk"
     health = Health()
@@ -338,7 +339,7 @@ async def test_bad_key_pauses_and_alerts_once(
 
 
 async def test_window_closing_without_a_pass_alerts_ahead_and_at_close(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     fake_pts.systems[1000].last_value = 7000.0  # every reading fails the local check
     health = Health()
@@ -369,7 +370,7 @@ async def test_window_closing_without_a_pass_alerts_ahead_and_at_close(
 
 
 async def test_gateway_offline_across_the_whole_window_says_so_loudly(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     health = Health()
     before = make_uplink(make_config(fake_pts), astore, pts_clock, health)
@@ -392,7 +393,7 @@ async def test_gateway_offline_across_the_whole_window_says_so_loudly(
 
 
 async def test_nothing_happens_while_the_clock_is_untrusted(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     pts_clock.is_trusted = False
     health = Health()
@@ -409,7 +410,7 @@ async def test_nothing_happens_while_the_clock_is_untrusted(
 
 
 async def test_flush_after_the_key_is_fixed_probes_at_once(
-    fake_pts: FakePts, pts_clock: PtsClock, january: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, january: AsyncStore
 ) -> None:
     """The operator fixes the key at the help desk and sends `cmd/uplinks/pts/flush`: the
     next pass calls PTS instead of waiting out the 10-minute credentials pause."""

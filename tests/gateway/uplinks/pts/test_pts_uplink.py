@@ -12,7 +12,6 @@ from core.health import Health
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from tests.fakes.pts import FakePts
-from tests.fixtures.pts import PtsClock
 from tests.gateway.uplinks.pts.pts_helpers import (
     alerts,
     counted,
@@ -23,6 +22,7 @@ from tests.gateway.uplinks.pts.pts_helpers import (
     make_config,
     make_uplink,
 )
+from tests.helpers.clock import ManualClock
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
 
 
 async def test_winter_month_end_is_submitted_the_next_day_and_followed_to_passed(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     await feed(astore, eastern_s(2026, 1, 25), eastern_s(2026, 2, 4))
     health = Health()
@@ -86,7 +86,7 @@ async def test_winter_month_end_is_submitted_the_next_day_and_followed_to_passed
 
 
 async def test_summer_month_end_is_rendered_in_daylight_time(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     fake_pts.systems[1000].last_value = 9000.0
     fake_pts.systems[1000].last_date = "2026-06-30T23:45:00"
@@ -104,7 +104,7 @@ async def test_summer_month_end_is_rendered_in_daylight_time(
 
 
 async def test_28_day_month_window_and_reading(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     fake_pts.systems[1000].last_value = 6116.0
     fake_pts.systems[1000].last_date = "2026-02-01T00:00:00"
@@ -127,7 +127,7 @@ async def test_28_day_month_window_and_reading(
 
 
 async def test_offline_over_month_end_submits_when_back_inside_the_window(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     # The gateway ran until Jan 25, was off (no samples, no passes) and is back Feb 3, 09:00.
     await feed(astore, eastern_s(2026, 1, 20), eastern_s(2026, 1, 25))
@@ -152,7 +152,7 @@ async def test_offline_over_month_end_submits_when_back_inside_the_window(
 
 
 async def test_unknown_and_inactive_systems_are_reported_not_submitted(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     await feed(astore, eastern_s(2026, 1, 25), eastern_s(2026, 2, 3))
     await feed(astore, eastern_s(2026, 1, 25), eastern_s(2026, 2, 3), meter="pv2")
@@ -183,7 +183,7 @@ async def test_unknown_and_inactive_systems_are_reported_not_submitted(
 
 
 async def test_systems_are_checked_again_daily(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     uplink = make_uplink(make_config(fake_pts), astore, pts_clock)
     try:
@@ -196,7 +196,7 @@ async def test_systems_are_checked_again_daily(
 
 
 async def test_get_and_post_query_styles(
-    fake_pts: FakePts, pts_clock: PtsClock, astore: AsyncStore
+    fake_pts: FakePts, pts_clock: ManualClock, astore: AsyncStore
 ) -> None:
     await feed(astore, eastern_s(2026, 1, 25), eastern_s(2026, 2, 3))
     for method in ("GET", "POST"):

@@ -17,8 +17,8 @@ from gateway.daemon import DB_FILE
 from gateway.store.database import Store
 from gateway.timefmt import local_iso8601_ms
 from tests.fakes.wattics import FakeWattics
+from tests.helpers.eventually import eventually
 from tests.paths import REPO
-from tests.test_end_to_end import wait_until
 
 ZONE = "Europe/Dublin"
 CONFIG = """\
@@ -52,6 +52,7 @@ async def start_daemon(config: Path, log: Path) -> asyncio.subprocess.Process:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_kill_9_mid_send_then_restart_sends_nothing_twice_and_loses_nothing(
     tmp_path: Path, sdm630_server: tuple[int, SimulatedMeter]
@@ -68,20 +69,35 @@ async def test_kill_9_mid_send_then_restart_sends_nothing_twice_and_loses_nothin
         try:
             for round_ in range(3):
                 seen = wattics.total_accepted()
-                await wait_until(lambda s=seen: wattics.total_accepted() >= s + 6, 15, "packets")
+                await eventually(
+                    lambda s=seen: wattics.total_accepted() >= s + 6,
+                    timeout=15,
+                    interval=0.05,
+                    what="packets",
+                )
                 if round_ == 1:
                     wattics.lose_answers(2)  # taken, but the answer never comes back
                 else:
                     wattics.slow(30, after_processing=True)  # taken; the answer is held
                     taken = wattics.total_accepted()
-                    await wait_until(lambda t=taken: wattics.total_accepted() > t, 5, "in flight")
+                    await eventually(
+                        lambda t=taken: wattics.total_accepted() > t,
+                        timeout=5,
+                        interval=0.05,
+                        what="in flight",
+                    )
                 # The cursor commits rarely (commit_every_*): many acknowledged packets are
                 # not yet committed either, and only the resync can keep them from repeating.
                 process.send_signal(signal.SIGKILL)
                 await process.wait()
                 wattics.slow(0)
                 process = await start_daemon(config, log)
-            await wait_until(lambda: wattics.total_accepted() >= 40, 20, "more packets")
+            await eventually(
+                lambda: wattics.total_accepted() >= 40,
+                timeout=20,
+                interval=0.05,
+                what="more packets",
+            )
             process.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(process.wait(), 15) == 0
         finally:
@@ -94,7 +110,12 @@ async def test_kill_9_mid_send_then_restart_sends_nothing_twice_and_loses_nothin
             with Store(tmp_path / "data" / DB_FILE) as store:
                 stored = {m: [r.sample.ts_ms for r in store.read(m, 0, 100_000)] for m in "ab"}
             total = sum(len(v) for v in stored.values())
-            await wait_until(lambda: wattics.total_accepted() >= total, 20, "the whole store")
+            await eventually(
+                lambda: wattics.total_accepted() >= total,
+                timeout=20,
+                interval=0.05,
+                what="the whole store",
+            )
         finally:
             process.send_signal(signal.SIGTERM)
             with contextlib.suppress(TimeoutError):

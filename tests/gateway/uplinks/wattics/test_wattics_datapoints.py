@@ -25,12 +25,8 @@ from gateway.uplinks.wattics.interval import next_boundary_ms, on_grid
 from gateway.uplinks.wattics.uplink import WatticsUplink
 from tests.fakes.wattics import FakeWattics
 from tests.fixtures.wattics import PASSWORD, USERNAME
-from tests.gateway.uplinks.wattics.test_wattics_uplink import (
-    append,
-    eventually,
-    make_config,
-    running,
-)
+from tests.gateway.uplinks.wattics.test_wattics_uplink import append, make_config, running
+from tests.helpers.eventually import eventually
 
 MIN = 60_000
 

@@ -10,7 +10,7 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from gateway.uplinks.wattics.config import WatticsConfig
 from gateway.uplinks.wattics.uplink import READ_BATCH, WatticsUplink
 from tests.fakes.wattics import FakeWattics
 from tests.fixtures.wattics import PASSWORD, STREAMS, USERNAME
+from tests.helpers.eventually import eventually
 
 TZ = "Europe/Dublin"
 START_MS = 1_729_987_200_000  # 2024-10-27T00:00:00Z: the Dublin autumn change is in the data
@@ -104,14 +105,6 @@ async def running(uplink: WatticsUplink) -> AsyncIterator[asyncio.Task[None]]:
             await task
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 async def cursor(astore: AsyncStore, stream: str = "stream-a", uplink: str = "wattics") -> int:
     return await astore.cursor(uplink, stream)
 
@@ -120,11 +113,11 @@ async def wait_cursor(
     astore: AsyncStore, target: int, stream: str = "stream-a", uplink: str = "wattics"
 ) -> None:
     """Wait until the committed cursor reaches `target` (committed at once when caught up)."""
-    for _ in range(500):
-        if await cursor(astore, stream, uplink) >= target:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"cursor of {uplink}/{stream} did not reach {target}")
+
+    async def reached() -> bool:
+        return await cursor(astore, stream, uplink) >= target
+
+    await eventually(reached, what=f"the cursor of {uplink}/{stream} to reach {target}")
 
 
 def posts(fake: FakeWattics) -> list[int]:
@@ -407,12 +400,18 @@ async def test_durable_cursor_lags_acknowledgements_by_at_most_one_group(
         commit_every_secs=3600,
     )
     worst = 0
+
+    async def all_accepted() -> bool:  # and, until then, how far the cursor lags
+        nonlocal worst
+        accepted = fake_wattics.total_accepted()
+        if accepted >= 120:
+            return True
+        durable = position.get(await cursor(astore), 0)
+        worst = max(worst, accepted - durable)
+        return False
+
     async with running(uplink):
-        while fake_wattics.total_accepted() < 120:
-            accepted = fake_wattics.total_accepted()
-            durable = position.get(await cursor(astore), 0)
-            worst = max(worst, accepted - durable)
-            await asyncio.sleep(0.002)
+        await eventually(all_accepted, timeout=30, interval=0.002, what="120 packets accepted")
         await wait_cursor(astore, ids[-1])
     assert 0 < worst <= 10 + 1  # one group, plus the packet whose answer is on its way
 
