@@ -8,8 +8,10 @@ Invariants:
 - On an RTU line the next request waits for the inter-frame gap (3.5 character times) after the
   previous answer or timeout, whichever meter it was for.
 - Nothing connects at construction: the first read does, so `check-config` never touches
-  hardware. A lost connection or vanished serial port is re-opened by a later read, with capped
-  exponential backoff between failed attempts (no background task, nothing to restart).
+  hardware. A lost connection or vanished serial port is re-opened by a later read, never
+  sooner than a core.backoff.Backoff delay after the last failed attempt (reconnect_initial_secs
+  doubling to reconnect_max_secs, not jittered: the line is this gateway's alone; reset by a
+  successful connect). No background task, nothing to restart.
 - Every pymodbus failure becomes MeterReadError(kind) here and nowhere else, kind being
   timeout | connection | exception | crc | short_frame | garbage, and is counted in the bus's
   BusHealth. pymodbus drops a frame with a bad CRC or one cut short silently and waits; the bytes
@@ -37,6 +39,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerRTU
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
+from core.backoff import Backoff, no_jitter
 from core.health import BusHealth, BusState
 from drivers.base import MeterReadError
 from drivers.modbus.decode import decode_blocks
@@ -152,8 +155,7 @@ class ModbusBus(ABC):
         self.reconnect_max_secs = reconnect_max_secs
         self.inter_frame_gap_secs = inter_frame_gap_secs
         self.health = health if health is not None else BusHealth(name)
-        self._initial_delay = min(reconnect_initial_secs, reconnect_max_secs)
-        self._delay = self._initial_delay
+        self._reconnect = Backoff(reconnect_initial_secs, reconnect_max_secs, rng=no_jitter)
         self._next_attempt = 0.0
         self._lock = asyncio.Lock()
         self._client: ModbusBaseClient | None = None
@@ -252,15 +254,14 @@ class ModbusBus(ABC):
             raise
         if not connected:
             client.close()
-            self._next_attempt = time.monotonic() + self._delay
-            self._delay = min(self._delay * 2, self.reconnect_max_secs)
+            self._next_attempt = time.monotonic() + self._reconnect.next_delay()
             message = f"cannot connect to {self.describe()}"
             if self.health.state is not BusState.OFFLINE:
                 log.warning("bus %s: %s; retrying with backoff", self.name, message)
                 self.health.state = BusState.OFFLINE
             raise self._count(MeterReadError("connection", message))
         self._client = client
-        self._delay = self._initial_delay
+        self._reconnect.reset()
         self._next_attempt = 0.0
         self._silent = 0
         if self._ever_connected:

@@ -18,6 +18,9 @@ Invariants:
 - Each connection attempt uses a fresh aiomqtt client: an attempt abandoned half-way (cancelled,
   timed out) can leave a client unusable, and a client is cheap.
 - The broker going away is logged once, its return once; attempts in between only count.
+- Attempts are spaced by a core.backoff.Backoff (reconnect_min_secs doubling to
+  reconnect_max_secs, each delay jittered within its upper half), reset once a connection got
+  as far as `online`.
 
 `HealthRenderer` renders Health into (topic suffix, payload) pairs on its own;
 `gateway.ops.discovery` renders Home Assistant discovery and `gateway.ops.commands` answers
@@ -32,7 +35,6 @@ import dataclasses
 import json
 import logging
 import math
-import random
 import ssl
 import time
 from collections import OrderedDict, deque
@@ -43,6 +45,7 @@ from typing import Any
 
 import aiomqtt
 
+from core.backoff import Backoff, equal_jitter
 from core.channels import CHANNEL_UNITS
 from core.health import (
     BusHealth,
@@ -387,8 +390,9 @@ class Monitor:
         )
 
     async def run(self) -> None:
-        """Connect, publish, reconnect with capped backoff; returns only by cancellation."""
-        failures = 0
+        """Connect, publish, reconnect with a Backoff(reconnect_min_secs, reconnect_max_secs)
+        that a connection which got as far as `online` resets; returns only by cancellation."""
+        backoff = Backoff(self.reconnect_min_secs, self.reconnect_max_secs, rng=equal_jitter)
         try:
             while True:
                 try:
@@ -397,14 +401,10 @@ class Monitor:
                 except aiomqtt.MqttError as exc:
                     _raise_if_cancelling(exc)
                     if self._connected:
-                        failures = 0
+                        backoff.reset()
                     self._connected = False
                     self._note_failure(exc)
-                failures += 1
-                ceiling = min(
-                    self.reconnect_max_secs, self.reconnect_min_secs * 2 ** (failures - 1)
-                )
-                await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+                await asyncio.sleep(backoff.next_delay())
         finally:
             await self._stop_commands()
 
