@@ -7,14 +7,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from core.health import BusHealth, Health
 from drivers.base import MeterReader
-from drivers.modbus.bus import (
-    ModbusBus,
-    ModbusReader,
-    ModbusRtuBus,
-    ModbusRtuOverTcpBus,
-    ModbusTcpBus,
-)
+from drivers.modbus.bus import ModbusBus
 from drivers.modbus.maps import SUNSPEC_MODEL, meter_register_map
+from drivers.modbus.reader import ModbusReader
+from drivers.modbus.transports import ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
 from drivers.serial.lines import SERIAL_LINES, SerialLine
 from gateway.config import schema as cfg
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from core.health import Health, MeterHealth, MeterState
 from drivers.base import MeterReadError
-from drivers.modbus.bus import ModbusReader, ModbusRtuBus
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import load_builtin
+from drivers.modbus.transports import ModbusRtuBus
 from gateway.config.schema import MeterConfig
 from gateway.poller import Poller, offline_backoff, retry_boundary
 from gateway.store.async_store import AsyncStore
