@@ -1,8 +1,10 @@
-"""What the poller needs from any meter, whatever its protocol."""
+"""What the poller needs from any meter, whatever its protocol, and what every bus shares."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Protocol, Self
 
 
 class MeterReadError(Exception):
@@ -25,3 +27,22 @@ class MeterReader(Protocol):
         count failures by kind without knowing the protocol.
         """
         ...
+
+
+class AsyncClosable(ABC):
+    """A bus or line that holds a connection or port: `async with` it, and leaving closes it."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release the connection or port for good; closing twice is harmless."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()

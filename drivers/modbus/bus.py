@@ -25,12 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import ClassVar, Final, Self
+from typing import ClassVar, Final, TypedDict
 
 from pymodbus.client import ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -39,7 +38,7 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from core.backoff import Backoff, no_jitter
 from core.health import BusHealth, BusState
-from drivers.base import MeterReadError
+from drivers.base import AsyncClosable, MeterReadError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,7 @@ log = logging.getLogger(__name__)
 #: re-opened: a half-open TCP connection otherwise times out forever.
 MAX_SILENT_TRANSACTIONS: Final = 3
 DEFAULT_RECONNECT_INITIAL_SECS: Final = 0.5
+DEFAULT_RECONNECT_MAX_SECS: Final = 60.0
 
 _FUNCTION_CODES: Final[dict[str, int]] = {"holding": 3, "input": 4}
 _EXCEPTION_NAMES: Final[dict[int, str]] = {
@@ -107,7 +107,25 @@ class BusTurn:
         return await self._bus._transaction(unit, table, address, count, timeout)
 
 
-class ModbusBus(ABC):
+class BusOptions(TypedDict, total=False):
+    """What every bus takes besides its address and timing (defaults: `ModbusBus.__init__`)."""
+
+    reconnect_max_secs: float
+    reconnect_initial_secs: float
+    health: BusHealth | None
+
+
+class ClientOptions(TypedDict):
+    """The keyword arguments a bus gives every pymodbus client it builds."""
+
+    timeout: float
+    retries: int
+    reconnect_delay: float
+    name: str
+    trace_packet: Callable[[bool, bytes], bytes]
+
+
+class ModbusBus(AsyncClosable):
     """One Modbus line or endpoint. `async with`-able; closing twice is harmless."""
 
     #: "rtu" (CRC-checked frames, serial timing) or "socket" (MBAP header over TCP).
@@ -121,9 +139,9 @@ class ModbusBus(ABC):
         name: str,
         *,
         timeout_secs: float,
-        reconnect_max_secs: float,
-        reconnect_initial_secs: float = DEFAULT_RECONNECT_INITIAL_SECS,
         inter_frame_gap_secs: float = 0.0,
+        reconnect_max_secs: float = DEFAULT_RECONNECT_MAX_SECS,
+        reconnect_initial_secs: float = DEFAULT_RECONNECT_INITIAL_SECS,
         health: BusHealth | None = None,
     ) -> None:
         self.name = name
@@ -148,7 +166,7 @@ class ModbusBus(ABC):
 
     @abstractmethod
     def _new_client(self) -> ModbusBaseClient:
-        """A fresh, unconnected pymodbus client for this line (no automatic reconnect)."""
+        """A fresh, unconnected pymodbus client for this line, built with `_client_options()`."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -189,16 +207,17 @@ class ModbusBus(ABC):
         self._closed = True
         self._drop_client()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    def _client_options(self) -> ClientOptions:
+        """What every pymodbus client of a bus is built with: the bus timeout, no retries and no
+        reconnecting of its own (both are the bus's, without background tasks), the packet
+        trace that tells faults apart."""
+        return {
+            "timeout": self.timeout_secs,
+            "retries": 0,
+            "reconnect_delay": 0,
+            "name": f"bus-{self.name}",
+            "trace_packet": self._trace_packet,
+        }
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         """pymodbus calls this for every frame sent and every receive buffer it decodes."""

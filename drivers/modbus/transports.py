@@ -1,17 +1,17 @@
 """The ways a ModbusBus reaches its meters: Modbus TCP, an RS-485 line on a local serial port,
 and RTU frames through a serial-to-Ethernet converter. Each only says how to build its pymodbus
 client and how to describe itself; connecting, turn-taking and failures are drivers.modbus.bus's.
+Every bus takes the same reconnect and health options (`BusOptions`) besides its own.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import ClassVar, Final, Unpack
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 
-from core.health import BusHealth
-from drivers.modbus.bus import DEFAULT_RECONNECT_INITIAL_SECS, ModbusBus
+from drivers.modbus.bus import BusOptions, ModbusBus
 
 #: Above this rate the Modbus serial-line spec fixes the inter-frame gap at 1.75 ms.
 _FIXED_GAP_ABOVE_BAUD: Final = 19200
@@ -33,8 +33,45 @@ def rtu_gap_secs(
     return 3.5 * bits / baudrate
 
 
-class ModbusTcpBus(ModbusBus):
+class _TcpEndpointBus(ModbusBus):
+    """A bus reached at `host:port`: one TCP connection carries the requests of all its units,
+    framed as the subclass's `framing` says."""
+
+    #: The protocol's name in `describe()`.
+    protocol: ClassVar[str]
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        *,
+        timeout_secs: float,
+        inter_frame_gap_secs: float = 0.0,
+        **options: Unpack[BusOptions],
+    ) -> None:
+        super().__init__(
+            name, timeout_secs=timeout_secs, inter_frame_gap_secs=inter_frame_gap_secs, **options
+        )
+        self.host = host
+        self.port = port
+
+    def describe(self) -> str:
+        return f"{self.protocol} {self.host}:{self.port}"
+
+    def _new_client(self) -> ModbusBaseClient:
+        return AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            framer=FramerType(self.framing),
+            **self._client_options(),
+        )
+
+
+class ModbusTcpBus(_TcpEndpointBus):
     """One TCP endpoint (a meter or a TCP/RTU gateway); one connection for all its units."""
+
+    protocol = "modbus-tcp"
 
     def __init__(
         self,
@@ -43,36 +80,12 @@ class ModbusTcpBus(ModbusBus):
         port: int = 502,
         *,
         timeout_secs: float = 3.0,
-        reconnect_max_secs: float = 60.0,
-        reconnect_initial_secs: float = DEFAULT_RECONNECT_INITIAL_SECS,
-        health: BusHealth | None = None,
+        **options: Unpack[BusOptions],
     ) -> None:
-        super().__init__(
-            name,
-            timeout_secs=timeout_secs,
-            reconnect_max_secs=reconnect_max_secs,
-            reconnect_initial_secs=reconnect_initial_secs,
-            health=health,
-        )
-        self.host = host
-        self.port = port
-
-    def describe(self) -> str:
-        return f"modbus-tcp {self.host}:{self.port}"
-
-    def _new_client(self) -> ModbusBaseClient:
-        return AsyncModbusTcpClient(
-            self.host,
-            port=self.port,
-            timeout=self.timeout_secs,
-            retries=0,
-            reconnect_delay=0,  # reconnecting is ours, without background tasks
-            name=f"bus-{self.name}",
-            trace_packet=self._trace_packet,
-        )
+        super().__init__(name, host, port, timeout_secs=timeout_secs, **options)
 
 
-class ModbusRtuOverTcpBus(ModbusBus):
+class ModbusRtuOverTcpBus(_TcpEndpointBus):
     """A serial-to-Ethernet converter in transparent mode: RTU frames (with CRC) over TCP.
 
     The RS-485 line behind it still carries one transaction at a time; the converter paces the
@@ -80,6 +93,7 @@ class ModbusRtuOverTcpBus(ModbusBus):
     """
 
     framing = "rtu"
+    protocol = "modbus-rtu-over-tcp"
 
     def __init__(
         self,
@@ -88,35 +102,16 @@ class ModbusRtuOverTcpBus(ModbusBus):
         port: int,
         *,
         timeout_secs: float = 1.0,
-        reconnect_max_secs: float = 60.0,
-        reconnect_initial_secs: float = DEFAULT_RECONNECT_INITIAL_SECS,
         inter_frame_gap_secs: float = 0.0,
-        health: BusHealth | None = None,
+        **options: Unpack[BusOptions],
     ) -> None:
         super().__init__(
             name,
+            host,
+            port,
             timeout_secs=timeout_secs,
-            reconnect_max_secs=reconnect_max_secs,
-            reconnect_initial_secs=reconnect_initial_secs,
             inter_frame_gap_secs=inter_frame_gap_secs,
-            health=health,
-        )
-        self.host = host
-        self.port = port
-
-    def describe(self) -> str:
-        return f"modbus-rtu-over-tcp {self.host}:{self.port}"
-
-    def _new_client(self) -> ModbusBaseClient:
-        return AsyncModbusTcpClient(
-            self.host,
-            port=self.port,
-            framer=FramerType.RTU,
-            timeout=self.timeout_secs,
-            retries=0,
-            reconnect_delay=0,
-            name=f"bus-{self.name}",
-            trace_packet=self._trace_packet,
+            **options,
         )
 
 
@@ -140,24 +135,15 @@ class ModbusRtuBus(ModbusBus):
         stopbits: int = 1,
         bytesize: int = 8,
         timeout_secs: float = 1.0,
-        reconnect_max_secs: float = 60.0,
-        reconnect_initial_secs: float = DEFAULT_RECONNECT_INITIAL_SECS,
         inter_frame_gap_secs: float | None = None,
-        health: BusHealth | None = None,
+        **options: Unpack[BusOptions],
     ) -> None:
         gap = (
             rtu_gap_secs(baudrate, bytesize=bytesize, parity=parity, stopbits=stopbits)
             if inter_frame_gap_secs is None
             else inter_frame_gap_secs
         )
-        super().__init__(
-            name,
-            timeout_secs=timeout_secs,
-            reconnect_max_secs=reconnect_max_secs,
-            reconnect_initial_secs=reconnect_initial_secs,
-            inter_frame_gap_secs=gap,
-            health=health,
-        )
+        super().__init__(name, timeout_secs=timeout_secs, inter_frame_gap_secs=gap, **options)
         self.port = port
         self.baudrate = baudrate
         self.parity = parity
@@ -175,9 +161,5 @@ class ModbusRtuBus(ModbusBus):
             parity=self.parity,
             stopbits=self.stopbits,
             bytesize=self.bytesize,
-            timeout=self.timeout_secs,
-            retries=0,
-            reconnect_delay=0,
-            name=f"bus-{self.name}",
-            trace_packet=self._trace_packet,
+            **self._client_options(),
         )
