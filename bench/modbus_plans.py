@@ -6,7 +6,7 @@
   price of not reading addresses we cannot vouch for.
 - `naive`: one request per value, what per-register readers (ThingsBoard, mbmd) send.
 
-Pure computation (no I/O): it plans exactly what drivers.modbus.bus.ModbusReader plans for a
+Pure computation (no I/O): it plans exactly what drivers.modbus.reader.ModbusReader plans for a
 device that refuses nothing, scale-factor registers included.
 """
 

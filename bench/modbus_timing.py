@@ -31,9 +31,10 @@ import time
 from pathlib import Path
 from typing import Final
 
-from drivers.modbus.bus import ModbusReader, ModbusRtuBus, ModbusTcpBus
 from drivers.modbus.planner import plan_map
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import load_builtin
+from drivers.modbus.transports import ModbusRtuBus, ModbusTcpBus
 from drivers.simulator import SimulatedMeter, SimulatorServer, serve_modbus_tcp
 
 BAUD: Final = 9600

@@ -1,7 +1,11 @@
-"""The one way anything here waits before trying again: capped exponential backoff, full jitter.
+"""The one way anything here waits before trying again: capped exponential backoff, jittered.
 
 Used by every retry: uplinks and sources (HTTP), Modbus and serial transports (reconnects),
-the MQTT monitor (broker reconnects).
+the MQTT monitor (broker reconnects), and the poller's retries of an offline meter.
+
+Jitter spreads out many clients of one server (clouds, the MQTT broker). A gateway's own
+meter lines have no crowd to spread: their transports and the poller keep a fixed doubling
+schedule (`rng=no_jitter`); the MQTT monitor keeps at least half of each delay (`equal_jitter`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ class Backoff:
     Delay n (from 0) is uniform in [0, min(max_secs, initial_secs * multiplier**n)]
     (AWS "full jitter": many clients recovering at once spread out instead of stampeding).
     A Retry-After is obeyed as a minimum, capped at `max_retry_after_secs` so that a broken
-    server cannot park us for days. `rng` (uniform in [0, 1)) is injectable for tests.
+    server cannot park us for days. `rng` (uniform in [0, 1)) is injectable for tests;
+    `no_jitter` makes every delay its ceiling, `equal_jitter` keeps it in [ceiling / 2, ceiling].
     """
 
     initial_secs: float
@@ -42,3 +47,14 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def no_jitter() -> float:
+    """A `Backoff.rng` for a schedule that must not be jittered: every delay is the ceiling."""
+    return 1.0
+
+
+def equal_jitter() -> float:
+    """A `Backoff.rng` that spreads delays over the upper half, [ceiling / 2, ceiling]: never
+    much sooner than the schedule says."""
+    return random.uniform(0.5, 1.0)

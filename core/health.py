@@ -7,7 +7,6 @@ pattern: one owner writes, consumers read the last result).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 from collections import Counter, deque
@@ -190,22 +189,3 @@ class Health:
         log.error("%s: %s", source, message)
         self.alerts.append(Alert(int(time.time() * 1000), source, message))
         self.alerts_total += 1
-
-
-#: adjtimex(2) answers TIME_ERROR while the kernel clock is not synchronised.
-_TIME_ERROR = 5
-
-
-def kernel_clock_synchronized() -> bool | None:
-    """What `timedatectl` calls "System clock synchronized"; None where it cannot be asked.
-
-    A read-only adjtimex(2) call (modes = 0, no privilege needed): cheap enough to ask often.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        state = libc.adjtimex(ctypes.create_string_buffer(512))  # struct timex is ~208 bytes
-    except (OSError, AttributeError):
-        return None
-    if state < 0:
-        return None
-    return bool(state != _TIME_ERROR)

@@ -1,7 +1,8 @@
-"""What the poller needs from any meter, whatever its protocol."""
+"""What the poller needs from any meter, whatever its protocol, and what every bus shares."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -48,3 +49,22 @@ class Bus(Protocol):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None: ...
+
+
+class AsyncClosable(ABC):
+    """A bus or line that holds a connection or port: `async with` it, and leaving closes it."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release the connection or port for good; closing twice is harmless."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()

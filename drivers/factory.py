@@ -8,8 +8,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from core.health import BusHealth, Health
 from drivers.base import MeterReader
 from drivers.config import BusConfig, MeterConfig, MeterSetup
-from drivers.modbus.bus import ModbusBus, ModbusReader
+from drivers.modbus.bus import ModbusBus
 from drivers.modbus.maps import SUNSPEC_MODEL, meter_register_map
+from drivers.modbus.reader import ModbusReader
 from drivers.registry import BUSES
 from drivers.serial.lines import SerialLine
 

@@ -83,7 +83,7 @@ class Daemon:
                     ]
                     monitoring: list[asyncio.Task[None]] = []
                     if config.mqtt is not None:
-                        from gateway.ops.monitor import operations_plane
+                        from gateway.ops.plane import operations_plane
 
                         plane = operations_plane(
                             config,

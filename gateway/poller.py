@@ -34,6 +34,7 @@ import logging
 import math
 import time
 
+from core.backoff import Backoff, no_jitter
 from core.flags import CLOCK_UNSYNCED
 from core.health import Health, MeterHealth, MeterState
 from core.sample import Sample
@@ -136,7 +137,7 @@ class Poller:
         plan_mono = clock.monotonic()
         if clock.trusted():
             plan_wall = next_boundary(clock.time(), interval)
-        offline_retries = 0
+        offline_retry = offline_backoff(meter)
         while True:
             on_mono_plan = plan_wall is None
             if plan_wall is not None:
@@ -167,8 +168,7 @@ class Poller:
                 else:
                     await self._untrusted(HeldReading(meter.id, read_mono, values, interval))
             if health.state is MeterState.OFFLINE:
-                delay = offline_retry_delay(meter, offline_retries)
-                offline_retries += 1
+                delay = offline_retry.next_delay()
                 if trusted:
                     base = wall if plan_wall is None else plan_wall
                     plan_wall = retry_boundary(base, delay, interval, clock.time())
@@ -178,7 +178,7 @@ class Poller:
                     health.next_attempt_ts_ms = None
                 log.debug("meter %s: offline, next attempt in %.1f s", meter.id, delay)
                 continue
-            offline_retries = 0
+            offline_retry.reset()
             health.next_attempt_ts_ms = None
             if trusted:
                 following = next_boundary(clock.time(), interval)
@@ -417,11 +417,12 @@ class Poller:
         health.read_failed(kind, message)
 
 
-def offline_retry_delay(meter: MeterConfig, retries: int) -> float:
-    """Seconds before retry number `retries` (0 first) of an offline meter."""
+def offline_backoff(meter: MeterConfig) -> Backoff:
+    """Delays between retries of an offline meter: max(interval, offline_retry_secs), doubling
+    up to offline_retry_max_secs. Not jittered: retries land on the meter's own boundaries
+    (`retry_boundary`) and health shows when the next one is due."""
     first = max(meter.interval_secs, meter.offline_retry_secs)
-    cap = max(first, meter.offline_retry_max_secs)
-    return min(first * (1 << min(retries, 32)), cap)
+    return Backoff(first, max(first, meter.offline_retry_max_secs), rng=no_jitter)
 
 
 def retry_boundary(failed: float, delay: float, interval: float, now: float) -> float:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from core.health import BusHealth
-from drivers.modbus.bus import ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
 from drivers.modbus.config import (
     ModbusRtuBusConfig,
     ModbusRtuOverTcpBusConfig,
     ModbusTcpBusConfig,
 )
+from drivers.modbus.transports import ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
 
 
 def tcp_bus(

@@ -5,7 +5,7 @@ Invariants of every plan (checked by tests/drivers/test_planner.py with hypothes
 - no request is longer than `max_count` registers;
 - no request touches a forbidden address;
 - no request wholly contains a span the device refused (`unreadable`, learnt at run time from
-  exception 2 answers: drivers.modbus.bus splits such a block and plans around it afterwards);
+  exception 2 answers: drivers.modbus.reader splits such a block and plans around it afterwards);
 - inside a request, every run of registers nobody needs is at most `max_gap` long;
 - the number of requests is minimal under those rules.
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, Protocol, Self
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from core.health import BusHealth
-from drivers.base import MeterReader, MeterReadError
+from drivers.base import AsyncClosable, MeterReader, MeterReadError
 from drivers.serial.obis_map import ObisMap, Quantity, meter_map
 from drivers.serial.transport import SerialPort
 
@@ -81,7 +80,7 @@ class Framer(Protocol):
         ...
 
 
-class SerialLine(ABC):
+class SerialLine(AsyncClosable):
     """One serial port and the meters on it; an async context manager safe to exit twice."""
 
     kind: ClassVar[str]
@@ -103,17 +102,6 @@ class SerialLine(ABC):
 
     async def aclose(self) -> None:
         await self.port.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class PushLine(SerialLine):

@@ -12,8 +12,10 @@ Invariants:
 - pyserial / OS failures become MeterReadError("connection") here and nowhere else.
 - A `SerialPort` holds at most one open `SerialLink`. After an error its owner drops the
   link; the port is opened again by path (so a USB adapter that re-enumerates under the same
-  /dev/serial/by-id/... link comes back), never sooner than a capped exponential backoff after
-  the last failed attempt, so a missing adapter is not hammered.
+  /dev/serial/by-id/... link comes back), never sooner than a core.backoff.Backoff delay after
+  the last failure (reconnect_initial_secs doubling to reconnect_max_secs, not jittered: the
+  port is this gateway's alone; reset by a successful open), so a missing adapter is not
+  hammered.
 - `close()` closes the descriptor before it returns: nothing outlives it (no task, no
   thread, no open fd).
 """
@@ -31,6 +33,7 @@ from typing import Final
 
 import serial
 
+from core.backoff import Backoff, no_jitter
 from core.health import BusHealth, BusState
 from drivers.base import MeterReadError
 
@@ -257,7 +260,7 @@ class SerialPort:
         self.health = health or BusHealth(name)
         self._link: SerialLink | None = None
         self._lock = asyncio.Lock()
-        self._failures = 0
+        self._reopen = Backoff(reconnect_initial_secs, reconnect_max_secs, rng=no_jitter)
         self._next_attempt = 0.0
         self._opened_before = False
         self._closed = False
@@ -305,7 +308,7 @@ class SerialPort:
                 await link.close()
                 raise MeterReadError("connection", f"{self.name}: bus is closed")
             self._link = link
-            self._failures = 0
+            self._reopen.reset()
             if self._opened_before:
                 self.health.reconnects += 1
                 log.info("%s: %s open again", self.name, self.settings.port)
@@ -344,9 +347,7 @@ class SerialPort:
             log.error("%s: %s", self.name, message)
 
     def _schedule_retry(self) -> None:
-        delay = min(self.reconnect_initial_secs * 2**self._failures, self.reconnect_max_secs)
-        self._failures = min(self._failures + 1, 32)
-        self._next_attempt = time.monotonic() + delay
+        self._next_attempt = time.monotonic() + self._reopen.next_delay()
 
     def count(self, kind: str, message: str | None = None) -> None:
         self.health.errors[kind] += 1

@@ -42,12 +42,14 @@ from typing import Final, TextIO
 from core.channels import CHANNEL_UNITS
 from drivers.base import MeterReadError
 from drivers.factory import SUNSPEC_MODEL, build_bus, build_reader, bus_timeout
-from drivers.modbus.bus import ModbusBus, ModbusExceptionError, ModbusReader, ModbusRtuBus
+from drivers.modbus.bus import ModbusBus, ModbusExceptionError
 from drivers.modbus.decode import GarbageValue, decode_scale_factor, decode_value
 from drivers.modbus.identity import IdentityCheck
 from drivers.modbus.maps import map_label, meter_register_map
 from drivers.modbus.planner import plan_reads
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import RegisterMap, RegisterSpec, builtin_models, load_builtin
+from drivers.modbus.transports import ModbusRtuBus
 from gateway.config.schema import Config
 
 EXIT_OK: Final = 0

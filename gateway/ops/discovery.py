@@ -264,24 +264,24 @@ class _Renderer:
             ),
         ]
         for key, payload in diagnostics:
-            payload |= {
-                "state_topic": state_topic,
-                "entity_category": "diagnostic",
-                "availability_topic": self.status_availability["topic"],
-                "payload_available": "online",
-                "payload_not_available": "offline",
-                "device": device,
-            }
-            self._add(_object_id("meter", meter.id, key), payload)
+            self._diagnostic(_object_id("meter", meter.id, key), state_topic, payload, device)
 
-    def _diagnostic(self, object_id: str, state_topic: str, payload: dict[str, Any]) -> None:
+    def _diagnostic(
+        self,
+        object_id: str,
+        state_topic: str,
+        payload: dict[str, Any],
+        device: dict[str, Any] | None = None,
+    ) -> None:
+        """A diagnostic entity, available while the gateway is; of the gateway's own device
+        unless `device` (a meter's) is given."""
         payload |= {
             "state_topic": state_topic,
             "entity_category": "diagnostic",
             "availability_topic": self.status_availability["topic"],
             "payload_available": "online",
             "payload_not_available": "offline",
-            "device": self.gateway_device,
+            "device": self.gateway_device if device is None else device,
         }
         self._add(object_id, payload)
 

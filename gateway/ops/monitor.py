@@ -1,4 +1,5 @@
-"""The operations plane: gateway health published over MQTT, never in the way of the data path.
+"""The operations plane's MQTT connection: gateway health published to a broker, never in the way
+of the data path.
 
 Invariants:
 - `Monitor.publish()` is synchronous and never blocks or awaits the broker. It puts the message in
@@ -18,53 +19,36 @@ Invariants:
 - Each connection attempt uses a fresh aiomqtt client: an attempt abandoned half-way (cancelled,
   timed out) can leave a client unusable, and a client is cheap.
 - The broker going away is logged once, its return once; attempts in between only count.
+- Attempts are spaced by a core.backoff.Backoff (reconnect_min_secs doubling to
+  reconnect_max_secs, each delay jittered within its upper half), reset once a connection got
+  as far as `online`.
 
-`HealthRenderer` renders Health into (topic suffix, payload) pairs on its own;
-`gateway.ops.discovery` renders Home Assistant discovery and `gateway.ops.commands` answers
-commands.
+`gateway.ops.health_topics` renders Health into (topic suffix, payload) pairs on its own;
+`gateway.ops.discovery` renders Home Assistant discovery, `gateway.ops.commands` answers
+commands, and `gateway.ops.plane` wires the monitor and what feeds it into the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
-import math
-import random
 import ssl
-import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
 
-from core.channels import CHANNEL_UNITS
-from core.health import (
-    BusHealth,
-    Health,
-    MeterHealth,
-    UplinkHealth,
-    kernel_clock_synchronized,
-)
-from core.sample import Sample, StoredSample
-from gateway.config.schema import Config, MqttConfig, MqttTlsConfig
+from core.backoff import Backoff, equal_jitter
+from core.health import Health
+from core.sample import Sample
+from gateway.config.schema import MqttConfig, MqttTlsConfig
 from gateway.ops.commands import CommandHandler
-from gateway.ops.discovery import (
-    DiscoveryLedger,
-    Inventory,
-    StoreLedger,
-    describe_meters,
-    discovery_messages,
-)
-from gateway.poller import Poller
-from gateway.store.async_store import AsyncStore
-from gateway.store.database import Store
-from gateway.uplinks.base import Uplink
+from gateway.ops.discovery import DiscoveryLedger, Inventory, discovery_messages
+from gateway.ops.health_topics import HealthRenderer, alert_message, sample_message
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +60,6 @@ SHUTDOWN_STEP_S = 0.5
 MAX_COMMANDS_IN_FLIGHT = 8
 #: Command answers waiting for the broker beyond this many: the oldest is dropped (counted).
 MAX_PENDING_RESULTS = 100
-#: Rates (samples per minute, bus utilisation) are averaged over at least this window.
-RATE_WINDOW_S = 60.0
 
 Payload = Mapping[str, Any] | str
 
@@ -87,180 +69,6 @@ class _Outgoing:
     payload: str | bytes
     qos: int
     retain: bool
-
-
-def _iso(ts_ms: int | None) -> str | None:
-    if ts_ms is None:
-        return None
-    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _finite(value: float | None) -> float | None:
-    """JSON has no NaN/Infinity; a subscriber's strict parser would reject the whole payload."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def meter_state(meter: MeterHealth) -> dict[str, Any]:
-    """`meters/<id>/state`: values in canonical units (Wh for energy), listed in `units`."""
-    return {
-        "state": str(meter.state),
-        "reads": meter.reads,
-        "errors": dict(meter.errors),
-        "errors_total": sum(meter.errors.values()),
-        "consecutive_errors": meter.consecutive_errors,
-        "skipped_ticks": meter.skipped_ticks,
-        "refused_older": meter.refused_older,
-        "last_error": meter.last_error,
-        "last_read_ts": _iso(meter.last_read_ts_ms),
-        "last_latency_s": _finite(meter.last_latency_s),
-        "next_attempt_ts": _iso(getattr(meter, "next_attempt_ts_ms", None)),
-        "values": {name: _finite(value) for name, value in meter.last_values.items()},
-        "units": {name: CHANNEL_UNITS[name] for name in meter.last_values if name in CHANNEL_UNITS},
-        "counter_resets": meter.counter_resets,
-        "counter_jumps": meter.counter_jumps,
-        "last_counter_problem": meter.last_counter_problem,
-        "refused_clock_step": meter.refused_clock_step,
-        "facts": dict(meter.facts),
-    }
-
-
-def uplink_state(uplink: UplinkHealth, *, now_ms: int | None = None) -> dict[str, Any]:
-    """`uplinks/<name>/state`; backlog figures are None until the daemon first measured them."""
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    oldest = uplink.oldest_undelivered_ts_ms
-    return {
-        "delivered": uplink.delivered,
-        "retries": uplink.retries,
-        "parked": uplink.parked,
-        "last_success": _iso(uplink.last_success_ms),
-        "last_error": uplink.last_error,
-        "last_error_ts": _iso(uplink.last_error_ms),
-        "paused_reason": uplink.paused_reason,
-        "backlog_rows": uplink.backlog_rows,
-        "oldest_undelivered": _iso(oldest),
-        "oldest_undelivered_age_s": None if oldest is None else max(0, (now - oldest) // 1000),
-        "dead_letters": uplink.dead_letters,
-        "facts": dict(uplink.facts),
-    }
-
-
-def bus_state(bus: BusHealth, *, utilisation: float | None, now_monotonic: float) -> dict[str, Any]:
-    """`buses/<id>/state`; `utilisation` is the busy share over the last minute or so."""
-    return {
-        "state": str(bus.state),
-        "transactions": bus.transactions,
-        "errors": dict(bus.errors),
-        "errors_total": sum(bus.errors.values()),
-        "reconnects": bus.reconnects,
-        "last_error": bus.last_error,
-        "busy_s": round(bus.busy_s, 3),
-        "utilisation": None if utilisation is None else round(utilisation, 4),
-        "utilisation_since_start": round(bus.utilisation(now_monotonic), 4),
-    }
-
-
-class _Rate:
-    """Growth per second of a counter over a sliding window of at least `window_s`."""
-
-    def __init__(self, window_s: float, start: tuple[float, float]) -> None:
-        self.window_s = window_s
-        self._points: deque[tuple[float, float]] = deque([start])
-
-    def update(self, now: float, value: float) -> float | None:
-        self._points.append((now, value))
-        while len(self._points) > 2 and now - self._points[1][0] >= self.window_s:
-            self._points.popleft()
-        then, before = self._points[0]
-        return (value - before) / (now - then) if now > then else None
-
-
-class HealthRenderer:
-    """Health as retained state topics: `state`, `meters/<id>/state`, `buses/<id>/state`,
-    `uplinks/<name>/state`. Keeps the little history rates need; one per monitor."""
-
-    def __init__(self, version: str, *, rate_window_s: float = RATE_WINDOW_S) -> None:
-        self.version = version
-        self.rate_window_s = rate_window_s
-        self._reads: _Rate | None = None
-        self._busy: dict[str, _Rate] = {}
-
-    def render(
-        self,
-        health: Health,
-        *,
-        now_monotonic: float | None = None,
-        now_ms: int | None = None,
-        extra_state: Mapping[str, Any] | None = None,
-    ) -> list[tuple[str, dict[str, Any]]]:
-        now = time.monotonic() if now_monotonic is None else now_monotonic
-        wall_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        uptime = max(0.0, now - health.started_monotonic)
-        if self._reads is None:
-            self._reads = _Rate(self.rate_window_s, (health.started_monotonic, 0))
-        per_s = self._reads.update(now, sum(m.reads for m in health.meters.values()))
-        last_alert = health.alerts[-1] if health.alerts else None
-        budget = health.store_budget_bytes
-        used = health.store_bytes
-        states = [str(m.state) for m in health.meters.values()]
-        state: dict[str, Any] = {
-            "version": self.version,
-            "started": _iso(wall_ms - round(uptime * 1000)),
-            "uptime_s": round(uptime),
-            "store_bytes": used,
-            "store_budget_bytes": budget,
-            "store_used_pct": None if used is None or not budget else round(100 * used / budget, 2),
-            "store_full": health.store_full,
-            "clock_trusted": health.clock_trusted,
-            "clock_synchronized": health.clock_synchronized,
-            "clock": dataclasses.asdict(health.clock),
-            "samples_per_min": None if per_s is None else round(60 * per_s, 2),
-            "meters": {name: states.count(name) for name in ("ok", "degraded", "offline")},
-            "alerts": len(health.alerts),
-            "last_alert": None
-            if last_alert is None
-            else {
-                "ts": _iso(last_alert.ts_ms),
-                "source": last_alert.source,
-                "message": last_alert.message,
-            },
-            **(extra_state or {}),
-        }
-        messages: list[tuple[str, dict[str, Any]]] = [("state", state)]
-        messages += [(f"meters/{m.meter}/state", meter_state(m)) for m in health.meters.values()]
-        for bus in health.buses.values():
-            rate = self._busy.get(bus.bus)
-            if rate is None:
-                rate = self._busy[bus.bus] = _Rate(self.rate_window_s, (bus.since_monotonic, 0.0))
-            busy = rate.update(now, bus.busy_s)
-            utilisation = None if busy is None else min(1.0, max(0.0, busy))
-            messages.append(
-                (
-                    f"buses/{bus.bus}/state",
-                    bus_state(bus, utilisation=utilisation, now_monotonic=now),
-                )
-            )
-        messages += [
-            (f"uplinks/{u.uplink}/state", uplink_state(u, now_ms=wall_ms))
-            for u in health.uplinks.values()
-        ]
-        return messages
-
-
-def health_messages(
-    health: Health, *, version: str, now_monotonic: float | None = None, now_ms: int | None = None
-) -> list[tuple[str, dict[str, Any]]]:
-    """One rendering without history (rates are averages since start)."""
-    return HealthRenderer(version).render(health, now_monotonic=now_monotonic, now_ms=now_ms)
-
-
-def sample_message(sample: Sample) -> dict[str, Any]:
-    """`meters/<id>/values`: one sample as stored, canonical units."""
-    return {
-        "ts": _iso(sample.ts_ms),
-        "ts_ms": sample.ts_ms,
-        "values": {name: _finite(value) for name, value in sample.values.items()},
-    }
 
 
 def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
@@ -376,8 +184,7 @@ class Monitor:
         self._alerts_published = self.health.alerts_total
         recent = list(self.health.alerts)[-new:] if new > 0 else []
         for alert in recent:
-            payload = {"ts": _iso(alert.ts_ms), "source": alert.source, "message": alert.message}
-            self._queue_fifo(f"{self.base_topic}/alerts", payload)
+            self._queue_fifo(f"{self.base_topic}/alerts", alert_message(alert))
 
     def publish_sample(self, sample: Sample) -> None:
         """Queue one sample for `meters/<id>/values` (not retained; coalesced while the broker
@@ -387,8 +194,9 @@ class Monitor:
         )
 
     async def run(self) -> None:
-        """Connect, publish, reconnect with capped backoff; returns only by cancellation."""
-        failures = 0
+        """Connect, publish, reconnect with a Backoff(reconnect_min_secs, reconnect_max_secs)
+        that a connection which got as far as `online` resets; returns only by cancellation."""
+        backoff = Backoff(self.reconnect_min_secs, self.reconnect_max_secs, rng=equal_jitter)
         try:
             while True:
                 try:
@@ -397,14 +205,10 @@ class Monitor:
                 except aiomqtt.MqttError as exc:
                     _raise_if_cancelling(exc)
                     if self._connected:
-                        failures = 0
+                        backoff.reset()
                     self._connected = False
                     self._note_failure(exc)
-                failures += 1
-                ceiling = min(
-                    self.reconnect_max_secs, self.reconnect_min_secs * 2 ** (failures - 1)
-                )
-                await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+                await asyncio.sleep(backoff.next_delay())
         finally:
             await self._stop_commands()
 
@@ -646,143 +450,6 @@ class Monitor:
         else:
             log.debug("MQTT broker %s still unreachable (%s)", where, exc)
         self._broker_seen = False
-
-
-async def feed_samples(monitor: Monitor, astore: AsyncStore, meters: Collection[str]) -> None:
-    """Publish every sample stored from now on to `meters/<id>/values`, until cancelled.
-
-    It follows the store's log (as uplinks do) instead of being called by the poller: the
-    poller never knows MQTT exists, and the topic carries exactly what was recorded.
-    """
-    store = astore.store
-    position = await astore.call(_newest_id, store, meters)
-    while True:
-        # Arm the wait BEFORE reading, so an append between the read and the wait is seen.
-        waiter = asyncio.get_running_loop().create_task(
-            astore.wait_appended(30.0), name="mqtt-values-idle"
-        )
-        try:
-            await asyncio.sleep(0)
-            batch: list[StoredSample] = await astore.read_all(position, 500)
-            if not batch:
-                await waiter
-        finally:
-            waiter.cancel()
-        for stored in batch:
-            position = stored.rowid
-            if stored.sample.meter in meters:
-                monitor.publish_sample(stored.sample)
-
-
-def _newest_id(store: Store, meters: Collection[str]) -> int:
-    """Row id of the newest stored sample of any of `meters` (0 when none): where to start."""
-    newest = 0
-    for meter in meters:
-        ts_ms = store.last_ts(meter)
-        if ts_ms is not None:
-            rows = store.read_time_range(meter, ts_ms, ts_ms)
-            if rows:
-                newest = max(newest, rows[-1].rowid)
-    return newest
-
-
-async def measure_forever(
-    health: Health,
-    astore: AsyncStore,
-    uplinks: Sequence[Uplink],
-    *,
-    every_secs: float,
-    clock_trusted: Callable[[], bool] | None = None,
-) -> None:
-    """Fill Health with what only the store knows (size, backlog per uplink, dead letters) and
-    the clock's state, every `every_secs`, until cancelled. One short query per stream, on the
-    store's thread, so the data path is not held up."""
-    streams = {uplink.name: list(uplink.streams()) for uplink in uplinks}
-    while True:
-        used, per_uplink = await astore.call(_store_figures, astore.store, streams)
-        health.store_bytes = used
-        health.store_budget_bytes = astore.store.budget_bytes
-        for name, (rows, oldest, dead) in per_uplink.items():
-            uplink = health.uplink(name)
-            uplink.backlog_rows, uplink.oldest_undelivered_ts_ms, uplink.dead_letters = (
-                rows,
-                oldest,
-                dead,
-            )
-        if clock_trusted is not None:
-            health.clock_trusted = clock_trusted()
-        health.clock_synchronized = kernel_clock_synchronized()
-        await asyncio.sleep(every_secs)
-
-
-def _store_figures(
-    store: Store, streams: Mapping[str, Sequence[str]]
-) -> tuple[int, dict[str, tuple[int, int | None, int]]]:
-    figures: dict[str, tuple[int, int | None, int]] = {}
-    for uplink, names in streams.items():
-        backlogs = [store.backlog(uplink, stream) for stream in names]
-        oldest = [b.oldest_ts_ms for b in backlogs if b.oldest_ts_ms is not None]
-        figures[uplink] = (
-            sum(b.rows for b in backlogs),
-            min(oldest) if oldest else None,
-            store.dead_letter_count(uplink),
-        )
-    return store.used_bytes(), figures
-
-
-def operations_plane(
-    config: Config,
-    *,
-    health: Health,
-    version: str,
-    astore: AsyncStore,
-    poller: Poller,
-    uplinks: Sequence[Uplink],
-) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-    """The daemon's MQTT tasks, (name, coroutine), for a config with an `mqtt:` section."""
-    mqtt = config.mqtt
-    if mqtt is None:
-        return []
-    commands = CommandHandler(
-        mqtt.commands,
-        health=health,
-        meters=config.meters,
-        read_once=poller.read_once,
-        store=astore,
-        uplinks={uplink.name: uplink for uplink in uplinks},
-        clock_trusted=poller.clock.trusted,
-    )
-    inventory = Inventory(
-        config.gateway.id,
-        meters=describe_meters(config.meters, config.buses),
-        uplinks=tuple(uplink.name for uplink in uplinks),
-    )
-    monitor = Monitor(
-        mqtt,
-        gateway_id=config.gateway.id,
-        health=health,
-        version=version,
-        inventory=inventory,
-        commands=commands,
-        ledger=StoreLedger(astore),
-    )
-    tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [
-        ("monitor", monitor.run()),
-        (
-            "store-figures",
-            measure_forever(
-                health,
-                astore,
-                uplinks,
-                every_secs=mqtt.publish_interval_secs,
-                clock_trusted=poller.clock.trusted,
-            ),
-        ),
-    ]
-    if mqtt.publish_values:
-        meters = frozenset(meter.id for meter in config.meters)
-        tasks.append(("mqtt-values", feed_samples(monitor, astore, meters)))
-    return tasks
 
 
 def _encode(payload: Payload) -> str:

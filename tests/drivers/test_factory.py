@@ -9,8 +9,9 @@ import pytest
 
 from drivers.base import MeterReadError
 from drivers.factory import open_readers
-from drivers.modbus.bus import ModbusReader, ModbusRtuBus, ModbusTcpBus
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import load_builtin
+from drivers.modbus.transports import ModbusRtuBus, ModbusTcpBus
 from gateway.config.schema import Config
 from tests.fakes.modbus_device import SimulatedMeter, serve_modbus_tcp
 from tests.fixtures.modbus import SDM630_VALUES

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.modbus.bus import ModbusReader, ModbusTcpBus
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import load_builtin
+from drivers.modbus.transports import ModbusTcpBus
 from tests.fakes.modbus_device import SimulatedMeter, serve_modbus_tcp
 
 SDM630 = load_builtin("sdm630")

@@ -12,9 +12,10 @@ from pathlib import Path
 from core.health import Health, MeterHealth, MeterState
 from drivers.base import MeterReadError
 from drivers.config import MeterConfig
-from drivers.modbus.bus import ModbusReader, ModbusRtuBus
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import load_builtin
-from gateway.poller import Poller, offline_retry_delay, retry_boundary
+from drivers.modbus.transports import ModbusRtuBus
+from gateway.poller import Poller, offline_backoff, retry_boundary
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from tests.fakes.modbus_device import SimulatedMeter, SimulatorServer
@@ -53,9 +54,11 @@ class FlakyMeter:
 
 def test_offline_delays_start_at_one_minute_or_the_interval_and_double_to_the_cap() -> None:
     minute = MeterConfig(id="m", bus="b", model="sdm630", interval=15)
-    assert [offline_retry_delay(minute, n) for n in range(5)] == [60, 120, 240, 300, 300]
+    retry = offline_backoff(minute)
+    assert [retry.next_delay() for _ in range(5)] == [60, 120, 240, 300, 300]
     slow = MeterConfig(id="m", bus="b", model="sdm630", interval=900, offline_retry_max_secs=600)
-    assert [offline_retry_delay(slow, n) for n in range(3)] == [900, 900, 900]
+    retry = offline_backoff(slow)
+    assert [retry.next_delay() for _ in range(3)] == [900, 900, 900]
     # always on a boundary of the meter's interval, at least `delay` after the failed tick
     assert retry_boundary(1005.0, 60, 15, now=1005.5) == 1065.0
     assert retry_boundary(1005.0, 50, 15, now=1005.5) == 1065.0  # rounded up to a boundary

@@ -22,10 +22,12 @@ from hypothesis import strategies as st
 from pymodbus.framer import FramerRTU
 
 from drivers.base import MeterReadError
-from drivers.modbus.bus import ModbusBus, ModbusReader, ModbusRtuOverTcpBus, ModbusTcpBus
+from drivers.modbus.bus import ModbusBus
 from drivers.modbus.decode import decode_blocks
 from drivers.modbus.planner import plan_map
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import RegisterMap, builtin_models, load_builtin
+from drivers.modbus.transports import ModbusRtuOverTcpBus, ModbusTcpBus
 
 MAPS: dict[str, RegisterMap] = {model: load_builtin(model) for model in builtin_models()}
 #: The kinds a read failure may have (drivers.modbus.bus): anything else is a new, unknown path.

@@ -14,15 +14,10 @@ import pytest
 from core.health import BusState, Health
 from drivers.base import MeterReadError
 from drivers.factory import build_bus, open_readers
-from drivers.modbus.bus import (
-    ModbusBus,
-    ModbusReader,
-    ModbusRtuBus,
-    ModbusRtuOverTcpBus,
-    ModbusTcpBus,
-    rtu_gap_secs,
-)
+from drivers.modbus.bus import ModbusBus
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import RegisterMap, load_builtin
+from drivers.modbus.transports import ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus, rtu_gap_secs
 from drivers.simulator import sunspec_meter
 from gateway.config.schema import Config
 from tests.fakes.modbus_device import SimulatedMeter, SimulatorServer, serve_modbus_tcp

@@ -14,8 +14,8 @@ import pytest
 
 from core.channels import unit_of
 from drivers.base import MeterReadError
-from drivers.modbus.bus import ModbusReader, ModbusTcpBus
 from drivers.modbus.planner import ReadRequest, plan_reads
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import (
     RegisterMap,
     RegisterMapError,
@@ -28,6 +28,7 @@ from drivers.modbus.register_map import (
     unit_multiplier,
     unit_problem,
 )
+from drivers.modbus.transports import ModbusTcpBus
 from tests.fakes.modbus_device import SimulatedMeter, serve_modbus_tcp
 
 MODELS = builtin_models()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.modbus.bus import ModbusTcpBus
 from drivers.modbus.identity import IdentityCheck
 from drivers.modbus.register_map import (
     REGISTERS_DIR,
@@ -14,6 +13,7 @@ from drivers.modbus.register_map import (
     load_builtin,
     parse_map,
 )
+from drivers.modbus.transports import ModbusTcpBus
 from tests.fakes.modbus_device import SimulatedMeter, serve_modbus_tcp
 
 MAP = """\

@@ -10,8 +10,9 @@ import pytest
 from pymodbus.constants import ExcCodes
 
 from drivers.base import MeterReader, MeterReadError
-from drivers.modbus.bus import ModbusReader, ModbusTcpBus
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import RegisterMap, load_builtin
+from drivers.modbus.transports import ModbusTcpBus
 from tests.fakes.modbus_device import SimulatedMeter, SimulatorServer, serve_modbus_tcp
 from tests.fixtures.modbus import SDM630_VALUES
 from tests.fixtures.network import free_port

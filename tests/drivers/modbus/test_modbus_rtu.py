@@ -7,8 +7,9 @@ import time
 import pytest
 
 from drivers.base import MeterReadError
-from drivers.modbus.bus import ModbusReader, ModbusRtuBus
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import load_builtin
+from drivers.modbus.transports import ModbusRtuBus
 from tests.fakes.modbus_device import SimulatedMeter, SimulatorServer
 from tests.fixtures.modbus import SDM630_VALUES
 

@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.base import MeterReadError
-from drivers.modbus.bus import ModbusReader, ModbusTcpBus
 from drivers.modbus.planner import ReadRequest, Span, plan_reads
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import AddressRange, RegisterMap, RegisterSpec
+from drivers.modbus.transports import ModbusTcpBus
 from tests.drivers.modbus.test_planner import CHANNELS, Case, cases
 from tests.fakes.modbus_device import SimulatedMeter, serve_modbus_tcp
 

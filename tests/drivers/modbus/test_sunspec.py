@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from drivers.base import MeterReadError
-from drivers.modbus.bus import ModbusReader, ModbusTcpBus
+from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import RegisterMap, load_builtin
 from drivers.modbus.sunspec import (
     INVERTER_INT,
@@ -21,6 +21,7 @@ from drivers.modbus.sunspec import (
     encode_string,
     register_map_for,
 )
+from drivers.modbus.transports import ModbusTcpBus
 from drivers.simulator import SUNSPEC_IDENTITY, sunspec_meter
 from tests.fakes.modbus_device import SimulatedMeter, serve_modbus_tcp
 

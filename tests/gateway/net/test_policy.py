@@ -8,7 +8,7 @@ from email.utils import format_datetime
 import aiohttp
 import pytest
 
-from core.backoff import Backoff
+from core.backoff import Backoff, equal_jitter, no_jitter
 from gateway.net.policy import (
     Outcome,
     classify_exception,
@@ -126,6 +126,16 @@ def test_backoff_grows_exponentially_to_its_cap_with_full_jitter() -> None:
     assert [half.next_delay() for _ in range(3)] == [1, 2, 4]
     half.reset()
     assert half.next_delay() == 1
+
+
+def test_backoff_without_jitter_or_with_equal_jitter() -> None:
+    fixed = Backoff(0.5, 4.0, rng=no_jitter)
+    assert [fixed.next_delay() for _ in range(6)] == [0.5, 1, 2, 4, 4, 4]
+    upper_half = Backoff(1.0, 8.0, rng=equal_jitter)
+    for _ in range(20):
+        for ceiling in (1, 2, 4, 8, 8):
+            assert ceiling / 2 <= upper_half.next_delay() <= ceiling
+        upper_half.reset()
 
 
 def test_backoff_never_overflows_after_a_long_outage() -> None:

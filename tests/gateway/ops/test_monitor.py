@@ -22,7 +22,9 @@ import pytest
 from core.health import Health, MeterState
 from core.sample import Sample
 from gateway.config.schema import MqttConfig
-from gateway.ops.monitor import HealthRenderer, Monitor, health_messages, measure_forever
+from gateway.ops.health_topics import HealthRenderer, health_messages
+from gateway.ops.monitor import Monitor
+from gateway.ops.plane import measure_forever
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from tests.fixtures.mosquitto import MosquittoBroker

@@ -1,0 +1,163 @@
+"""The daemon's operations plane: the MQTT monitor and the tasks that feed it, built from the
+config's `mqtt:` section (nothing at all without one).
+
+Invariants:
+- Nothing here sits in the data path: samples are followed through the store's log, as uplinks
+  follow it, and store figures are measured on the store's thread.
+- `feed_samples` arms its wait for the next append before it reads, so no sample stored in
+  between is missed, and publishes each stored sample once, in store order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from typing import Any
+
+from core.health import Health
+from core.sample import StoredSample
+from gateway.clock.sync import kernel_synchronized
+from gateway.config.schema import Config
+from gateway.ops.commands import CommandHandler
+from gateway.ops.discovery import Inventory, StoreLedger, describe_meters
+from gateway.ops.monitor import Monitor
+from gateway.poller import Poller
+from gateway.store.async_store import AsyncStore
+from gateway.store.database import Store
+from gateway.uplinks.base import Uplink
+
+
+async def feed_samples(monitor: Monitor, astore: AsyncStore, meters: Collection[str]) -> None:
+    """Publish every sample stored from now on to `meters/<id>/values`, until cancelled.
+
+    It follows the store's log (as uplinks do) instead of being called by the poller: the
+    poller never knows MQTT exists, and the topic carries exactly what was recorded.
+    """
+    position = await astore.run(_newest_id, meters)
+    while True:
+        # Arm the wait BEFORE reading, so an append between the read and the wait is seen.
+        waiter = asyncio.get_running_loop().create_task(
+            astore.wait_appended(30.0), name="mqtt-values-idle"
+        )
+        try:
+            await asyncio.sleep(0)
+            batch: list[StoredSample] = await astore.read_all(position, 500)
+            if not batch:
+                await waiter
+        finally:
+            waiter.cancel()
+        for stored in batch:
+            position = stored.rowid
+            if stored.sample.meter in meters:
+                monitor.publish_sample(stored.sample)
+
+
+def _newest_id(store: Store, meters: Collection[str]) -> int:
+    """Row id of the newest stored sample of any of `meters` (0 when none): where to start."""
+    newest = 0
+    for meter in meters:
+        ts_ms = store.last_ts(meter)
+        if ts_ms is not None:
+            rows = store.read_time_range(meter, ts_ms, ts_ms)
+            if rows:
+                newest = max(newest, rows[-1].rowid)
+    return newest
+
+
+async def measure_forever(
+    health: Health,
+    astore: AsyncStore,
+    uplinks: Sequence[Uplink],
+    *,
+    every_secs: float,
+    clock_trusted: Callable[[], bool] | None = None,
+) -> None:
+    """Fill Health with what only the store knows (size, backlog per uplink, dead letters) and
+    the clock's state, every `every_secs`, until cancelled. One short query per stream, on the
+    store's thread, so the data path is not held up."""
+    streams = {uplink.name: list(uplink.streams()) for uplink in uplinks}
+    while True:
+        used, per_uplink = await astore.run(_store_figures, streams)
+        health.store_bytes = used
+        health.store_budget_bytes = astore.store.budget_bytes
+        for name, (rows, oldest, dead) in per_uplink.items():
+            uplink = health.uplink(name)
+            uplink.backlog_rows, uplink.oldest_undelivered_ts_ms, uplink.dead_letters = (
+                rows,
+                oldest,
+                dead,
+            )
+        if clock_trusted is not None:
+            health.clock_trusted = clock_trusted()
+        health.clock_synchronized = kernel_synchronized()
+        await asyncio.sleep(every_secs)
+
+
+def _store_figures(
+    store: Store, streams: Mapping[str, Sequence[str]]
+) -> tuple[int, dict[str, tuple[int, int | None, int]]]:
+    figures: dict[str, tuple[int, int | None, int]] = {}
+    for uplink, names in streams.items():
+        backlogs = [store.backlog(uplink, stream) for stream in names]
+        oldest = [b.oldest_ts_ms for b in backlogs if b.oldest_ts_ms is not None]
+        figures[uplink] = (
+            sum(b.rows for b in backlogs),
+            min(oldest) if oldest else None,
+            store.dead_letter_count(uplink),
+        )
+    return store.used_bytes(), figures
+
+
+def operations_plane(
+    config: Config,
+    *,
+    health: Health,
+    version: str,
+    astore: AsyncStore,
+    poller: Poller,
+    uplinks: Sequence[Uplink],
+) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+    """The daemon's MQTT tasks, (name, coroutine), for a config with an `mqtt:` section."""
+    mqtt = config.mqtt
+    if mqtt is None:
+        return []
+    commands = CommandHandler(
+        mqtt.commands,
+        health=health,
+        meters=config.meters,
+        read_once=poller.read_once,
+        store=astore,
+        uplinks={uplink.name: uplink for uplink in uplinks},
+        clock_trusted=poller.clock.trusted,
+    )
+    inventory = Inventory(
+        config.gateway.id,
+        meters=describe_meters(config.meters, config.buses),
+        uplinks=tuple(uplink.name for uplink in uplinks),
+    )
+    monitor = Monitor(
+        mqtt,
+        gateway_id=config.gateway.id,
+        health=health,
+        version=version,
+        inventory=inventory,
+        commands=commands,
+        ledger=StoreLedger(astore),
+    )
+    tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [
+        ("monitor", monitor.run()),
+        (
+            "store-figures",
+            measure_forever(
+                health,
+                astore,
+                uplinks,
+                every_secs=mqtt.publish_interval_secs,
+                clock_trusted=poller.clock.trusted,
+            ),
+        ),
+    ]
+    if mqtt.publish_values:
+        meters = frozenset(meter.id for meter in config.meters)
+        tasks.append(("mqtt-values", feed_samples(monitor, astore, meters)))
+    return tasks
