@@ -41,12 +41,19 @@ _AUTH = frozenset({401, 403})
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What to do about one attempt. `detail` is for logs and health; it never holds secrets."""
+    """What to do about one attempt. `detail` is for logs and health; it never holds secrets.
+
+    `maybe_arrived`: no answer came, yet the request may have reached the service and been
+    processed (the one place this is decided: `may_have_arrived`). A client must not count
+    such a request as lost: Wattics asks for its last packet, EnerKey counts the ambiguous
+    retry, PTS asks GetSubmissionStatus before spending quota again.
+    """
 
     outcome: Outcome
     status: int | None = None
     retry_after_secs: float | None = None
     detail: str = ""
+    maybe_arrived: bool = False
 
 
 def classify_status(status: int) -> Outcome:
@@ -95,6 +102,23 @@ def is_misdirected(verdict: Verdict) -> bool:
     return verdict.outcome is Outcome.REJECT and verdict.status in MISDIRECTED
 
 
+#: Exceptions after which the service may have processed a request though no answer came:
+#: the request was (or may have been) sent, the answer was lost.
+_MAYBE_ARRIVED: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientOSError,
+)
+
+
+def may_have_arrived(exc: BaseException) -> bool:
+    """True when a request that raised `exc` may have reached the service anyway."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return False  # the connection was never made: nothing was sent
+    return isinstance(exc, _MAYBE_ARRIVED)
+
+
 def classify_exception(exc: BaseException) -> Verdict:
     """Verdict for a request that raised one of TRANSPORT_ERRORS (no answer at all)."""
     if not isinstance(exc, TRANSPORT_ERRORS):
@@ -102,7 +126,8 @@ def classify_exception(exc: BaseException) -> Verdict:
     text = str(exc) or "no details"
     if isinstance(exc, TimeoutError):
         text = "timed out"
-    return Verdict(Outcome.RETRY, None, None, f"{type(exc).__name__}: {text}"[:300])
+    detail = f"{type(exc).__name__}: {text}"[:300]
+    return Verdict(Outcome.RETRY, None, None, detail, maybe_arrived=may_have_arrived(exc))
 
 
 def _snippet(body: bytes | str, limit: int = 200) -> str:

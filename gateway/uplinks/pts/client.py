@@ -262,14 +262,10 @@ class PtsClient:
             ) as response:
                 raw = await read_limited(response, MAX_ANSWER_BYTES)
                 status, answer_headers = response.status, response.headers
-        except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
-            raise PtsCallError(
-                operation, classify_exception(exc), kind="retry", maybe_sent=False
-            ) from None
         except TRANSPORT_ERRORS as exc:
-            raise PtsCallError(
-                operation, classify_exception(exc), kind="retry", maybe_sent=method == "POST"
-            ) from None
+            failed = classify_exception(exc)  # decides whether it may have arrived
+            maybe_sent = method == "POST" and failed.maybe_arrived
+            raise PtsCallError(operation, failed, kind="retry", maybe_sent=maybe_sent) from None
         verdict = classify_response(status, answer_headers, _scrub(raw, self._key))
         if verdict.outcome is not Outcome.OK:
             raise PtsCallError(
