@@ -25,7 +25,8 @@ from core.sample import Sample
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
 from gateway.uplinks.wattics.config import WatticsConfig
-from gateway.uplinks.wattics.uplink import WatticsUplink, basic_auth, build_packet, encode_packet
+from gateway.uplinks.wattics.packets import basic_auth, build_packet, encode_packet
+from gateway.uplinks.wattics.uplink import WatticsUplink
 
 ROOT = Path(__file__).resolve().parents[1]
 USERNAME, PASSWORD = "bench", "bench-secret"

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from gateway.clock.clocks import Clock
-from gateway.net.common import read_limited
 from gateway.net.policy import Outcome, Verdict, classify_exception, classify_status
+from gateway.net.session import read_limited
 from gateway.sources.locus.config import LocusConfig
 
 log = logging.getLogger(__name__)

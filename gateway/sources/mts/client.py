@@ -22,7 +22,6 @@ import yarl
 from pydantic import SecretStr
 
 from gateway.clock.clocks import Clock, SystemClock
-from gateway.net.common import KeptSession, SessionFactory, read_limited
 from gateway.net.policy import (
     TRANSPORT_ERRORS,
     Outcome,
@@ -30,6 +29,7 @@ from gateway.net.policy import (
     classify_exception,
     classify_response,
 )
+from gateway.net.session import KeptSession, SessionFactory, read_limited
 from gateway.sources.mts import parse as mts_parse
 
 log = logging.getLogger(__name__)

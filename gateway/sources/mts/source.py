@@ -41,7 +41,7 @@ from typing import Final
 from core.backoff import Backoff
 from core.health import Health, MeterHealth, MeterState
 from gateway.clock.clocks import Clock, SystemClock
-from gateway.net.common import AuthGate
+from gateway.net.auth_gate import AuthGate
 from gateway.net.policy import Outcome, Verdict
 from gateway.sources.base import (
     Source,

@@ -52,49 +52,30 @@ Invariants (every change must keep them):
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import tzinfo
 from typing import Final
-from urllib.parse import quote
 
 import aiohttp
 import yarl
 
-from core.backoff import Backoff
 from core.config_base import UplinkConfig
 from core.health import Health
-from gateway.clock.clocks import Clock, SystemClock
-from gateway.net.common import (
-    AuthGate,
-    KeptSession,
-    SessionFactory,
-    WakeableClock,
-    read_limited,
-    restart_on_error,
-    run_streams_until_cancelled,
-)
-from gateway.net.policy import (
-    TRANSPORT_ERRORS,
-    Outcome,
-    Verdict,
-    classify_exception,
-    classify_response,
-    classify_status,
-    is_misdirected,
-    rate_limit_remaining,
-)
+from gateway.clock.clocks import Clock
+from gateway.net.policy import Verdict, is_misdirected, rate_limit_remaining
+from gateway.net.session import SessionFactory
 from gateway.store.async_store import AsyncStore
-from gateway.timefmt import HOUR_MS, local_iso8601, utc_iso8601, zone
+from gateway.timefmt import HOUR_MS, utc_iso8601, zone
+from gateway.uplinks.delivery import Attempt, Refused, StreamProgress, StreamUplink
 from gateway.uplinks.enerkey import config as ekc
 from gateway.uplinks.enerkey import delivered as hours_table
 from gateway.uplinks.enerkey.hourly import Event, Gap, HourlyReadings, HourReading
 from gateway.uplinks.enerkey.keys import ApiKey, KeyRing
+from gateway.uplinks.enerkey.messages import build_body, convert, push_url, state_key
 from gateway.uplinks.enerkey.rate_budget import RateBudget
 from gateway.uplinks.registry import UplinkContext
 
@@ -105,53 +86,6 @@ READ_BATCH: Final = 2000
 #: A caught-up stream re-reads the store at least this often even without an append signal.
 IDLE_RECHECK_SECS: Final = 30.0
 DAY_MS: Final = 86_400_000
-
-
-#: Exceptions after which EnerKey may have processed the request although no answer came.
-_MAYBE_SENT: Final = (
-    TimeoutError,
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientPayloadError,
-    aiohttp.ClientOSError,
-)
-
-
-def state_key(stream: str) -> str:
-    return f"stream:{stream}"
-
-
-def convert(value_wh: float, meter: ekc.EnerKeyMeterConfig) -> float:
-    """A stored counter value (Wh/varh) in the meter's EnerKey unit, rounded."""
-    return round(value_wh / meter.divisor, meter.decimals)
-
-
-def render_timestamp(ts_ms: int, timestamp_format: str, tz: tzinfo) -> str:
-    return utc_iso8601(ts_ms) if timestamp_format == "utc" else local_iso8601(ts_ms, tz)
-
-
-def build_body(
-    config: ekc.EnerKeyConfig,
-    meter_id: int | str,
-    values: list[tuple[int, float]],
-    tz: tzinfo,
-) -> bytes:
-    """The JSON message for one meter: (timestamp ms, value) pairs as documented above."""
-    names = config.fields
-    fmt = config.timestamp_format
-    document = {
-        names.meter_id: meter_id,
-        names.values: [
-            {names.timestamp: render_timestamp(ts, fmt, tz), names.value: value}
-            for ts, value in values
-        ],
-    }
-    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-
-
-def push_url(config: ekc.EnerKeyConfig, meter: ekc.EnerKeyMeterConfig) -> yarl.URL:
-    template = config.consumption_path if meter.mode == "consumption" else config.cumulative_path
-    path = template.format(meter_id=quote(str(meter.meter_id), safe=""))
-    return yarl.URL(config.base_url + path, encoded=True)
 
 
 # -- streams and messages -----------------------------------------------------------------------
@@ -175,10 +109,8 @@ class _Message:
         return self.cursor is None
 
 
-@dataclass
-class _Stream:
-    stream: str
-    meter: str
+@dataclass(kw_only=True)
+class _Stream(StreamProgress):
     target: ekc.EnerKeyMeterConfig
     url: yarl.URL
     readings: HourlyReadings
@@ -187,18 +119,19 @@ class _Stream:
     #: The last hourly reading decided (consumption needs the previous hour's reading).
     last_hour_ms: int | None = None
     last_value: float | None = None
-    in_request: bool = False
-    failing_since: str | None = None
-    failures: int = 0
     misdirected_since: str | None = None
     hours_missing: int = 0
+    #: The key the next request goes with (chosen by _before_attempt).
+    key: ApiKey | None = None
+    #: Hours in the message being sent (for the log line of an ambiguous retry).
+    sending_hours: int = 0
 
     @property
     def kind(self) -> str:
         return self.target.mode
 
 
-class EnerKeyUplink:
+class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
     """Delivers configured meters' hourly readings to EnerKey; see the module invariants."""
 
     def __init__(
@@ -214,22 +147,20 @@ class EnerKeyUplink:
         rng: Callable[[], float] = random.random,
         keys: KeyRing | None = None,
     ) -> None:
-        self.name = name
-        self.config = config
-        self._astore = store
-        self._health = health
-        self._tz = zone(timezone)
-        # Waits on this clock end early on flush(); the rate budget keeps the plain one.
-        self._clock = WakeableClock(clock or SystemClock())
-        self._rng = rng
-        self._sessions = KeptSession(
-            config.timeout_secs, max_connections=config.max_concurrency, factory=session_factory
+        super().__init__(
+            config,
+            name=name,
+            store=store,
+            health=health,
+            session_factory=session_factory,
+            clock=clock,
+            rng=rng,
         )
-        self._semaphore = asyncio.Semaphore(config.max_concurrency)
-        self._gate = AuthGate()
+        self._tz = zone(timezone)
         # Secrets: only ever put into the Authorization header of a request.
         self._keys = keys or KeyRing(config.api_keys)
         self._key_label: str | None = None
+        # The rate budget keeps the plain clock: flush() never spends calls faster.
         self._budget = RateBudget(
             config.rate_limit_per_day, config.rate_limit_burst, self._clock.clock
         )
@@ -237,8 +168,6 @@ class EnerKeyUplink:
         self._span_ms = config.max_days_per_message * DAY_MS
         self._keep_ms = config.keep_delivered_days * DAY_MS
         self._streams = {str(t.meter_id): meter for meter, t in config.meters.items()}
-        self._uplink_health = health.uplink(name)
-        self._stopping = False
         self._outside_dates_warned: set[str] = set()
         #: Requests whose answer was lost after they may have been processed, then retried.
         self.ambiguous_retries = 0
@@ -246,80 +175,27 @@ class EnerKeyUplink:
     def streams(self) -> dict[str, str]:
         return dict(self._streams)
 
-    def flush(self) -> None:
-        """Retry now (MQTT `cmd/uplinks/<name>/flush`): waits in a retry backoff, an auth or
-        misdirection probe, or idle end at once. The daily rate budget still applies."""
-        log.info("%s: flush requested: retrying now", self.name)
-        self._clock.wake()
-
-    @property
-    def paused(self) -> bool:
-        return self._gate.paused
-
     @property
     def budget(self) -> RateBudget:
         return self._budget
 
-    # -- lifecycle ------------------------------------------------------------------------------
+    # -- the delivery core's hooks ------------------------------------------------------------
 
-    async def __aenter__(self) -> EnerKeyUplink:
-        return self
+    def _describe_target(self) -> str:
+        base = yarl.URL(self.config.base_url).with_user(None).with_query(None)
+        return f"{len(self._streams)} meter(s) to {base}"
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP session; safe to call twice."""
-        await self._sessions.close()
-
-    def _open_session(self) -> aiohttp.ClientSession:
-        return self._sessions.get()
-
-    async def run(self) -> None:
-        """Deliver every meter until cancelled; closes the session on the way out."""
-        self._open_session()
-        log.info("%s: delivering %d meter(s) to %s", self.name, len(self._streams), self._base())
-        self._stopping = False
-        streams = {
-            stream: self._new_stream(stream, meter) for stream, meter in self._streams.items()
-        }
-
-        def stop() -> None:
-            self._stopping = True
-
-        try:
-            await run_streams_until_cancelled(
-                self.name,
-                {stream: functools.partial(self._supervise, st) for stream, st in streams.items()},
-                busy=lambda stream: streams[stream].in_request,
-                grace_secs=self.config.shutdown_grace_secs,
-                on_stop=stop,
-            )
-        finally:
-            await self.aclose()
-
-    def _base(self) -> str:
-        return str(yarl.URL(self.config.base_url).with_user(None).with_query(None))
+    def _new_streams(self) -> dict[str, _Stream]:
+        return {stream: self._new_stream(stream, meter) for stream, meter in self._streams.items()}
 
     def _new_stream(self, stream: str, meter: str) -> _Stream:
         target = self.config.meters[meter]
         return _Stream(
             stream,
             meter,
-            target,
-            push_url(self.config, target),
-            HourlyReadings(target.channel, self._max_gap_ms),
-        )
-
-    async def _supervise(self, st: _Stream) -> None:
-        """Run one stream; a bug or store error restarts it from its cursor, not the daemon."""
-        await restart_on_error(
-            functools.partial(self._run_stream, st),
-            what=f"{self.name}/{st.stream}",
-            stopping=lambda: self._stopping,
-            backoff=self._backoff(),
-            clock=self._clock,
-            health=self._uplink_health,
+            target=target,
+            url=push_url(self.config, target),
+            readings=HourlyReadings(target.channel, self._max_gap_ms),
         )
 
     async def _run_stream(self, st: _Stream) -> None:
@@ -523,138 +399,128 @@ class EnerKeyUplink:
     # -- sending --------------------------------------------------------------------------------
 
     async def _send(self, st: _Stream, message: _Message) -> bool:
-        """Send one message until EnerKey takes it (True) or it is parked (False)."""
+        """Send one message until EnerKey takes it (True) or it is parked (False).
+
+        On True the stream stays `in_request` until `_run_stream` has committed the hours
+        (the shutdown grace covers the commit of a message EnerKey took).
+        """
         body = build_body(
             self.config,
             st.target.meter_id,
             [(self._stamp(st, hour), value) for hour, value in message.items],
             self._tz,
         )
-        backoff: Backoff | None = None
-        rejected = 0
-        health = self._uplink_health
-        while True:
-            if self._gate.paused:
-                prober = self._gate.prober == st.stream
-                await self._gate.wait_turn(st.stream, self.config.auth_probe_secs, self._clock)
-                if prober and self._gate.paused:
-                    self._keys.reset()  # the probe tries every key again
-            key = self._keys.current()
-            if key is None:
-                self._pause_all(st)
-                continue
-            self._use_key(key)
-            await self._budget.acquire()
-            st.in_request = True  # until answered, or on OK until committed (_run_stream)
-            verdict, answer, maybe_sent = await self._post(st.url, body, key)
-            self._facts()
-            if verdict.outcome is Outcome.OK:
-                self._delivered(st)
-                return True
-            st.in_request = False
-            if self._stopping:
-                raise asyncio.CancelledError  # shutting down: do not wait to retry
-            health.last_error = verdict.detail
-            health.last_error_ms = int(self._clock.time() * 1000)
-            health.retries += 1
-            if verdict.outcome is Outcome.AUTH:
-                self._refused(key, verdict)
-                continue
-            if is_misdirected(verdict):
-                await self._misdirected(st, verdict)
-                continue
-            self._failing(st, verdict)
-            if verdict.outcome is Outcome.REJECT:
-                rejected += 1
-                if rejected >= self.config.max_attempts_rejected:
-                    await self._park(
-                        st, message, body=body, verdict=verdict, answer=answer, attempts=rejected
-                    )
-                    return False
-            if maybe_sent:
-                self.ambiguous_retries += 1
-                health.facts["ambiguous_retries"] = self.ambiguous_retries
-                log.warning(
-                    "%s/%s: no answer to a message of %d hour(s) (%s): EnerKey may have "
-                    "taken it; sending it again%s",
-                    self.name,
-                    st.stream,
-                    len(message.items),
-                    verdict.detail,
-                    " (consumption: may double-count)" if st.kind == "consumption" else "",
-                )
-            backoff = backoff or self._backoff()
-            delay = backoff.next_delay(verdict.retry_after_secs)
-            if verdict.status == 429:
-                self._budget.block(delay)  # every stream waits, not only this one
-            else:
-                await self._clock.sleep(delay)
+        st.sending_hours = len(message.items)
+        try:
+            await self._settle(st, lambda: self._post_with_key(st, body))
+        except Refused as refused:
+            await self._park_message(st, message, body=body, refused=refused)
+            return False
+        return True
 
     def _stamp(self, st: _Stream, hour_ms: int) -> int:
         if st.kind == "consumption" and self.config.consumption_timestamp == "hour_start":
             return hour_ms - HOUR_MS
         return hour_ms
 
-    async def _post(self, url: yarl.URL, body: bytes, key: ApiKey) -> tuple[Verdict, bytes, bool]:
-        """(verdict, answer body, whether EnerKey may have processed an unanswered request)."""
-        session = self._open_session()
+    async def _post_with_key(self, st: _Stream, body: bytes) -> Attempt:
+        key = st.key
+        assert key is not None
         headers = {
             "Content-Type": "application/json",
             "Authorization": self.config.authorization_prefix + key.secret.get_secret_value(),
         }
-        async with self._semaphore:
-            try:
-                async with session.post(
-                    url, data=body, headers=headers, allow_redirects=False
-                ) as response:
-                    remaining = rate_limit_remaining(response.headers)
-                    if remaining is not None:
-                        self._budget.observe(key.label, remaining)
-                    try:
-                        answer = await read_limited(response)
-                    except TRANSPORT_ERRORS:
-                        answer = b""  # the status line arrived: it decides
-                    if classify_status(response.status) is Outcome.OK:
-                        return Verdict(Outcome.OK, response.status), answer, False
-                    verdict = classify_response(
-                        response.status, response.headers, answer, now=self._clock.time()
-                    )
-                    return verdict, answer, False
-            except TRANSPORT_ERRORS as exc:
-                return classify_exception(exc), b"", _maybe_sent(exc)
 
-    def _backoff(self) -> Backoff:
-        return Backoff(self.config.retry_initial_secs, self.config.retry_max_secs, rng=self._rng)
+        def observe(response: aiohttp.ClientResponse) -> None:
+            remaining = rate_limit_remaining(response.headers)
+            if remaining is not None:
+                self._budget.observe(key.label, remaining)
 
-    # -- outcomes -------------------------------------------------------------------------------
+        attempt = await self._post(st.url, body, headers, observe=observe)
+        self._facts()
+        return attempt
 
-    def _delivered(self, st: _Stream) -> None:
-        if self._gate.reopen():
-            self._uplink_health.paused_reason = None
-            log.warning("%s: key %s accepted again; resuming delivery", self.name, self._key_label)
+    # -- the delivery core's hooks ------------------------------------------------------------
+
+    def _resumed(self) -> str:
+        return f"key {self._key_label} accepted again; resuming delivery"
+
+    async def _before_attempt(self, st: _Stream) -> None:
+        """Wait while paused (the probe tries every key again), choose a key (none left:
+        pause every stream), and take a call from the daily rate budget."""
+        while True:
+            if self._gate.paused:
+                prober = self._gate.prober == st.stream
+                await self._gate.wait_turn(st.stream, self.config.auth_probe_secs, self._clock)
+                if prober and self._gate.paused:
+                    self._keys.reset()
+            key = self._keys.current()
+            if key is not None:
+                break
+            labels = " and ".join(self._keys.refused_labels()) or "every key"
+            self._pause(st, f"API key(s) {labels} refused")
+        self._use_key(key)
+        st.key = key
+        await self._budget.acquire()
+
+    async def _credentials_refused(self, st: _Stream, attempt: Attempt) -> None:
+        """401/403 with this key: the next attempt uses the other key (alerted once per key)."""
+        key = st.key
+        assert key is not None
+        first = self._keys.refuse(key)
+        self._uplink_health.facts["keys_refused"] = self._keys.refused_labels()
+        if not first or self._gate.paused:
+            return  # already reported, or a probe while paused
+        other = self._keys.current()
+        if other is not None:
+            self._health.alert(
+                self.name,
+                f"API key {key.label} was refused ({attempt.verdict.detail}); switched to key "
+                f"{other.label}. Renew key {key.label} in EnerKey and in the config",
+            )
+
+    async def _misdirected(self, st: _Stream, attempt: Attempt) -> bool:
+        """404/405: the path or the meter id is wrong; a human must fix the config."""
+        verdict = attempt.verdict
+        if not is_misdirected(verdict):
+            return False
+        if st.misdirected_since is None:
+            st.misdirected_since = verdict.detail
+            self._health.alert(
+                self.name,
+                f"meter {st.meter}: EnerKey answered {verdict.detail} for {st.url.path} "
+                f"(meter id {st.target.meter_id}): check the path and meter id in the config; "
+                f"data kept, trying again every {self.config.auth_probe_secs:g} s",
+            )
+        await self._clock.sleep(self.config.auth_probe_secs)
+        return True
+
+    def _ambiguous(self, st: _Stream, attempt: Attempt) -> None:
+        self.ambiguous_retries += 1
+        self._uplink_health.facts["ambiguous_retries"] = self.ambiguous_retries
+        log.warning(
+            "%s/%s: no answer to a message of %d hour(s) (%s): EnerKey may have "
+            "taken it; sending it again%s",
+            self.name,
+            st.stream,
+            st.sending_hours,
+            attempt.verdict.detail,
+            " (consumption: may double-count)" if st.kind == "consumption" else "",
+        )
+
+    async def _wait_to_retry(self, st: _Stream, delay: float, verdict: Verdict) -> None:
+        if verdict.status == 429:
+            self._budget.block(delay)  # every stream waits, not only this one
+        else:
+            await super()._wait_to_retry(st, delay, verdict)
+
+    def _succeeded(self, st: _Stream) -> None:
+        super()._succeeded(st)
         if st.misdirected_since is not None:
             log.warning("%s/%s: EnerKey accepts this meter's messages again", self.name, st.stream)
             st.misdirected_since = None
-        if st.failing_since is not None:
-            log.warning(
-                "%s/%s: delivery recovered after %d failed attempt(s)",
-                self.name,
-                st.stream,
-                st.failures,
-            )
-        st.failing_since = None
-        st.failures = 0
 
-    def _failing(self, st: _Stream, verdict: Verdict) -> None:
-        st.failures += 1
-        if st.failing_since is None:
-            st.failing_since = verdict.detail
-            log.warning(
-                "%s/%s: delivery failing (%s); retrying, next log on recovery",
-                self.name,
-                st.stream,
-                verdict.detail,
-            )
+    # -- outcomes -------------------------------------------------------------------------------
 
     def _use_key(self, key: ApiKey) -> None:
         if key.label != self._key_label:
@@ -669,73 +535,21 @@ class EnerKeyUplink:
                 key.label,
             )
 
-    def _refused(self, key: ApiKey, verdict: Verdict) -> None:
-        """401/403 with `key`: the next attempt uses the other key (alerted once per key)."""
-        first = self._keys.refuse(key)
-        self._uplink_health.facts["keys_refused"] = self._keys.refused_labels()
-        if not first or self._gate.paused:
-            return  # already reported, or a probe while paused
-        other = self._keys.current()
-        if other is not None:
-            self._health.alert(
-                self.name,
-                f"API key {key.label} was refused ({verdict.detail}); switched to key "
-                f"{other.label}. Renew key {key.label} in EnerKey and in the config",
-            )
-
-    def _pause_all(self, st: _Stream) -> None:
-        if not self._gate.close(st.stream):
-            return
-        labels = " and ".join(self._keys.refused_labels()) or "every key"
-        reason = f"API key(s) {labels} refused"
-        self._uplink_health.paused_reason = reason
-        self._health.alert(
-            self.name,
-            f"{reason}: delivery paused, data kept; trying again every "
-            f"{self.config.auth_probe_secs:g} s until a key is fixed",
-        )
-
-    async def _misdirected(self, st: _Stream, verdict: Verdict) -> None:
-        """404/405: the path or the meter id is wrong; a human must fix the config."""
-        if st.misdirected_since is None:
-            st.misdirected_since = verdict.detail
-            self._health.alert(
-                self.name,
-                f"meter {st.meter}: EnerKey answered {verdict.detail} for {st.url.path} "
-                f"(meter id {st.target.meter_id}): check the path and meter id in the config; "
-                f"data kept, trying again every {self.config.auth_probe_secs:g} s",
-            )
-        await self._clock.sleep(self.config.auth_probe_secs)
-
-    async def _park(
-        self,
-        st: _Stream,
-        message: _Message,
-        *,
-        body: bytes,
-        verdict: Verdict,
-        answer: bytes,
-        attempts: int,
+    async def _park_message(
+        self, st: _Stream, message: _Message, *, body: bytes, refused: Refused
     ) -> None:
         assert message.cursor is not None
-        await self._astore.park(
-            self.name,
-            st.stream,
-            message.cursor,
-            payload=body.decode(),
-            status=verdict.status,
-            body=answer.decode("utf-8", "replace"),
-            attempts=attempts,
-            now_ms=int(self._clock.time() * 1000),
-            state=self._state(st, message),
-        )
-        self._uplink_health.parked += 1
         first, last = message.items[0][0], message.items[-1][0]
-        self._health.alert(
-            self.name,
-            f"meter {st.meter}: message with {len(message.items)} hour(s) "
-            f"{utc_iso8601(first)} .. {utc_iso8601(last)} refused {attempts} times "
-            f"({verdict.detail}); parked in the dead-letter table",
+        await self._park(
+            st,
+            message.cursor,
+            payload=body,
+            refused=refused,
+            what=(
+                f"meter {st.meter}: message with {len(message.items)} hour(s) "
+                f"{utc_iso8601(first)} .. {utc_iso8601(last)}"
+            ),
+            state=self._state(st, message),
         )
 
     def _facts(self) -> None:
@@ -746,13 +560,6 @@ class EnerKeyUplink:
             facts["calls_left"] = budget.remaining[self._key_label]
         facts["calls_left_by_key"] = dict(budget.remaining)
         facts["calls_24h"] = budget.calls_in_window()
-
-
-def _maybe_sent(exc: BaseException) -> bool:
-    """True when the request may have reached EnerKey although no answer came back."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return False  # the connection was never made
-    return isinstance(exc, _MAYBE_SENT)
 
 
 def build_uplink(section: UplinkConfig, context: UplinkContext) -> EnerKeyUplink:

@@ -25,7 +25,6 @@ import aiohttp
 import yarl
 from pydantic import SecretStr
 
-from gateway.net.common import KeptSession, SessionFactory, read_limited
 from gateway.net.policy import (
     TRANSPORT_ERRORS,
     Outcome,
@@ -33,6 +32,7 @@ from gateway.net.policy import (
     classify_exception,
     classify_response,
 )
+from gateway.net.session import KeptSession, SessionFactory, read_limited
 
 #: Validation statuses of GetSubmissionStatus.
 VALIDATING: Final = 0

@@ -67,7 +67,7 @@ from core.flags import CLOCK_UNSYNCED
 from core.health import Health
 from core.sample import StoredSample
 from gateway.clock.clocks import Clock, SystemClock
-from gateway.net.common import WakeableClock
+from gateway.clock.wakeable import WakeableClock
 from gateway.store.async_store import AsyncStore
 from gateway.timefmt import parse_local_naive
 from gateway.uplinks.pts import ledger

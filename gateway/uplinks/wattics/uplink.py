@@ -24,207 +24,36 @@ Invariants (every change must keep them):
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import functools
 import json
 import logging
-import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import tzinfo
-from functools import lru_cache
 from typing import Final
 
-import aiohttp
 import yarl
 
-from core.backoff import Backoff
 from core.config_base import UplinkConfig
 from core.health import Health
-from core.sample import Sample, StoredSample
-from gateway.clock.clocks import Clock, SystemClock
-from gateway.net.common import (
-    AuthGate,
-    KeptSession,
-    SessionFactory,
-    WakeableClock,
-    read_limited,
-    restart_on_error,
-    run_streams_until_cancelled,
-)
-from gateway.net.policy import (
-    TRANSPORT_ERRORS,
-    Outcome,
-    Verdict,
-    classify_exception,
-    classify_response,
-    classify_status,
-)
+from core.sample import StoredSample
+from gateway.clock.clocks import Clock
+from gateway.net.policy import TRANSPORT_ERRORS, Verdict, classify_exception
+from gateway.net.session import SessionFactory, read_limited
 from gateway.store.async_store import AsyncStore
-from gateway.timefmt import local_iso8601_ms, parse_iso8601_ms, zone
+from gateway.timefmt import local_iso8601_ms, zone
+from gateway.uplinks.delivery import Attempt, Refused, StreamProgress, StreamUplink
 from gateway.uplinks.registry import UplinkContext
 from gateway.uplinks.wattics.config import WatticsConfig, WatticsDatapointConfig
 from gateway.uplinks.wattics.continuity import CounterContinuity
 from gateway.uplinks.wattics.interval import IntervalPicker
+from gateway.uplinks.wattics.packets import (
+    basic_auth,
+    encode_sample,
+    encode_value,
+    last_timestamp_ms,
+)
 
 log = logging.getLogger(__name__)
-
-# -- packets ------------------------------------------------------------------------------------
-
-#: Wattics electricity key -> canonical channel (core.channels); units already match.
-ELECTRICITY_FIELDS: Final[Mapping[str, str]] = {
-    **{f"v_{n}": f"voltage_l{n}" for n in (1, 2, 3)},
-    **{f"c_{n}": f"current_l{n}" for n in (1, 2, 3)},
-    **{f"aP_{n}": f"power_active_l{n}" for n in (1, 2, 3)},
-    **{f"rP_{n}": f"power_reactive_l{n}" for n in (1, 2, 3)},
-    **{f"apP_{n}": f"power_apparent_l{n}" for n in (1, 2, 3)},
-    "pC_1": "energy_active_import",
-    "v_12": "voltage_l1_l2",
-    "v_23": "voltage_l2_l3",
-    "v_13": "voltage_l3_l1",
-}
-
-#: With energy_per_phase: pC_n carries each phase's import register instead of the total.
-PER_PHASE_ENERGY: Final[Mapping[str, str]] = {
-    f"pC_{n}": f"energy_active_import_l{n}" for n in (1, 2, 3)
-}
-
-
-def _fields(energy_per_phase: bool) -> tuple[tuple[str, str], ...]:
-    """(Wattics key, channel) pairs in packet order."""
-    fields = dict(ELECTRICITY_FIELDS)
-    if energy_per_phase:
-        del fields["pC_1"]
-        fields.update(PER_PHASE_ENERGY)
-    return tuple(fields.items())
-
-
-_TOTAL_FIELDS: Final = _fields(False)
-_PHASE_FIELDS: Final = _fields(True)
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def build_packet(
-    sample: Sample,
-    stream_id: str,
-    tz: str | tzinfo,
-    *,
-    energy_per_phase: bool = False,
-    ts_ms: int | None = None,
-) -> dict[str, object] | None:
-    """The electricity packet for one sample, or None when it holds nothing Wattics takes.
-
-    Missing, null and non-finite values are left out (the API accepts a subset). Energy is
-    Wh as stored: by default the total import goes to pC_1, the API's rule for a single total.
-    """
-    values: dict[str, object] = {}
-    for key, channel in _PHASE_FIELDS if energy_per_phase else _TOTAL_FIELDS:
-        value = sample.values.get(channel)
-        if _number(value):
-            values[key] = value
-    if not values:
-        return None
-    stamp = local_iso8601_ms(sample.ts_ms if ts_ms is None else ts_ms, tz)
-    return {"id": stream_id, "tsISO8601": stamp, **values}
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def encode_packet(packet: Mapping[str, object]) -> bytes:
-    """Compact JSON on one line (the API refuses line breaks); ASCII-only, no NaN."""
-    return _ENCODER.encode(packet).encode()
-
-
-@lru_cache(maxsize=1024)
-def _head(stream_id: str) -> str:
-    return '{"id":' + _ENCODER.encode(stream_id) + ',"tsISO8601":"'
-
-
-def encode_sample(
-    sample: Sample,
-    stream_id: str,
-    tz: str | tzinfo,
-    *,
-    energy_per_phase: bool = False,
-    ts_ms: int | None = None,
-) -> bytes | None:
-    """Exactly `encode_packet(build_packet(...))` (a property test holds them equal), built
-    without the intermediate dict: the uplink's hot path during catch-up.
-    """
-    values = sample.values
-    parts: list[str] = []
-    for key, channel in _PHASE_FIELDS if energy_per_phase else _TOTAL_FIELDS:
-        value = values.get(channel)
-        if value.__class__ is float:
-            if value - value == 0.0:  # finite (NaN and infinities give NaN)
-                parts.append(f'"{key}":{float.__repr__(value)}')
-        elif _number(value):
-            parts.append(f'"{key}":{_ENCODER.encode(value)}')
-    if not parts:
-        return None
-    stamp = local_iso8601_ms(sample.ts_ms if ts_ms is None else ts_ms, tz)
-    return f'{_head(stream_id)}{stamp}",{",".join(parts)}}}'.encode()
-
-
-def encode_value(
-    sample: Sample,
-    stream_id: str,
-    channel: str,
-    tz: str | tzinfo,
-    *,
-    scale: float = 1.0,
-    ts_ms: int | None = None,
-) -> bytes | None:
-    """A single-value packet `{"id","tsISO8601","value"}` for one channel of a sample, or
-    None when the sample lacks that channel (or it is not a finite number)."""
-    value = sample.values.get(channel)
-    if not _number(value):
-        return None
-    scaled = value * scale if scale != 1.0 else value
-    if not _number(scaled):
-        return None
-    stamp = local_iso8601_ms(sample.ts_ms if ts_ms is None else ts_ms, tz)
-    return encode_packet({"id": stream_id, "tsISO8601": stamp, "value": scaled})
-
-
-def basic_auth(username: str, password: str) -> str:
-    """The Authorization header value for HTTP basic auth (RFC 7617, UTF-8)."""
-    if ":" in username:
-        raise ValueError("a basic-auth username cannot contain ':'")
-    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-    return f"Basic {token}"
-
-
-def last_timestamp_ms(body: object, *, depth: int = 4) -> int | None:
-    """Latest `tsISO8601` found anywhere in a JSON answer to GET ?stream= (shape UNKNOWN)."""
-    found: list[int] = []
-
-    def walk(node: object, level: int) -> None:
-        if level > depth:
-            return
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if isinstance(key, str) and key.lower() == "tsiso8601" and isinstance(value, str):
-                    with contextlib.suppress(ValueError):
-                        found.append(parse_iso8601_ms(value))
-                else:
-                    walk(value, level + 1)
-        elif isinstance(node, list):
-            for item in node[:1000]:
-                walk(item, level + 1)
-
-    walk(body, 0)
-    return max(found) if found else None
-
-
-# -- time and the session, injectable for tests -------------------------------------------------
-
 
 #: Samples read from the store per query.
 READ_BATCH: Final = 500
@@ -236,10 +65,8 @@ MIN_READ_BATCH: Final = 20
 IDLE_RECHECK_SECS: Final = 30.0
 
 
-@dataclass
-class _Stream:
-    stream: str
-    meter: str
+@dataclass(kw_only=True)
+class _Stream(StreamProgress):
     point: WatticsDatapointConfig
     picker: IntervalPicker[StoredSample] | None = None
     #: Last row read from the store (may run ahead of `acked` while a sample is pending).
@@ -252,29 +79,18 @@ class _Stream:
     resync_skipped: int = 0
     #: Lifetime counters kept continuous across meter swaps (committed with the cursor).
     continuity: CounterContinuity = field(default_factory=CounterContinuity)
-    failing_since: str | None = None
-    failures: int = 0
-    in_request: bool = False
+    #: The stamp of the packet being sent (for "did it arrive?" after a lost answer).
+    sending_ts_ms: int | None = None
 
 
 def _continuity_key(stream: str) -> str:
     return f"continuity:{stream}"
 
 
-class _Parked(Exception):
-    """A packet refused max_attempts_rejected times (carries what the dead-letter row needs)."""
-
-    def __init__(self, verdict: Verdict, answer: bytes, attempts: int) -> None:
-        super().__init__(verdict.detail)
-        self.verdict = verdict
-        self.answer = answer
-        self.attempts = attempts
-
-
 # -- the uplink ---------------------------------------------------------------------------------
 
 
-class WatticsUplink:
+class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
     """Delivers configured datapoints' samples to Wattics; see the module invariants."""
 
     def __init__(
@@ -289,20 +105,18 @@ class WatticsUplink:
         clock: Clock | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        self.name = name
-        self.config = config
-        self._astore = store
-        self._health = health
+        super().__init__(
+            config,
+            name=name,
+            store=store,
+            health=health,
+            session_factory=session_factory,
+            clock=clock,
+            rng=rng,
+        )
         self._site_tz = zone(timezone)
         # Packets are rendered in site time, or in UTC on the UTC route.
         self._tz = zone("UTC") if config.timestamps == "utc" else self._site_tz
-        self._clock = WakeableClock(clock or SystemClock())
-        self._rng = rng
-        self._sessions = KeptSession(
-            config.timeout_secs, max_connections=config.max_concurrency, factory=session_factory
-        )
-        self._semaphore = asyncio.Semaphore(config.max_concurrency)
-        self._gate = AuthGate()
         # Secret: only ever sent as a header; never logged, never put into health or alerts.
         self._headers = {
             "Content-Type": "application/json",
@@ -319,12 +133,10 @@ class WatticsUplink:
                     f"({self._points[point.id].meter!r} and {point.meter!r})"
                 )
             self._points[point.id] = point
-        self._uplink_health = health.uplink(name)
         self._read_batch = max(
             MIN_READ_BATCH, min(READ_BATCH, READ_AHEAD_TOTAL // max(1, len(self._points)))
         )
         self.skipped = 0  # samples with nothing this datapoint takes, or between boundaries
-        self._stopping = False
         self._resync_fallback_logged = False
         #: Streams whose acknowledged position waits for the next group commit.
         self._dirty: dict[str, _Stream] = {}
@@ -334,32 +146,6 @@ class WatticsUplink:
     def streams(self) -> dict[str, str]:
         """Wattics datapoint id -> the meter feeding it."""
         return {stream: point.meter for stream, point in self._points.items()}
-
-    @property
-    def paused(self) -> bool:
-        return self._gate.paused
-
-    def flush(self) -> None:
-        """Retry now (MQTT `cmd/uplinks/<name>/flush`): every stream waiting in a retry
-        backoff, an auth probe wait or idle stops waiting, and re-queued dead letters are
-        looked for at once."""
-        log.info("%s: flush requested: retrying now", self.name)
-        self._clock.wake()
-
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> WatticsUplink:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP session; safe to call twice."""
-        await self._sessions.close()
-
-    def _open_session(self) -> aiohttp.ClientSession:
-        return self._sessions.get()
 
     def _new_picker(self, point: WatticsDatapointConfig) -> IntervalPicker[StoredSample] | None:
         """The boundary picker of a datapoint with a registered interval (None: every sample)."""
@@ -372,46 +158,15 @@ class WatticsUplink:
             tz=self._site_tz,
         )
 
-    async def run(self) -> None:
-        """Deliver every stream until cancelled; closes the session on the way out."""
-        self._open_session()
-        log.info(
-            "%s: delivering %d datapoint(s) to %s",
-            self.name,
-            len(self._points),
-            self._url.with_user(None).with_query(None),
-        )
-        self._stopping = False
-        streams = {
-            stream: _Stream(stream, point.meter, point) for stream, point in self._points.items()
+    def _describe_target(self) -> str:
+        where = self._url.with_user(None).with_query(None)
+        return f"{len(self._points)} datapoint(s) to {where}"
+
+    def _new_streams(self) -> dict[str, _Stream]:
+        return {
+            stream: _Stream(stream, point.meter, point=point)
+            for stream, point in self._points.items()
         }
-
-        def stop() -> None:
-            self._stopping = True
-
-        try:
-            # Shutdown: waiting streams stop now; one with a request in flight may finish it
-            # for up to shutdown_grace_secs, so a packet Wattics took is not sent again.
-            await run_streams_until_cancelled(
-                self.name,
-                {stream: functools.partial(self._supervise, st) for stream, st in streams.items()},
-                busy=lambda stream: streams[stream].in_request,
-                grace_secs=self.config.shutdown_grace_secs,
-                on_stop=stop,
-            )
-        finally:
-            await self.aclose()
-
-    async def _supervise(self, st: _Stream) -> None:
-        """Run one stream; a bug or store error restarts it from its cursor, not the daemon."""
-        await restart_on_error(
-            functools.partial(self._run_stream, st),
-            what=f"{self.name}/{st.stream}",
-            stopping=lambda: self._stopping,
-            backoff=self._backoff(),
-            clock=self._clock,
-            health=self._uplink_health,
-        )
 
     async def _run_stream(self, st: _Stream) -> None:
         position = await self._astore.register_stream(self.name, st.stream, st.meter)
@@ -522,165 +277,77 @@ class WatticsUplink:
             self.skipped += 1
             self._acked(st, stored.rowid)
             return
+        st.sending_ts_ms = ts_ms
         try:
-            await self._settle(st, body, ts_ms=ts_ms)
-        except _Parked as parked:
-            await self._park(st, stored, body=body, parked=parked)
+            await self._settle(st, self._sender(body))
+        except Refused as refused:
+            await self._park_sample(st, stored, body=body, refused=refused)
             return
-        self._delivered(st, stored.rowid)
+        finally:
+            st.sending_ts_ms = None
+        try:
+            self._delivered(st, stored.rowid)
+        finally:
+            st.in_request = False
 
-    async def _settle(self, st: _Stream, body: bytes, *, ts_ms: int | None = None) -> None:
-        """POST `body` until Wattics answers 200; raises _Parked after bounded rejections.
+    def _sender(self, body: bytes) -> Callable[[], Awaitable[Attempt]]:
+        return lambda: self._post(self._url, body, self._headers)
 
-        The one place the failure table is applied: RETRY re-sends after a jittered backoff,
-        AUTH pauses every stream (this one probes), REJECT is retried max_attempts_rejected
-        times. A request that got no answer at all may still have arrived: with
-        resync_on_start, Wattics is asked for its last packet before the re-send, and a
-        packet it already has (stamped `ts_ms`) counts as delivered rather than sent twice.
-        """
-        backoff: Backoff | None = None  # made on the first failure: the common path is short
-        rejected = 0
-        health = self._uplink_health
-        while True:
-            if self._gate.paused:
-                await self._commit(st)
-                await self._gate.wait_turn(st.stream, self.config.auth_probe_secs, self._clock)
-            st.in_request = True
-            try:
-                verdict, answer = await self._post(body)
-            finally:
-                st.in_request = False
-            if verdict.outcome is Outcome.OK:
-                return
-            if self._stopping:
-                raise asyncio.CancelledError  # shutting down: do not wait to retry
-            if verdict.status is None and ts_ms is not None and self.config.resync_on_start:
-                last_ms = await self._last_processed_ms(st.stream)
-                if last_ms is not None and last_ms >= ts_ms:
-                    log.info(
-                        "%s/%s: no answer (%s), but Wattics has the packet: not sent again",
-                        self.name,
-                        st.stream,
-                        verdict.detail,
-                    )
-                    return
-            health.last_error = verdict.detail
-            health.last_error_ms = int(self._clock.time() * 1000)
-            if verdict.outcome is Outcome.AUTH:
-                health.retries += 1
-                self._pause(st, verdict)
-                continue
-            self._failing(st, verdict)
-            if verdict.outcome is Outcome.REJECT:
-                rejected += 1
-                if rejected >= self.config.max_attempts_rejected:
-                    raise _Parked(verdict, answer, rejected)
-            health.retries += 1
-            await self._commit(st)
-            backoff = backoff or self._backoff()
-            await self._clock.sleep(backoff.next_delay(verdict.retry_after_secs))
+    # -- the delivery core's hooks ------------------------------------------------------------
 
-    async def _post(self, body: bytes) -> tuple[Verdict, bytes]:
-        session = self._open_session()
-        async with self._semaphore:
-            try:
-                async with session.post(
-                    self._url,
-                    data=body,
-                    headers=self._headers,
-                    allow_redirects=False,
-                ) as response:
-                    try:
-                        answer = await read_limited(response)
-                    except TRANSPORT_ERRORS:
-                        answer = b""  # the status line arrived: it decides
-                    if classify_status(response.status) is Outcome.OK:
-                        return Verdict(Outcome.OK, response.status), answer
-                    verdict = classify_response(
-                        response.status, response.headers, answer, now=self._clock.time()
-                    )
-                    return verdict, answer
-            except TRANSPORT_ERRORS as exc:
-                return classify_exception(exc), b""
+    async def _before_attempt(self, st: _Stream) -> None:
+        if self._gate.paused:
+            await self._commit(st)  # what was acknowledged before the pause stays acknowledged
+        await super()._before_attempt(st)
 
-    def _backoff(self) -> Backoff:
-        return Backoff(self.config.retry_initial_secs, self.config.retry_max_secs, rng=self._rng)
+    async def _arrived_anyway(self, st: _Stream, attempt: Attempt) -> bool:
+        """With resync_on_start, ask Wattics for its last packet: a packet it already has
+        counts as delivered rather than being sent twice."""
+        ts_ms = st.sending_ts_ms
+        if ts_ms is None or not self.config.resync_on_start:
+            return False
+        last_ms = await self._last_processed_ms(st.stream)
+        if last_ms is None or last_ms < ts_ms:
+            return False
+        log.info(
+            "%s/%s: no answer (%s), but Wattics has the packet: not sent again",
+            self.name,
+            st.stream,
+            attempt.verdict.detail,
+        )
+        return True
+
+    async def _wait_to_retry(self, st: _Stream, delay: float, verdict: Verdict) -> None:
+        await self._commit(st)
+        await super()._wait_to_retry(st, delay, verdict)
 
     # -- outcomes -------------------------------------------------------------------------------
 
     def _delivered(self, st: _Stream, rowid: int) -> None:
         health = self._uplink_health
-        if self._gate.reopen():
-            health.paused_reason = None
-            log.warning("%s: credentials accepted again; resuming delivery", self.name)
         health.delivered += 1
-        health.last_success_ms = int(self._clock.time() * 1000)
-        self._recovered(st)
+        health.last_success_ms = self._now_ms()
         self._acked(st, rowid)
 
     def _acked(self, st: _Stream, rowid: int) -> None:
         st.acked = rowid
         st.uncommitted += 1
 
-    def _failing(self, st: _Stream, verdict: Verdict) -> None:
-        st.failures += 1
-        if st.failing_since is None:
-            st.failing_since = verdict.detail
-            log.warning(
-                "%s/%s: delivery failing (%s); retrying, next log on recovery",
-                self.name,
-                st.stream,
-                verdict.detail,
-            )
-
-    def _recovered(self, st: _Stream) -> None:
-        if st.failing_since is not None:
-            log.warning(
-                "%s/%s: delivery recovered after %d failed attempt(s)",
-                self.name,
-                st.stream,
-                st.failures,
-            )
-        st.failing_since = None
-        st.failures = 0
-
-    def _pause(self, st: _Stream, verdict: Verdict) -> None:
-        if not self._gate.close(st.stream):
-            return
-        reason = f"credentials refused ({verdict.detail})"
-        self._uplink_health.paused_reason = reason
-        self._health.alert(
-            self.name,
-            f"{reason}: delivery paused, data kept; probing every "
-            f"{self.config.auth_probe_secs:g} s until the credentials are fixed",
-        )
-
-    async def _park(
-        self, st: _Stream, stored: StoredSample, *, body: bytes, parked: _Parked
+    async def _park_sample(
+        self, st: _Stream, stored: StoredSample, *, body: bytes, refused: Refused
     ) -> None:
-        now_ms = int(self._clock.time() * 1000)
         await self._commit(st)
-        verdict = parked.verdict
-        await self._astore.park(
-            self.name,
-            st.stream,
+        when = local_iso8601_ms(stored.sample.ts_ms, self._site_tz)
+        await self._park(
+            st,
             stored.rowid,
-            payload=body.decode(),
-            status=verdict.status,
-            body=parked.answer.decode("utf-8", "replace"),
-            attempts=parked.attempts,
-            now_ms=now_ms,
+            payload=body,
+            refused=refused,
+            what=f"stream {st.stream}: sample {stored.rowid} ({when})",
             state=self._continuity_state(st),
         )
         st.acked = st.committed = stored.rowid
         st.uncommitted = 0
-        self._uplink_health.parked += 1
-        when = local_iso8601_ms(stored.sample.ts_ms, self._site_tz)
-        self._health.alert(
-            self.name,
-            f"stream {st.stream}: sample {stored.rowid} ({when}) refused {parked.attempts} "
-            f"times ({verdict.detail}); parked in the dead-letter table",
-        )
 
     async def _send_requeued(self, st: _Stream) -> None:
         """Send the dead letters an operator re-queued (`meter-gateway deadletters --requeue`),
@@ -692,21 +359,23 @@ class WatticsUplink:
             if self._stopping:
                 return
             try:
-                await self._settle(st, letter.payload.encode())
-            except _Parked as parked:
+                await self._settle(st, self._sender(letter.payload.encode()))
+            except Refused as refused:
                 await self._astore.repark(
                     letter.id,
-                    status=parked.verdict.status,
-                    body=parked.answer.decode("utf-8", "replace"),
-                    attempts=parked.attempts,
-                    now_ms=int(self._clock.time() * 1000),
+                    status=refused.verdict.status,
+                    body=refused.answer.decode("utf-8", "replace"),
+                    attempts=refused.attempts,
+                    now_ms=self._now_ms(),
                 )
                 self._health.alert(
                     self.name,
                     f"stream {st.stream}: re-queued dead letter #{letter.id} refused again "
-                    f"({parked.verdict.detail}); parked again",
+                    f"({refused.verdict.detail}); parked again",
                 )
                 continue
+            finally:
+                st.in_request = False
             await self._astore.forget_dead_letter(letter.id)
             self._uplink_health.delivered += 1
             log.info("%s/%s: re-queued dead letter #%d delivered", self.name, st.stream, letter.id)

@@ -12,7 +12,8 @@ from core.health import Health
 from gateway.config.loader import load_config
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
-from gateway.uplinks.enerkey.uplink import EnerKeyUplink, build_body, push_url
+from gateway.uplinks.enerkey.messages import build_body, push_url
+from gateway.uplinks.enerkey.uplink import EnerKeyUplink
 from gateway.uplinks.registry import UplinkContext, build_uplinks
 from tests.paths import REPO
 

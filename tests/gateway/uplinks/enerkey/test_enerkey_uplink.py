@@ -23,7 +23,8 @@ from gateway.store.database import Store
 from gateway.timefmt import HOUR_MS
 from gateway.uplinks.enerkey import delivered as hours_table
 from gateway.uplinks.enerkey.config import EnerKeyConfig
-from gateway.uplinks.enerkey.uplink import EnerKeyUplink, state_key
+from gateway.uplinks.enerkey.messages import state_key
+from gateway.uplinks.enerkey.uplink import EnerKeyUplink
 from tests.fakes.enerkey import FakeEnerKey
 from tests.fixtures.enerkey import KEY_A, KEY_B
 from tests.helpers.eventually import eventually

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from core.channels import CHANNEL_UNITS
 from core.sample import Sample
 from gateway.timefmt import local_iso8601_ms, parse_iso8601_ms, utc_datetime, utc_iso8601_ms
-from gateway.uplinks.wattics.uplink import (
+from gateway.uplinks.wattics.packets import (
     build_packet,
     encode_packet,
     encode_sample,
@@ -159,7 +159,7 @@ def test_full_electricity_packet() -> None:
 
 
 def test_every_mapped_channel_exists_in_the_vocabulary() -> None:
-    from gateway.uplinks.wattics.uplink import ELECTRICITY_FIELDS, PER_PHASE_ENERGY
+    from gateway.uplinks.wattics.packets import ELECTRICITY_FIELDS, PER_PHASE_ENERGY
 
     channels = {*ELECTRICITY_FIELDS.values(), *PER_PHASE_ENERGY.values()}
     assert channels <= set(CHANNEL_UNITS)
