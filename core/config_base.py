@@ -3,13 +3,17 @@ code (an uplink's config in its own folder) without importing gateway.config in 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any, Protocol
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+from core.channels import CHANNEL_UNITS
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ID = re.compile(ID_PATTERN)
@@ -106,6 +110,51 @@ class GatewayFacts(Protocol):
 
     @property
     def timezone(self) -> str: ...
+
+
+def _known_channel(value: str) -> str:
+    if value not in CHANNEL_UNITS:
+        raise ValueError(f"unknown channel {value!r} (see docs/channels.md)")
+    return value
+
+
+#: A canonical channel name (core.channels), e.g. `energy_active_import`.
+Channel = Annotated[str, AfterValidator(_known_channel)]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def service_url(value: str) -> str:
+    """A cloud service's address: https://, credentials never in it. Plain http:// only to a
+    loopback address (a local fake, a proxy on this box): the services refuse it, and a key
+    or password sent in the clear on the site's network is a key given away."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("must be an https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "must not contain credentials (user:password@): give them in the section's own "
+            "keys, where they are kept secret"
+        )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(
+            "must be https:// (the service refuses plain http; http:// is allowed only to a "
+            "loopback address such as 127.0.0.1)"
+        )
+    return value
+
+
+#: A service URL as written (see `service_url`).
+ServiceUrl = Annotated[str, AfterValidator(service_url)]
+#: A service's base URL: paths are appended to it, so a trailing "/" is dropped.
+ServiceBaseUrl = Annotated[str, AfterValidator(lambda value: service_url(value).rstrip("/"))]
 
 
 def is_identifier(value: str) -> bool:

@@ -10,7 +10,8 @@ configured. Nothing outside the plugin's own folder lists plugins.
 from __future__ import annotations
 
 import importlib
-from typing import Generic, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -51,3 +52,10 @@ class Registry(Generic[T]):
             found = getattr(found, part)
         builder: T = found  # type: ignore[assignment]  # the registrant's word for it
         return builder
+
+    def configured(self, sections: Iterable[tuple[str, Any]]) -> Iterator[tuple[T, Any]]:
+        """(builder, section) for each configured section of a config's `(name, section)`
+        pairs (a pydantic model iterates as such); sections left out (None) are skipped."""
+        for name, section in sections:
+            if section is not None:
+                yield self.get(name), section

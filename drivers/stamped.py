@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from drivers.base import MeterReader
+
 
 @dataclass(frozen=True, slots=True)
 class StampedReading:
@@ -31,3 +33,12 @@ class StampedReader(Protocol):
     async def read_stamped(self) -> StampedReading:
         """Like `read()`, with the device's own time. Raises MeterReadError likewise."""
         ...
+
+
+async def read_with_time(reader: MeterReader) -> tuple[dict[str, float], int | None]:
+    """(values, the device's measurement time or None) from any reader: `read_stamped()`
+    where the reader knows its device's time, else `read()`."""
+    if isinstance(reader, StampedReader):
+        reading = await reader.read_stamped()
+        return dict(reading.values), reading.ts_ms
+    return await reader.read(), None

@@ -40,7 +40,7 @@ from core.health import Health, MeterHealth, MeterState
 from core.sample import Sample
 from drivers.base import MeterReader, MeterReadError
 from drivers.config import MeterConfig
-from drivers.stamped import StampedReader
+from drivers.stamped import StampedReader, read_with_time
 from gateway.clock.clocks import Clock, SystemClock, next_boundary
 from gateway.clock.hold import ClockHold, HeldReading, trusted_stamp_ms, unsynced_stamp_ms
 from gateway.clock.sync import StepDetector, clock_for
@@ -385,11 +385,7 @@ class Poller:
         device_ts_ms: int | None = None
         try:
             async with asyncio.timeout(guard):
-                if isinstance(reader, StampedReader):
-                    reading = await reader.read_stamped()
-                    values, device_ts_ms = dict(reading.values), reading.ts_ms
-                else:
-                    values = await reader.read()
+                values, device_ts_ms = await read_with_time(reader)
         except MeterReadError as exc:
             self._failed(meter, health, exc.kind, str(exc))
             return None

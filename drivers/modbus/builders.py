@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 from core.health import BusHealth
 from drivers.modbus.config import (
+    ModbusBusConfig,
     ModbusRtuBusConfig,
     ModbusRtuOverTcpBusConfig,
     ModbusTcpBusConfig,
 )
 from drivers.modbus.transports import ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
+from drivers.registry import BuildOptions
 
 
-def tcp_bus(
-    name: str, config: ModbusTcpBusConfig, *, timeout_secs: float, health: BusHealth | None
-) -> ModbusTcpBus:
-    return ModbusTcpBus(
-        name,
-        config.host,
-        config.port,
-        timeout_secs=timeout_secs,
-        reconnect_max_secs=config.reconnect_max_secs,
-        health=health,
-    )
+def tcp_bus(name: str, config: ModbusTcpBusConfig, **options: Unpack[BuildOptions]) -> ModbusTcpBus:
+    return ModbusTcpBus(name, config.host, config.port, **_common(config, options))
 
 
-def rtu_bus(
-    name: str, config: ModbusRtuBusConfig, *, timeout_secs: float, health: BusHealth | None
-) -> ModbusRtuBus:
+def rtu_bus(name: str, config: ModbusRtuBusConfig, **options: Unpack[BuildOptions]) -> ModbusRtuBus:
     return ModbusRtuBus(
         name,
         config.port,
@@ -34,22 +27,33 @@ def rtu_bus(
         parity=config.parity,
         stopbits=config.stopbits,
         bytesize=config.bytesize,
-        timeout_secs=timeout_secs,
-        reconnect_max_secs=config.reconnect_max_secs,
         inter_frame_gap_secs=config.inter_frame_gap_secs,
-        health=health,
+        **_common(config, options),
     )
 
 
 def rtu_over_tcp_bus(
-    name: str, config: ModbusRtuOverTcpBusConfig, *, timeout_secs: float, health: BusHealth | None
+    name: str, config: ModbusRtuOverTcpBusConfig, **options: Unpack[BuildOptions]
 ) -> ModbusRtuOverTcpBus:
     return ModbusRtuOverTcpBus(
         name,
         config.host,
         config.port,
-        timeout_secs=timeout_secs,
-        reconnect_max_secs=config.reconnect_max_secs,
         inter_frame_gap_secs=config.inter_frame_gap_secs,
-        health=health,
+        **_common(config, options),
     )
+
+
+class _Common(TypedDict):
+    timeout_secs: float
+    reconnect_max_secs: float
+    health: BusHealth | None
+
+
+def _common(config: ModbusBusConfig, options: BuildOptions) -> _Common:
+    """What every Modbus bus takes from its config and the factory alike."""
+    return {
+        "timeout_secs": options.get("timeout_secs") or config.timeout_secs,
+        "reconnect_max_secs": config.reconnect_max_secs,
+        "health": options.get("health"),
+    }

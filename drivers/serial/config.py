@@ -67,6 +67,10 @@ class Iec62056BusConfig(_SerialLine):
         why = "the baud rate switches as soon as the acknowledgement has left the port"
         return obsolete_key(data, "switch_delay_ms", why)
 
+    def line_settings(self) -> tuple[int, int, str, int]:
+        """(baudrate, bytesize, parity, stopbits) the port is opened with (the sign-on rate)."""
+        return self.baudrate, self.bytesize, self.parity, self.stopbits
+
     @model_validator(mode="after")
     def _rates(self) -> Iec62056BusConfig:
         if self.max_baudrate < self.baudrate:
@@ -100,13 +104,14 @@ class DsmrP1BusConfig(_SerialLine):
             return str(value)
         return value
 
-    def line_settings(self) -> tuple[int, int, str]:
-        """(baudrate, bytesize, parity) with the version's defaults filled in."""
+    def line_settings(self) -> tuple[int, int, str, int]:
+        """(baudrate, bytesize, parity, stopbits) with the version's defaults filled in."""
         old = self.dsmr_version in ("2.2", "3")
         return (
             self.baudrate or (9600 if old else 115200),
             self.bytesize or (7 if old else 8),
             self.parity or ("E" if old else "N"),
+            self.stopbits,
         )
 
 
@@ -122,6 +127,10 @@ class SmlBusConfig(_SerialLine):
     crc: Literal["x25", "kermit"] = "x25"
     max_telegram_age_secs: Seconds = 30.0
     timeout_secs: Seconds = 5.0
+
+    def line_settings(self) -> tuple[int, int, str, int]:
+        """(baudrate, bytesize, parity, stopbits) the port is opened with."""
+        return self.baudrate, self.bytesize, self.parity, self.stopbits
 
 
 SerialBusConfig = Iec62056BusConfig | DsmrP1BusConfig | SmlBusConfig

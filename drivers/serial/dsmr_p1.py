@@ -20,27 +20,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 from dsmr_parser import telegram_specifications
 from dsmr_parser.exceptions import InvalidChecksumError, ParseError
 from dsmr_parser.objects import CosemObject, MBusObject
 from dsmr_parser.parsers import TelegramParser
 
-from core.health import BusHealth
 from drivers.base import MeterReadError
 from drivers.config import MeterConfig
+from drivers.registry import BuildOptions
 from drivers.serial.config import MEDIUM_CHANNELS, MEDIUM_DEVICE_TYPES, DsmrP1BusConfig
 from drivers.serial.lines import (
     FrameProblem,
     MbusReading,
     ObisReader,
     PushLine,
+    PushTiming,
     Telegram,
     obis_map_for,
 )
 from drivers.serial.obis_map import Quantity, convert
-from drivers.serial.transport import SerialPort, SerialSettings
+from drivers.serial.transport import SerialPort
 from drivers.stamped import StampedReading
 
 log = logging.getLogger(__name__)
@@ -242,32 +243,16 @@ class P1Line(PushLine):
         port: SerialPort,
         *,
         version: str,
-        max_age_secs: float,
-        wait_secs: float,
+        **timing: Unpack[PushTiming],
     ) -> None:
-        super().__init__(name, port, max_age_secs=max_age_secs, wait_secs=wait_secs)
+        super().__init__(name, port, **timing)
         self.version = version
 
     @classmethod
-    def from_config(
-        cls,
-        name: str,
-        bus: object,
-        *,
-        timeout_secs: float | None = None,
-        health: BusHealth | None = None,
-    ) -> P1Line:
+    def from_config(cls, name: str, bus: object, **options: Unpack[BuildOptions]) -> P1Line:
         assert isinstance(bus, DsmrP1BusConfig)
-        baudrate, bytesize, parity = bus.line_settings()
-        settings = SerialSettings(bus.port, baudrate, bytesize, parity, bus.stopbits)
-        port = SerialPort(name, settings, reconnect_max_secs=bus.reconnect_max_secs, health=health)
-        return cls(
-            name,
-            port,
-            version=bus.dsmr_version,
-            max_age_secs=bus.max_telegram_age_secs,
-            wait_secs=timeout_secs or bus.timeout_secs,
-        )
+        port, timing = cls.port_and_timing(name, bus, options)
+        return cls(name, port, version=bus.dsmr_version, **timing)
 
     def describe(self) -> str:
         return f"DSMR {self.version} P1 line {self.name} ({self.port.describe()})"

@@ -34,15 +34,15 @@ import re
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Final
+from typing import Final, Unpack
 
-from core.health import BusHealth
 from drivers.base import MeterReadError
 from drivers.config import MeterConfig
+from drivers.registry import BuildOptions
 from drivers.serial.config import Iec62056BusConfig
 from drivers.serial.lines import SerialLine, map_values, obis_map_for
 from drivers.serial.obis_map import ObisMap, Quantity, normal_code
-from drivers.serial.transport import SerialLink, SerialPort, SerialSettings
+from drivers.serial.transport import SerialLink, SerialPort, port_for
 
 log = logging.getLogger(__name__)
 
@@ -205,22 +205,14 @@ class Iec62056Line(SerialLine):
         self._switched: int | None = None
 
     @classmethod
-    def from_config(
-        cls,
-        name: str,
-        bus: object,
-        *,
-        timeout_secs: float | None = None,
-        health: BusHealth | None = None,
-    ) -> Iec62056Line:
+    def from_config(cls, name: str, bus: object, **options: Unpack[BuildOptions]) -> Iec62056Line:
         assert isinstance(bus, Iec62056BusConfig)
-        settings = SerialSettings(bus.port, bus.baudrate, bus.bytesize, bus.parity, bus.stopbits)
-        port = SerialPort(name, settings, reconnect_max_secs=bus.reconnect_max_secs, health=health)
+        timeout_secs = options.get("timeout_secs") or bus.timeout_secs
         return cls(
             name,
-            port,
+            port_for(name, bus, options.get("health")),
             max_baudrate=bus.max_baudrate,
-            timeout_secs=timeout_secs or bus.timeout_secs,
+            timeout_secs=timeout_secs,
             readout_timeout_secs=bus.readout_timeout_secs,
             fast_retry_after=bus.fast_retry_after,
         )

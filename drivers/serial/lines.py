@@ -27,12 +27,13 @@ import time
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypedDict
 
 from core.health import BusHealth
 from drivers.base import AsyncClosable, MeterReader, MeterReadError
+from drivers.registry import BuildOptions
 from drivers.serial.obis_map import ObisMap, Quantity, meter_map
-from drivers.serial.transport import SerialPort
+from drivers.serial.transport import SerialPort, port_for
 
 if TYPE_CHECKING:
     from drivers.config import MeterConfig
@@ -104,8 +105,35 @@ class SerialLine(AsyncClosable):
         await self.port.close()
 
 
+class PushTiming(TypedDict):
+    """How fresh a push line's telegram must be, and how long a read waits for one."""
+
+    max_age_secs: float
+    wait_secs: float
+
+
+class _PushBusConfig(Protocol):
+    port: str
+    reconnect_max_secs: float
+    max_telegram_age_secs: float
+    timeout_secs: float
+
+    def line_settings(self) -> tuple[int, int, str, int]: ...
+
+
 class PushLine(SerialLine):
     """A meter that sends telegrams on its own; see the module docstring for the invariants."""
+
+    @staticmethod
+    def port_and_timing(
+        name: str, bus: _PushBusConfig, options: BuildOptions
+    ) -> tuple[SerialPort, PushTiming]:
+        """A push bus config's port and timing, for a subclass's `from_config`."""
+        timing = PushTiming(
+            max_age_secs=bus.max_telegram_age_secs,
+            wait_secs=options.get("timeout_secs") or bus.timeout_secs,
+        )
+        return port_for(name, bus, options.get("health")), timing
 
     def __init__(
         self,

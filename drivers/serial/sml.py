@@ -13,20 +13,27 @@ channels through the OBIS map like D0 and P1 readings.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Final
+from typing import Final, Unpack
 
 from smllib.errors import CrcError, SmlLibException
 from smllib.reader import SmlStreamReader
 from smllib.sml.list_entry import SmlListEntry
 from smllib.sml.response_get_list import SmlGetListResponse
 
-from core.health import BusHealth
 from drivers.base import MeterReadError
 from drivers.config import MeterConfig
+from drivers.registry import BuildOptions
 from drivers.serial.config import SmlBusConfig
-from drivers.serial.lines import FrameProblem, ObisReader, PushLine, Telegram, obis_map_for
+from drivers.serial.lines import (
+    FrameProblem,
+    ObisReader,
+    PushLine,
+    PushTiming,
+    Telegram,
+    obis_map_for,
+)
 from drivers.serial.obis_map import Quantity, normal_code
-from drivers.serial.transport import SerialPort, SerialSettings
+from drivers.serial.transport import SerialPort
 
 ESCAPE: Final = b"\x1b\x1b\x1b\x1b"
 START: Final = ESCAPE + b"\x01\x01\x01\x01"
@@ -179,31 +186,16 @@ class SmlLine(PushLine):
         port: SerialPort,
         *,
         crc: str,
-        max_age_secs: float,
-        wait_secs: float,
+        **timing: Unpack[PushTiming],
     ) -> None:
-        super().__init__(name, port, max_age_secs=max_age_secs, wait_secs=wait_secs)
+        super().__init__(name, port, **timing)
         self.crc = crc
 
     @classmethod
-    def from_config(
-        cls,
-        name: str,
-        bus: object,
-        *,
-        timeout_secs: float | None = None,
-        health: BusHealth | None = None,
-    ) -> SmlLine:
+    def from_config(cls, name: str, bus: object, **options: Unpack[BuildOptions]) -> SmlLine:
         assert isinstance(bus, SmlBusConfig)
-        settings = SerialSettings(bus.port, bus.baudrate, bus.bytesize, bus.parity, bus.stopbits)
-        port = SerialPort(name, settings, reconnect_max_secs=bus.reconnect_max_secs, health=health)
-        return cls(
-            name,
-            port,
-            crc=bus.crc,
-            max_age_secs=bus.max_telegram_age_secs,
-            wait_secs=timeout_secs or bus.timeout_secs,
-        )
+        port, timing = cls.port_and_timing(name, bus, options)
+        return cls(name, port, crc=bus.crc, **timing)
 
     def new_framer(self) -> SmlFramer:
         return SmlFramer()

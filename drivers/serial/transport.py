@@ -29,7 +29,7 @@ import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import serial
 
@@ -361,3 +361,17 @@ class SerialPort:
             link, self._link = self._link, None
             if link is not None:
                 await link.close()
+
+
+class _LineConfig(Protocol):
+    port: str
+    reconnect_max_secs: float
+
+    def line_settings(self) -> tuple[int, int, str, int]: ...
+
+
+def port_for(name: str, bus: _LineConfig, health: BusHealth | None) -> SerialPort:
+    """The (not yet opened) port of a configured serial bus."""
+    baudrate, bytesize, parity, stopbits = bus.line_settings()
+    settings = SerialSettings(bus.port, baudrate, bytesize, parity, stopbits)
+    return SerialPort(name, settings, reconnect_max_secs=bus.reconnect_max_secs, health=health)

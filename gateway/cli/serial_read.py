@@ -20,7 +20,7 @@ from drivers.factory import build_bus, build_reader, bus_timeout
 from drivers.serial.iec62056 import Iec62056Reader
 from drivers.serial.lines import PushLine, SerialLine
 from drivers.serial.obis_map import Quantity
-from drivers.stamped import StampedReader
+from drivers.stamped import read_with_time
 from gateway.config.schema import Config
 
 EXIT_OK = 0
@@ -51,11 +51,7 @@ async def read_serial_meter(
         reader = build_reader(meter, line, bus_config)
         measured_ms: int | None = None
         try:
-            if isinstance(reader, StampedReader):
-                reading = await reader.read_stamped()
-                values, measured_ms = dict(reading.values), reading.ts_ms
-            else:
-                values = await reader.read()
+            values, measured_ms = await read_with_time(reader)
         except MeterReadError as exc:
             hint = _HINTS.get(exc.kind, "")
             print(f"error: meter {meter.id}: {exc.kind}: {exc}{hint}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 #: No real sample can be older than the software that took it (2026-01-01T00:00:00Z).
@@ -32,11 +33,22 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    """The machine's clocks (injectable `wall` and `mono` for tests of what derives from it)."""
+
+    def __init__(
+        self,
+        *,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall
+        self._mono = mono
+
     def time(self) -> float:
-        return time.time()
+        return self._wall()
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        return self._mono()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))

@@ -24,7 +24,6 @@ after the kernel gives up its error estimate; a crystal drifts seconds per day, 
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import time
@@ -150,21 +149,11 @@ class SyncedClock(SystemClock):
         mono: Callable[[], float] = time.monotonic,
         floor: float = EARLIEST_PLAUSIBLE_S,
     ) -> None:
+        super().__init__(wall=wall, mono=mono)
         self.check = check
-        self._wall = wall
-        self._mono = mono
         self._floor = floor
         self._steps = StepDetector()
         self._latched = False
-
-    def time(self) -> float:
-        return self._wall()
-
-    def monotonic(self) -> float:
-        return self._mono()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
 
     def trusted(self) -> bool:
         wall = self._wall()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from core.config_base import GatewayFacts, KeyPath, Strict
+from core.config_base import KeyPath, Strict
 from core.health import Health
 from core.sample import Sample
-from gateway.clock.clocks import Clock, SystemClock
 from gateway.counters import CounterGuard, report_counter_problems
+from gateway.plugins import PluginContext
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import StoreFull
 
@@ -34,24 +33,8 @@ class Source(Protocol):
         ...
 
 
-class SourceSite(Protocol):
-    """The config as sources see it (gateway.config.schema.Config is one)."""
-
-    @property
-    def gateway(self) -> GatewayFacts: ...
-
-    @property
-    def sources(self) -> Iterable[tuple[str, SourceConfig | None]]: ...
-
-
-@dataclass(frozen=True)
-class SourceContext:
-    """What every source may use besides its own config section."""
-
-    config: SourceSite
-    store: AsyncStore
-    health: Health
-    clock: Clock = field(default_factory=SystemClock)
+#: What every source may use besides its own config section.
+SourceContext = PluginContext
 
 
 #: Later than any sample's time (for "the newest stored sample" queries).

@@ -18,8 +18,6 @@ SOURCES: Registry[SourceBuilder] = Registry("source")
 
 
 def build_sources(context: SourceContext) -> list[Source]:
-    sources: list[Source] = []
-    for name, section in context.config.sources:
-        if section is not None:
-            sources.append(SOURCES.get(name)(section, context))
-    return sources
+    return [
+        build(section, context) for build, section in SOURCES.configured(context.config.sources)
+    ]

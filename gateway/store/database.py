@@ -118,10 +118,7 @@ class Transaction:
         self._store._advance(self.db, uplink, stream, position)
 
     def state(self, uplink: str, key: str) -> str | None:
-        row = self.db.execute(
-            "SELECT value FROM uplink_state WHERE uplink = ? AND key = ?", (uplink, key)
-        ).fetchone()
-        return row[0] if row else None
+        return _state(self.db, uplink, key)
 
     def put_state(self, uplink: str, values: Mapping[str, str]) -> None:
         self._store._put_state(self.db, uplink, values)
@@ -413,10 +410,7 @@ class Store:
     # -- uplink state ----------------------------------------------------------------------
 
     def state(self, uplink: str, key: str) -> str | None:
-        row = self._db.execute(
-            "SELECT value FROM uplink_state WHERE uplink = ? AND key = ?", (uplink, key)
-        ).fetchone()
-        return row[0] if row else None
+        return _state(self._db, uplink, key)
 
     def put_state(self, uplink: str, values: Mapping[str, str]) -> None:
         with self._transaction() as db:
@@ -560,6 +554,13 @@ class Store:
                 if count < batch:
                     break
         return deleted
+
+
+def _state(db: sqlite3.Connection, uplink: str, key: str) -> str | None:
+    row = db.execute(
+        "SELECT value FROM uplink_state WHERE uplink = ? AND key = ?", (uplink, key)
+    ).fetchone()
+    return str(row[0]) if row else None
 
 
 def _stored(row: tuple[int, str, int, str, str | None]) -> StoredSample:

@@ -31,7 +31,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Self, TypedDict, TypeVar, Unpack
 
 import aiohttp
 import yarl
@@ -51,27 +51,10 @@ from gateway.net.policy import (
 )
 from gateway.net.session import KeptSession, SessionFactory, read_limited
 from gateway.store.async_store import AsyncStore
+from gateway.timefmt import zone
+from gateway.uplinks.base import StreamUplinkConfig
 
 log = logging.getLogger(__name__)
-
-
-class DeliveryConfig(Protocol):
-    """The keys every stream uplink's config has (WatticsConfig, EnerKeyConfig)."""
-
-    @property
-    def timeout_secs(self) -> float: ...
-    @property
-    def max_concurrency(self) -> int: ...
-    @property
-    def max_attempts_rejected(self) -> int: ...
-    @property
-    def retry_initial_secs(self) -> float: ...
-    @property
-    def retry_max_secs(self) -> float: ...
-    @property
-    def auth_probe_secs(self) -> float: ...
-    @property
-    def shutdown_grace_secs(self) -> float: ...
 
 
 @dataclass
@@ -104,7 +87,15 @@ class Refused(Exception):
         self.attempts = attempts
 
 
-C = TypeVar("C", bound=DeliveryConfig)
+class DeliveryOptions(TypedDict, total=False):
+    """What tests (and the benchmark) may inject into any stream uplink."""
+
+    session_factory: SessionFactory | None
+    clock: Clock | None
+    rng: Callable[[], float]
+
+
+C = TypeVar("C", bound=StreamUplinkConfig)
 S = TypeVar("S", bound=StreamProgress)
 
 
@@ -118,20 +109,22 @@ class StreamUplink(ABC, Generic[C, S]):
         name: str,
         store: AsyncStore,
         health: Health,
-        session_factory: SessionFactory | None = None,
-        clock: Clock | None = None,
-        rng: Callable[[], float] = random.random,
+        timezone: str = "UTC",
+        **options: Unpack[DeliveryOptions],
     ) -> None:
         self.name = name
         self.config = config
         self._astore = store
         self._health = health
         self._uplink_health: UplinkHealth = health.uplink(name)
+        self._site_tz = zone(timezone)
         # Waits on this clock end early on flush() (retry now).
-        self._clock = WakeableClock(clock or SystemClock())
-        self._rng = rng
+        self._clock = WakeableClock(options.get("clock") or SystemClock())
+        self._rng = options.get("rng", random.random)
         self._sessions = KeptSession(
-            config.timeout_secs, max_connections=config.max_concurrency, factory=session_factory
+            config.timeout_secs,
+            max_connections=config.max_concurrency,
+            factory=options.get("session_factory"),
         )
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
         self._gate = AuthGate()

@@ -18,8 +18,8 @@ from typing import Final, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from core.channels import CHANNEL_UNITS, COUNTER_CHANNELS
-from core.config_base import Identifier, KeyPath, Strict, renamed
+from core.channels import COUNTER_CHANNELS
+from core.config_base import Channel, Identifier, KeyPath, ServiceBaseUrl, Strict, renamed
 from core.durations import Seconds, SecondsOrZero
 from gateway.sources.base import SourceConfig
 from gateway.sources.registry import SOURCES
@@ -53,20 +53,13 @@ FieldKind = Literal["value", "interval", "counter"]
 class LocusFieldConfig(Strict):
     """How one Locus field becomes one channel."""
 
-    channel: str
+    channel: Channel
     #: Default: `interval` for a `_sum` field on a counter channel, `counter` for any other
     #: field on a counter channel, `value` otherwise.
     kind: FieldKind | None = None
     #: Multiply Locus' values by this. Default: taken from the unit dataavailable reports
     #: (kWh -> Wh is 1000); required when that unit cannot be converted to the channel's.
     scale: float | None = Field(default=None, gt=0)
-
-    @field_validator("channel")
-    @classmethod
-    def _known_channel(cls, value: str) -> str:
-        if value not in CHANNEL_UNITS:
-            raise ValueError(f"unknown channel {value!r} (see docs/channels.md)")
-        return value
 
 
 def _field(item: object) -> object:
@@ -136,7 +129,7 @@ class LocusMeterConfig(Strict):
 
 
 class LocusConfig(SourceConfig):
-    base_url: str = LOCUS_URL
+    base_url: ServiceBaseUrl = LOCUS_URL
     #: API credentials from the Locus account manager.
     client_id: SecretStr
     client_secret: SecretStr
@@ -166,13 +159,6 @@ class LocusConfig(SourceConfig):
     auth_probe_secs: Seconds = 900.0
     #: A meter whose configured field or component does not exist is checked again this often.
     config_recheck_secs: Seconds = 3600.0
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _consistent(self) -> LocusConfig:

@@ -24,7 +24,7 @@ from typing import Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import CHANNEL_UNITS
-from core.config_base import Identifier, KeyPath, Strict, renamed
+from core.config_base import Channel, Identifier, KeyPath, ServiceBaseUrl, Strict, renamed
 from core.durations import Seconds
 from gateway.sources.base import SourceConfig
 from gateway.sources.registry import SOURCES
@@ -57,20 +57,13 @@ _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 class MtsChannelConfig(Strict):
     """Where one MTS register or survey channel goes."""
 
-    channel: str
+    channel: Channel
     #: Multiplier into the channel's canonical unit; default: from the unit MTS reports
     #: (kWh -> Wh is 1000). A value whose unit does not fit the channel is counted, not stored.
     scale: float | None = Field(default=None, gt=0)
     #: Survey only. cumulative: the reading itself; interval: the energy of the period, stored
     #: as the average rate over it (the channel must then be a power channel: W, var or VA).
     kind: Literal["cumulative", "interval"] = "cumulative"
-
-    @field_validator("channel")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in CHANNEL_UNITS:
-            raise ValueError(f"unknown channel {value!r} (see core/channels.py)")
-        return value
 
     @model_validator(mode="after")
     def _interval_is_rate(self) -> MtsChannelConfig:
@@ -174,7 +167,7 @@ def _merged(defaults: Mapping[str, str], overrides: ChannelMap) -> dict[str, Mts
 
 
 class MtsConfig(SourceConfig):
-    base_url: str = MTS_URL
+    base_url: ServiceBaseUrl = MTS_URL
     #: The MTS API access token (an administrator creates it in MTS: Extras - MTS API).
     token: SecretStr
     #: Gateway meter id -> the meter MTS reads.
@@ -208,13 +201,6 @@ class MtsConfig(SourceConfig):
     #: a mismatch) read some other meter: skip (default) stores none of it; store keeps it.
     #: Either way it is reported (health, alert).
     on_serial_mismatch: Literal["skip", "store"] = "skip"
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
 
     @field_validator("token")
     @classmethod

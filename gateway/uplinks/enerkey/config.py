@@ -14,8 +14,9 @@ from typing import Annotated, Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import ENERGY_CHANNELS, unit_of
-from core.config_base import KeyPath, Strict, UplinkConfig, renamed
-from core.durations import Seconds, SecondsOrZero
+from core.config_base import KeyPath, ServiceBaseUrl, Strict, renamed
+from core.durations import Seconds
+from gateway.uplinks.base import StreamUplinkConfig
 from gateway.uplinks.registry import UPLINKS
 
 ENERKEY_URL: Final = "https://api.enerkey.com"
@@ -116,8 +117,8 @@ def _api_key(item: object) -> object:
     return {"key": item} if isinstance(item, str | SecretStr) else item
 
 
-class EnerKeyConfig(UplinkConfig):
-    base_url: str = ENERKEY_URL
+class EnerKeyConfig(StreamUplinkConfig):
+    base_url: ServiceBaseUrl = ENERKEY_URL
     #: One or two keys (A, B); a plain string or {key, valid_from, valid_until}.
     api_keys: list[EnerKeyApiKeyConfig] = Field(min_length=1, max_length=2)
     #: gateway meter id -> its EnerKey meter.
@@ -144,17 +145,8 @@ class EnerKeyConfig(UplinkConfig):
     rate_limit_burst: int = Field(default=100, ge=1)
     #: A backlog is sent in messages spanning at most this many days (EnerKey: 365).
     max_days_per_message: int = Field(default=365, ge=1, le=365)
-    timeout_secs: Seconds = 30.0
     #: Meters sent at the same time (one message per meter and request).
     max_concurrency: int = Field(default=2, ge=1, le=16)
-    #: A message answered with another 4xx this many times is parked in the dead-letter table.
-    max_attempts_rejected: int = Field(default=3, ge=1)
-    retry_initial_secs: Seconds = 1.0
-    retry_max_secs: Seconds = 300.0
-    #: While both keys are refused, or a path/meter is unknown (404/405), try again this often.
-    auth_probe_secs: Seconds = 300.0
-    #: At shutdown, a request in flight may finish for this long.
-    shutdown_grace_secs: SecondsOrZero = 2.0
     #: What was pushed per meter and hour is kept this long (the duplicate guard, for audits).
     keep_delivered_days: int = Field(default=400, ge=1)
 
@@ -162,13 +154,6 @@ class EnerKeyConfig(UplinkConfig):
     @classmethod
     def _plain_keys(cls, value: object) -> object:
         return [_api_key(item) for item in value] if isinstance(value, list) else value
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
 
     @field_validator("cumulative_path", "consumption_path")
     @classmethod

@@ -54,23 +54,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Unpack
 
 import aiohttp
 import yarl
 
 from core.config_base import UplinkConfig
 from core.health import Health
-from gateway.clock.clocks import Clock
 from gateway.net.policy import Verdict, is_misdirected, rate_limit_remaining
-from gateway.net.session import SessionFactory
 from gateway.store.async_store import AsyncStore
-from gateway.timefmt import HOUR_MS, utc_iso8601, zone
-from gateway.uplinks.delivery import Attempt, Refused, StreamProgress, StreamUplink
+from gateway.timefmt import HOUR_MS, utc_iso8601
+from gateway.uplinks.delivery import Attempt, DeliveryOptions, Refused, StreamProgress, StreamUplink
 from gateway.uplinks.enerkey import config as ekc
 from gateway.uplinks.enerkey import delivered as hours_table
 from gateway.uplinks.enerkey.hourly import Event, Gap, HourlyReadings, HourReading
@@ -142,21 +138,13 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         health: Health,
         timezone: str = "UTC",
         name: str = "enerkey",
-        session_factory: SessionFactory | None = None,
-        clock: Clock | None = None,
-        rng: Callable[[], float] = random.random,
         keys: KeyRing | None = None,
+        **options: Unpack[DeliveryOptions],
     ) -> None:
         super().__init__(
-            config,
-            name=name,
-            store=store,
-            health=health,
-            session_factory=session_factory,
-            clock=clock,
-            rng=rng,
+            config, name=name, store=store, health=health, timezone=timezone, **options
         )
-        self._tz = zone(timezone)
+        self._tz = self._site_tz
         # Secrets: only ever put into the Authorization header of a request.
         self._keys = keys or KeyRing(config.api_keys)
         self._key_label: str | None = None
@@ -293,28 +281,23 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             return value
         if previous is None or st.last_hour_ms != reading.hour_ms - HOUR_MS:
             return None  # the hour before was a gap (reported) or this is the first reading
+        change = f"({previous:g} -> {value:g} {target.unit}"
         if reading.series_break is not None:
-            self._health.alert(
-                self.name,
-                f"meter {st.meter}: {reading.series_break} in the hour ending "
-                f"{utc_iso8601(reading.hour_ms)} ({previous:g} -> {value:g} {target.unit}, "
-                "flagged by the gateway); that hour's consumption is left out",
-            )
-            st.hours_missing += 1
-            self._uplink_health.facts.setdefault("hours_missing", {})[st.meter] = st.hours_missing
-            return None
+            why = f"{reading.series_break} in the hour ending {utc_iso8601(reading.hour_ms)}"
+            return self._left_out(st, f"{why} {change}, flagged by the gateway)")
         consumption = round(value - previous, target.decimals)
         if consumption < 0:
-            self._health.alert(
-                self.name,
-                f"meter {st.meter}: counter went down in the hour ending "
-                f"{utc_iso8601(reading.hour_ms)} ({previous:g} -> {value:g} {target.unit}); "
-                "that hour's consumption is left out",
-            )
-            st.hours_missing += 1
-            self._uplink_health.facts.setdefault("hours_missing", {})[st.meter] = st.hours_missing
-            return None
+            why = f"counter went down in the hour ending {utc_iso8601(reading.hour_ms)}"
+            return self._left_out(st, f"{why} {change})")
         return consumption
+
+    def _left_out(self, st: _Stream, why: str) -> None:
+        """An hour whose consumption cannot be told: alerted, counted, not sent."""
+        self._health.alert(
+            self.name, f"meter {st.meter}: {why}; that hour's consumption is left out"
+        )
+        st.hours_missing += 1
+        self._uplink_health.facts.setdefault("hours_missing", {})[st.meter] = st.hours_missing
 
     def _report_gap(self, st: _Stream, gap: Gap) -> None:
         st.hours_missing += gap.hours

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import CHANNEL_UNITS
-from core.config_base import KeyPath, Strict, UplinkConfig
+from core.config_base import KeyPath, ServiceBaseUrl, Strict, UplinkConfig
 from core.durations import Seconds
 from gateway.uplinks.registry import UPLINKS
 
@@ -46,7 +46,7 @@ class PtsConfig(UplinkConfig):
     #: `staging` needs nothing else; `production` needs base_url AND path_prefix (UNKNOWN
     #: until MassCEC grants production access: they are not published).
     environment: Literal["staging", "production"] = "staging"
-    base_url: str | None = None
+    base_url: ServiceBaseUrl | None = None
     path_prefix: str | None = None
     #: meter id -> the PTS system its lifetime energy register reports for.
     systems: dict[str, PtsSystemConfig] = Field(min_length=1)
@@ -85,13 +85,6 @@ class PtsConfig(UplinkConfig):
     retry_max_secs: Seconds = 900.0
     #: While the key is refused (400 "Bad API Key", 401, 403), probe this often.
     auth_probe_secs: Seconds = 3600.0
-
-    @field_validator("base_url")
-    @classmethod
-    def _https(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return None if value is None else value.rstrip("/")
 
     @field_validator("path_prefix")
     @classmethod

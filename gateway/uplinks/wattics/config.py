@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from core.channels import is_known_channel
-from core.config_base import KeyPath, Strict, UplinkConfig, renamed
+from core.config_base import Channel, KeyPath, ServiceUrl, Strict, renamed
 from core.durations import Seconds, SecondsOrZero
+from gateway.uplinks.base import StreamUplinkConfig
 from gateway.uplinks.registry import UPLINKS
 
 WATTICS_PRODUCTION_URL = "https://web-collector.wattics.com/measurements/v2/unifiedjson/"
@@ -60,17 +60,10 @@ class WatticsDatapointConfig(_Cadence):
     meter: str = Field(min_length=1)
     #: A canonical channel (core.channels) for a single-value packet; none: an
     #: electricity packet built from every electricity channel the meter has.
-    channel: str | None = None
+    channel: Channel | None = None
     #: Multiplies the value before sending (e.g. 0.001 when the datapoint is registered in
     #: kWh and the channel is in Wh). Value packets only.
     scale: float = 1.0
-
-    @field_validator("channel")
-    @classmethod
-    def _known_channel(cls, value: str | None) -> str | None:
-        if value is not None and not is_known_channel(value):
-            raise ValueError(f"unknown channel {value!r} (see docs/channels.md)")
-        return value
 
     @model_validator(mode="after")
     def _scale_only_for_values(self) -> WatticsDatapointConfig:
@@ -79,8 +72,8 @@ class WatticsDatapointConfig(_Cadence):
         return self
 
 
-class WatticsConfig(UplinkConfig):
-    url: str = WATTICS_PRODUCTION_URL
+class WatticsConfig(StreamUplinkConfig):
+    url: ServiceUrl = WATTICS_PRODUCTION_URL
     #: `local`: site-local timestamps with offset on the documented route. `utc`: UTC
     #: timestamps on the `unifiedjson_utc/` route, where Wattics converts them itself.
     timestamps: Literal["local", "utc"] = "local"
@@ -95,15 +88,6 @@ class WatticsConfig(UplinkConfig):
     #: A sample at most `tolerance` before a boundary is sent once no better one can come:
     #: when a later sample is stored, or this long after the boundary.
     boundary_wait_secs: SecondsOrZero = 30.0
-    timeout_secs: Seconds = 30.0
-    #: How many Wattics streams are sent concurrently (each stream stays in order).
-    max_concurrency: int = Field(default=4, ge=1, le=64)
-    #: A packet answered 400/404/422 this many times is parked in the dead-letter table.
-    max_attempts_rejected: int = Field(default=3, ge=1)
-    retry_initial_secs: Seconds = 1.0
-    retry_max_secs: Seconds = 300.0
-    #: While credentials are refused (401/403), probe again this often.
-    auth_probe_secs: Seconds = 300.0
     #: Send per-phase energy (pC_1..3 <- energy_active_import_l1..l3) instead of the total in
     #: pC_1 (the API's rule for "one total value").
     energy_per_phase: bool = False
@@ -120,16 +104,6 @@ class WatticsConfig(UplinkConfig):
     #: continuous across meter swaps and resets flagged by the poller, so Wattics never sees
     #: negative or absurd consumption (gateway.uplinks.wattics.continuity). false: forward raw.
     counter_continuity: bool = True
-    #: At shutdown, a request in flight may finish for this long (then it is abandoned and
-    #: sent again next start).
-    shutdown_grace_secs: SecondsOrZero = 2.0
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value
 
     @field_validator("username")
     @classmethod

@@ -26,22 +26,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Unpack
 
 import yarl
 
 from core.config_base import UplinkConfig
 from core.health import Health
 from core.sample import StoredSample
-from gateway.clock.clocks import Clock
 from gateway.net.policy import TRANSPORT_ERRORS, Verdict, classify_exception
-from gateway.net.session import SessionFactory, read_limited
+from gateway.net.session import read_limited
 from gateway.store.async_store import AsyncStore
 from gateway.timefmt import local_iso8601_ms, zone
-from gateway.uplinks.delivery import Attempt, Refused, StreamProgress, StreamUplink
+from gateway.uplinks.delivery import Attempt, DeliveryOptions, Refused, StreamProgress, StreamUplink
 from gateway.uplinks.registry import UplinkContext
 from gateway.uplinks.wattics.config import WatticsConfig, WatticsDatapointConfig
 from gateway.uplinks.wattics.continuity import CounterContinuity
@@ -101,20 +99,11 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
         health: Health,
         timezone: str,
         name: str = "wattics",
-        session_factory: SessionFactory | None = None,
-        clock: Clock | None = None,
-        rng: Callable[[], float] = random.random,
+        **options: Unpack[DeliveryOptions],
     ) -> None:
         super().__init__(
-            config,
-            name=name,
-            store=store,
-            health=health,
-            session_factory=session_factory,
-            clock=clock,
-            rng=rng,
+            config, name=name, store=store, health=health, timezone=timezone, **options
         )
-        self._site_tz = zone(timezone)
         # Packets are rendered in site time, or in UTC on the UTC route.
         self._tz = zone("UTC") if config.timestamps == "utc" else self._site_tz
         # Secret: only ever sent as a header; never logged, never put into health or alerts.

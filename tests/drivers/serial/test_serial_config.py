@@ -51,12 +51,12 @@ def test_a_site_with_every_serial_bus_type_is_valid() -> None:
         7,
     )
     assert isinstance(p1, DsmrP1BusConfig) and p1.dsmr_version == "2.2"
-    assert p1.line_settings() == (9600, 7, "E")  # DSMR 2.2 runs 9600 7E1
+    assert p1.line_settings() == (9600, 7, "E", 1)  # DSMR 2.2 runs 9600 7E1
     assert isinstance(ir, SmlBusConfig) and (ir.baudrate, ir.parity) == (9600, "N")
     assert config.meter("gas").mbus_channel == 1 and config.meter("gas").model is None
     modern = parse_config(SITE.replace("dsmr_version: 2.2", "dsmr_version: 5"), "s.yaml", {})
     p1 = modern.buses["p1"]
-    assert isinstance(p1, DsmrP1BusConfig) and p1.line_settings() == (115200, 8, "N")
+    assert isinstance(p1, DsmrP1BusConfig) and p1.line_settings() == (115200, 8, "N", 1)
 
 
 @pytest.mark.parametrize(
