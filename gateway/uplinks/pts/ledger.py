@@ -8,7 +8,10 @@ MassCEC help desk may set other limits: `record_override`). Invariants:
    quota (`claim`), committed before the request leaves; an entry whose outcome is unknown
    counts against both quotas until resolved. So no crash, restart or second process (the CLI
    next to the daemon) can spend quota unseen.
-3. The statuses are explained in gateway.uplinks.pts.uplink; PENDING ones are not final.
+3. Statuses: sending, received, validating (PENDING: not final, count on both sides), passed,
+   failed, superseded (arrived, then replaced by a later submission we did not make: counts as
+   failed), refused (HTTP 400 / per-system Error: not received, blocks automatic submission),
+   not_received. Test rows (ARPostTest) never count.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ NAMESPACE: Final = "pts"
 
 @dataclass(frozen=True, slots=True)
 class PtsSubmission:
-    """One row of the PTS quota ledger (gateway.uplinks.pts.uplink explains the statuses)."""
+    """One row of the PTS quota ledger (the module docstring explains the statuses)."""
 
     id: int
     fk_system: int
