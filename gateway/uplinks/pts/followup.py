@@ -19,18 +19,9 @@ from typing import Final
 
 from gateway.uplinks.pts.ledger import PENDING, PtsSubmission
 from gateway.uplinks.pts.rules import Remedy, remedy_for, same_reading
-from gateway.uplinks.pts.state import (
-    COUNTED_FAILED,
-    HOUR_MS,
-    PtsContext,
-    SystemState,
-    log,
-    ms_of,
-    status_name,
-    usable,
-)
+from gateway.uplinks.pts.state import HOUR_MS, PtsContext, SystemState, log, status_name, usable
 from gateway.uplinks.pts.submission import Submitter
-from gateway.uplinks.pts.window import Window, eastern
+from gateway.uplinks.pts.window import Window, eastern, parse_meter_date
 
 #: A submission PTS still does not show after this long is reported.
 UNSEEN_ALERT_MS: Final = 12 * HOUR_MS
@@ -135,19 +126,18 @@ class FollowUp:
             f"({row.meter_value:g} kWh at {row.meter_date}) FAILED validation: "
             f"{notes or 'no ValidationNotes'}"
         )
-        was_before_end = (ms_of(row.meter_date) or 0) <= window.end_ms
+        was_before_end = (parse_meter_date(row.meter_date) or 0) <= window.end_ms
         remedy = remedy_for(notes, reading_was_before_end=was_before_end)
         rows = await ctx.counted(system, window.period.key)
-        failed = sum(1 for r in rows if r.status in COUNTED_FAILED)
-        _, max_failed, _ = await ctx.limits(system, window.period.key)
+        quota, _ = await ctx.quota(system, window.period.key, rows)
         retried = any(r.origin == "retry" for r in rows)
         if remedy is None or not ctx.config.auto_retry or retried:
             ctx.alert(message + ". A human must decide (meter-gateway pts)")
             return
-        if failed + 1 >= max_failed:
+        if quota.failed + 1 >= quota.max_failed:
             ctx.alert(
-                f"{message}. Not retried automatically: {failed} of {max_failed} failed "
-                "submissions used, the last one is kept for a human",
+                f"{message}. Not retried automatically: {quota.failed} of {quota.max_failed} "
+                "failed submissions used, the last one is kept for a human",
             )
             return
         ctx.alert(f"{message}. Retrying automatically ({remedy.value})")

@@ -21,12 +21,11 @@ from typing import Any, Final
 
 from core.health import Health, UplinkHealth
 from gateway.store.async_store import AsyncStore
-from gateway.timefmt import parse_local_naive
 from gateway.uplinks.pts import ledger
 from gateway.uplinks.pts.client import FAILED, PASSED, VALIDATING, PtsClient, ReadingInfo
 from gateway.uplinks.pts.config import PtsConfig, PtsSystemConfig
-from gateway.uplinks.pts.ledger import PtsSubmission
-from gateway.uplinks.pts.window import EASTERN, Window, next_window, window_at
+from gateway.uplinks.pts.ledger import PtsSubmission, Quota
+from gateway.uplinks.pts.window import Window, next_window, window_at
 
 #: The uplink's one logger: every part logs as gateway.uplinks.pts.uplink (as before the
 #: uplink was cut into parts), so log filters and journal searches keep working.
@@ -34,8 +33,6 @@ log: Final = logging.getLogger("gateway.uplinks.pts.uplink")
 
 DAY_MS: Final = 86_400_000
 HOUR_MS: Final = 3_600_000
-#: Ledger statuses that count as a failed submission.
-COUNTED_FAILED: Final = ("failed", "superseded")
 
 
 @dataclass
@@ -67,16 +64,6 @@ class SystemState:
     def poll_after(self, now: int, secs: float) -> None:
         """Ask GetSubmissionStatus again `secs` after `now`."""
         self.next_poll_ms = now + int(secs * 1000)
-
-
-def ms_of(meter_date: str | None) -> int | None:
-    """Epoch ms of a PTS MeterDate (Eastern wall-clock time), None when absent or unreadable."""
-    if not meter_date:
-        return None
-    try:
-        return parse_local_naive(meter_date, EASTERN)
-    except ValueError:
-        return None
 
 
 def usable(entry: ReadingInfo | None) -> bool:
@@ -144,8 +131,12 @@ class PtsContext:
     async def update(self, system: SystemState, window: Window, row_id: int, **fields: Any) -> None:
         await self.astore.run(ledger.update, system.fk, window.period.key, row_id, **fields)
 
-    async def limits(self, system: SystemState, period: str) -> tuple[int, int, str | None]:
-        """(valid, failed, override reason) of one system and window."""
-        return await self.astore.run(
+    async def quota(
+        self, system: SystemState, period: str, counted: list[PtsSubmission]
+    ) -> tuple[Quota, str | None]:
+        """The quota that `counted` (the window's counted rows) use, and the reason of the
+        help-desk override of the limits, if one was recorded."""
+        max_valid, max_failed, override = await self.astore.run(
             ledger.limits, system.fk, period, self.config.quota_valid, self.config.quota_failed
         )
+        return Quota.count((row.status for row in counted), max_valid, max_failed), override

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.uplinks.pts.ledger import PENDING, PtsSubmission
+from gateway.uplinks.pts.ledger import NEEDS_HUMAN, PENDING, PtsSubmission
 from gateway.uplinks.pts.samples import choose
-from gateway.uplinks.pts.state import COUNTED_FAILED, PtsContext, SystemState
+from gateway.uplinks.pts.state import PtsContext, SystemState
 from gateway.uplinks.pts.window import Reading, Window, eastern, last_closed_window, submit_at
 
 
@@ -45,7 +45,7 @@ class Status:
         for system in ctx.systems:
             rows = await ctx.rows(system, shown.period.key)
             counted = [row for row in rows if not row.test]
-            max_valid, max_failed, override = await ctx.limits(system, shown.period.key)
+            quota, override = await ctx.quota(system, shown.period.key, counted)
             reading = await choose(ctx.astore, system, shown, min(now, shown.close_ms - 1))
             last = next((row for row in reversed(rows) if row.status != "sending"), None)
             systems[str(system.fk)] = {
@@ -69,14 +69,7 @@ class Status:
                     is_open=window is not None,
                 ),
                 "reading": None if reading is None else reading.as_json(),
-                "quota": {
-                    "passed": sum(1 for r in counted if r.status == "passed"),
-                    "failed": sum(1 for r in counted if r.status in COUNTED_FAILED),
-                    "pending": sum(1 for r in counted if r.status in PENDING),
-                    "max_valid": max_valid,
-                    "max_failed": max_failed,
-                    "override": override,
-                },
+                "quota": {**quota.as_json(), "override": override},
                 "last_validation": None if last is None else _validation(last),
                 "problems": list(system.problems)
                 if system.blocked_period == shown.period.key
@@ -109,7 +102,7 @@ class Status:
             return "inactive in PTS"
         if system.blocked_period == window.period.key and system.problems:
             return "blocked: needs a human"
-        if any(status in (*COUNTED_FAILED, "refused") for status in statuses):
+        if any(status in NEEDS_HUMAN for status in statuses):
             return f"{statuses[-1]}: needs a human"
         if reading is None:
             return "no reading in the window yet"

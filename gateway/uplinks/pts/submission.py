@@ -37,27 +37,8 @@ from gateway.uplinks.pts.rules import (
     same_reading,
 )
 from gateway.uplinks.pts.samples import choose_flagged, previous_reading
-from gateway.uplinks.pts.state import (
-    DAY_MS,
-    PtsContext,
-    SystemState,
-    log,
-    ms_of,
-    status_name,
-    usable,
-)
-from gateway.uplinks.pts.window import Reading, Window
-
-
-def quota_of(claim: PtsClaim) -> dict[str, int]:
-    """The quota as a claim counted it, as JSON."""
-    return {
-        "passed": claim.passed,
-        "failed": claim.failed,
-        "pending": claim.pending,
-        "max_valid": claim.max_valid,
-        "max_failed": claim.max_failed,
-    }
+from gateway.uplinks.pts.state import DAY_MS, PtsContext, SystemState, log, status_name, usable
+from gateway.uplinks.pts.window import Reading, Window, parse_meter_date
 
 
 class Submitter:
@@ -142,7 +123,7 @@ class Submitter:
         if claim.row_id is None:
             return self._refused(system, window, result, claim)
         posted = await self._post(system, window, reading, claim.row_id, now)
-        return {**result, **posted, "quota": quota_of(claim)}
+        return {**result, **posted, "quota": claim.as_json()}
 
     async def _claim(
         self,
@@ -183,7 +164,7 @@ class Submitter:
             "ok": False,
             "action": "refused",
             "error": claim.refusal,
-            "quota": quota_of(claim),
+            "quota": claim.as_json(),
         }
 
     async def _known_to_pts(self, system: SystemState, window: Window, now: int) -> bool:
@@ -224,7 +205,7 @@ class Submitter:
         info = (await self._ctx.client.get_last_reading([system.fk])).get(system.fk)
         if info is None or info.error is not None or info.value_kwh is None:
             return None
-        return LastReading(info.value_kwh, info.meter_date, ms_of(info.meter_date))
+        return LastReading(info.value_kwh, info.meter_date, parse_meter_date(info.meter_date))
 
     def _block(self, system: SystemState, period: str, problems: list[str], now: int) -> None:
         """A reading failed a check: report it for a human, re-check in a day."""

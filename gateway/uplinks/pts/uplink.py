@@ -64,16 +64,10 @@ from gateway.store.async_store import AsyncStore
 from gateway.uplinks.pts.client import PtsCallError, PtsClient
 from gateway.uplinks.pts.config import PtsConfig
 from gateway.uplinks.pts.followup import FollowUp
-from gateway.uplinks.pts.ledger import PENDING
+from gateway.uplinks.pts.ledger import NEEDS_HUMAN, PENDING
 from gateway.uplinks.pts.missed import MissedWindows
 from gateway.uplinks.pts.samples import release_samples
-from gateway.uplinks.pts.state import (
-    COUNTED_FAILED,
-    HOUR_MS,
-    PtsContext,
-    SystemState,
-    has_passed,
-)
+from gateway.uplinks.pts.state import HOUR_MS, PtsContext, SystemState, has_passed
 from gateway.uplinks.pts.status import Status
 from gateway.uplinks.pts.submission import Submitter
 from gateway.uplinks.pts.systems import check_systems
@@ -244,7 +238,7 @@ class PtsUplink:
             return
         if system.blocked_period == window.period.key and now < system.blocked_until_ms:
             return
-        if any(row.status in (*COUNTED_FAILED, "refused") for row in rows):
+        if any(row.status in NEEDS_HUMAN for row in rows):
             return  # a human decides (automatic retries happen right after the failure)
         if now < submit_at(window, self.config.submit_after_days):
             return
