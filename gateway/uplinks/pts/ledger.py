@@ -8,27 +8,37 @@ MassCEC help desk may set other limits: `record_override`). Invariants:
    quota (`claim`), committed before the request leaves; an entry whose outcome is unknown
    counts against both quotas until resolved. So no crash, restart or second process (the CLI
    next to the daemon) can spend quota unseen.
-3. The statuses are explained in gateway.uplinks.pts.uplink; PENDING ones are not final.
+3. Statuses: sending, received, validating (PENDING: not final, count on both sides), passed,
+   failed, superseded (arrived, then replaced by a later submission we did not make: counts as
+   failed), refused (HTTP 400 / per-system Error: not received, blocks automatic submission),
+   not_received. Test rows (ARPostTest) never count.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
 from gateway.store.database import MAX_BODY_CHARS, Store, Transaction
+from gateway.uplinks.pts.rules import same_reading
 
 #: PTS ledger rows whose outcome is not known yet (they count against both quotas).
 PENDING: Final = ("sending", "received", "validating")
+#: PTS ledger rows that count as a failed submission.
+COUNTED_FAILED: Final = ("failed", "superseded")
+#: After a row with one of these statuses nothing more is submitted automatically in its
+#: window: a human decides.
+NEEDS_HUMAN: Final = (*COUNTED_FAILED, "refused")
 #: The uplink_state namespace of the ledger.
 NAMESPACE: Final = "pts"
 
 
 @dataclass(frozen=True, slots=True)
 class PtsSubmission:
-    """One row of the PTS quota ledger (gateway.uplinks.pts.uplink explains the statuses)."""
+    """One row of the PTS quota ledger (the module docstring explains the statuses)."""
 
     id: int
     fk_system: int
@@ -47,16 +57,43 @@ class PtsSubmission:
 
 
 @dataclass(frozen=True, slots=True)
-class PtsClaim:
-    """The quota as `claim` counted it; `row_id` is None when the claim was refused."""
+class Quota:
+    """A system's quota in one window: what its counted (non-test) rows used, and the limits."""
 
-    row_id: int | None
-    refusal: str | None
     passed: int
     failed: int
     pending: int
     max_valid: int
     max_failed: int
+
+    @classmethod
+    def count(cls, statuses: Iterable[str], max_valid: int, max_failed: int) -> Quota:
+        """The quota used by counted rows with these statuses (test rows never count)."""
+        statuses = list(statuses)
+        return cls(
+            passed=sum(1 for status in statuses if status == "passed"),
+            failed=sum(1 for status in statuses if status in COUNTED_FAILED),
+            pending=sum(1 for status in statuses if status in PENDING),
+            max_valid=max_valid,
+            max_failed=max_failed,
+        )
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "passed": self.passed,
+            "failed": self.failed,
+            "pending": self.pending,
+            "max_valid": self.max_valid,
+            "max_failed": self.max_failed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PtsClaim(Quota):
+    """The quota as `claim` counted it, and its verdict: `row_id` is None when refused."""
+
+    row_id: int | None
+    refusal: str | None
 
 
 def _rows(txn: Transaction, fk_system: int, period: str) -> list[dict[str, Any]]:
@@ -68,8 +105,8 @@ def _save(txn: Transaction, fk_system: int, period: str, rows: list[dict[str, An
     txn.put_state(NAMESPACE, {f"ledger:{fk_system}:{period}": orjson.dumps(rows).decode()})
 
 
-def _override(txn: Transaction, fk_system: int, period: str) -> dict[str, Any] | None:
-    value = txn.state(NAMESPACE, f"quota:{fk_system}:{period}")
+def _override(source: Store | Transaction, fk_system: int, period: str) -> dict[str, Any] | None:
+    value = source.state(NAMESPACE, f"quota:{fk_system}:{period}")
     return dict(orjson.loads(value)) if value else None
 
 
@@ -100,24 +137,21 @@ def claim(
             max_valid, max_failed = int(override["max_valid"]), int(override["max_failed"])
         rows = _rows(txn, fk_system, period)
         counted = [row for row in rows if not row["test"]]
-        passed = sum(1 for row in counted if row["status"] == "passed")
-        failed = sum(1 for row in counted if row["status"] in ("failed", "superseded"))
-        pending = sum(1 for row in counted if row["status"] in PENDING)
+        quota = Quota.count((row["status"] for row in counted), max_valid, max_failed)
         same = any(
             row["status"] == "passed"
-            and abs(row["meter_value"] - meter_value) < 0.0005
-            and row["meter_date"] == meter_date
+            and same_reading(meter_value, meter_date, row["meter_value"], row["meter_date"])
             for row in counted
         )
         refusal = None
-        if pending:
+        if quota.pending:
             refusal = "a submission is still pending (its outcome is not known yet)"
         elif same:
             refusal = "this reading already passed (last one in wins: never resubmitted)"
-        elif passed >= max_valid:
-            refusal = f"valid quota used: {passed} of {max_valid} submissions passed"
-        elif failed >= max_failed:
-            refusal = f"failed quota used: {failed} of {max_failed} submissions failed"
+        elif quota.passed >= max_valid:
+            refusal = f"valid quota used: {quota.passed} of {max_valid} submissions passed"
+        elif quota.failed >= max_failed:
+            refusal = f"failed quota used: {quota.failed} of {max_failed} submissions failed"
         row_id = None
         if refusal is None and not check_only:
             row_id = len(rows) + 1
@@ -134,7 +168,15 @@ def claim(
                 )
             )
             _save(txn, fk_system, period, rows)
-    return PtsClaim(row_id, refusal, passed, failed, pending, max_valid, max_failed)
+    return PtsClaim(
+        passed=quota.passed,
+        failed=quota.failed,
+        pending=quota.pending,
+        max_valid=max_valid,
+        max_failed=max_failed,
+        row_id=row_id,
+        refusal=refusal,
+    )
 
 
 def record(
@@ -165,11 +207,9 @@ def record(
             sample_id=sample_id,
             status=status,
             now_ms=now_ms,
-        )
-        row.update(
             http_status=http_status,
             validation_notes=validation_notes,
-            detail=None if detail is None else detail[:MAX_BODY_CHARS],
+            detail=detail,
         )
         rows.append(row)
         _save(txn, fk_system, period, rows)
@@ -253,8 +293,7 @@ def limits(
     store: Store, fk_system: int, period: str, max_valid: int, max_failed: int
 ) -> tuple[int, int, str | None]:
     """(valid, failed, override reason): the recorded override, else the given limits."""
-    value = store.state(NAMESPACE, f"quota:{fk_system}:{period}")
-    override = dict(orjson.loads(value)) if value else None
+    override = _override(store, fk_system, period)
     if override is None:
         return max_valid, max_failed, None
     return int(override["max_valid"]), int(override["max_failed"]), str(override["reason"])
@@ -270,6 +309,9 @@ def _new_row(
     sample_id: int | None,
     status: str,
     now_ms: int,
+    http_status: int | None = None,
+    validation_notes: str | None = None,
+    detail: str | None = None,
 ) -> dict[str, Any]:
     return {
         "id": row_id,
@@ -279,9 +321,9 @@ def _new_row(
         "meter_date": meter_date,
         "sample_id": sample_id,
         "status": status,
-        "http_status": None,
-        "validation_notes": None,
-        "detail": None,
+        "http_status": http_status,
+        "validation_notes": validation_notes,
+        "detail": None if detail is None else detail[:MAX_BODY_CHARS],
         "created_ms": now_ms,
         "updated_ms": now_ms,
     }

@@ -25,7 +25,7 @@ from datetime import date, datetime, timedelta
 from typing import Final
 
 from core.sample import StoredSample
-from gateway.timefmt import local_naive_iso8601, zone
+from gateway.timefmt import local_naive_iso8601, parse_local_naive, zone
 
 EASTERN: Final = "America/New_York"
 _DAY_MS: Final = 86_400_000
@@ -160,6 +160,16 @@ def last_closed_window(ts_ms: int, days_before: int, days_after: int) -> Window:
 def eastern(ts_ms: int) -> str:
     """PTS's MeterDate: Eastern local time to the second, `YYYY-MM-DDTHH:MM:SS`."""
     return local_naive_iso8601(ts_ms, EASTERN)
+
+
+def parse_meter_date(meter_date: str | None) -> int | None:
+    """Epoch ms of a MeterDate PTS sent (see `eastern`); None when absent or unreadable."""
+    if not meter_date:
+        return None
+    try:
+        return parse_local_naive(meter_date, EASTERN)
+    except ValueError:
+        return None
 
 
 # -- the reading ----------------------------------------------------------------------------------
