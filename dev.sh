@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # meter-gateway from a source checkout, on a fresh Debian / Raspberry Pi OS machine.
 #   ./dev.sh demo [--seconds N]   simulated meters -> gateway -> local fake clouds, printed live
-#   ./dev.sh test [pytest args]   the whole test suite (lint + pytest, real Mosquitto and socat)
+#   ./dev.sh test [pytest args]   the whole test suite (lint, layers, types, pytest with real Mosquitto and socat)
 #   ./dev.sh bench                the performance table
 # It installs what it needs: python3-venv/mosquitto/socat with apt-get (as root or via sudo)
 # when missing, and the Python packages into ./.venv from pyproject.toml.
@@ -50,6 +50,8 @@ case "$command" in
     venv
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
+    .venv/bin/lint-imports --no-cache   # the layers (pyproject.toml [tool.importlinter])
+    .venv/bin/mypy                      # types ([tool.mypy]; core and store --strict)
     exec .venv/bin/python -m pytest "$@" ;;
   bench)
     venv

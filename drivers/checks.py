@@ -15,7 +15,12 @@ from core.config_base import KeyPath
 from core.config_errors import ConfigProblem
 from drivers.config import MeterConfig, MeterSetup
 from drivers.modbus.maps import inline_data, map_path, model_problem
-from drivers.modbus.register_map import RegisterMapError, load_map_file, validate_map_data
+from drivers.modbus.register_map import (
+    RegisterMap,
+    RegisterMapError,
+    load_map_file,
+    validate_map_data,
+)
 from drivers.serial.config import is_serial_bus
 
 
@@ -96,6 +101,7 @@ def resolve_maps(
         where: KeyPath = ("meters", index, "register_map")
         if meter.register_map is None or is_serial_bus(config.buses.get(meter.bus)):
             continue  # a serial meter's register_map is an error cross_check reports
+        register_map: RegisterMap | None
         if isinstance(meter.register_map, str):
             path = map_path(meter.register_map, base_dir)
             try:

@@ -50,6 +50,8 @@ from drivers.modbus.planner import plan_reads
 from drivers.modbus.reader import ModbusReader
 from drivers.modbus.register_map import RegisterMap, RegisterSpec, builtin_models, load_builtin
 from drivers.modbus.transports import ModbusRtuBus
+from drivers.serial.config import is_serial_bus
+from gateway.cli.tables import render_table
 from gateway.config.schema import Config
 
 EXIT_OK: Final = 0
@@ -103,14 +105,6 @@ def format_value(value: float) -> str:
     return f"{value:.7g}"
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
 # --- read ----------------------------------------------------------------------------------
 
 
@@ -124,8 +118,13 @@ async def read_meter(
         known = ", ".join(m.id for m in config.meters) or "none"
         raise CommandError(f"no meter {meter_id!r} in the config (meters: {known})") from None
     bus_config = config.buses[meter.bus]
+    if is_serial_bus(bus_config):  # D0, P1, SML: every OBIS code, the same readers
+        from gateway.cli.serial_read import read_serial_meter
+
+        return await read_serial_meter(config, meter, raw=raw, out=out)
     timeout = bus_timeout(config, meter.bus)
     async with build_bus(meter.bus, bus_config, timeout_secs=timeout) as bus:
+        assert isinstance(bus, ModbusBus)  # every other bus type is Modbus
         reader = build_reader(meter, bus, bus_config)
         assert isinstance(reader, ModbusReader)
         started = time.monotonic()
@@ -230,10 +229,16 @@ async def scan_bus(
     if bus_name not in config.buses:
         known = ", ".join(config.buses) or "none"
         raise CommandError(f"no bus {bus_name!r} in the config (buses: {known})")
+    if is_serial_bus(bus_config := config.buses[bus_name]):
+        raise CommandError(
+            f"bus {bus_name!r} is a {bus_config.type} bus: scan probes Modbus unit ids; a serial "
+            "meter needs no address scan: configure it and try `meter-gateway read METER`"
+        )
     candidates = list(models) if models is not None else _candidates(config)
     started = time.monotonic()
     found: list[Found] = []
-    async with build_bus(bus_name, config.buses[bus_name], timeout_secs=timeout_secs) as bus:
+    async with build_bus(bus_name, bus_config, timeout_secs=timeout_secs) as bus:
+        assert isinstance(bus, ModbusBus)
         print(
             f"scanning {bus_name} ({bus.describe()}), units {format_units(units)}, "
             f"timeout {timeout_secs:g} s",
@@ -293,9 +298,9 @@ async def probe_unit(
             return Found(unit, "sunspec", f"SunS marker at holding {base}", certainty="identified")
     identities = await identify(bus, unit, candidates, timeout)
     if identities.identified:
-        (model, evidence), *others = identities.identified.items()
+        (model, evidence), *also = identities.identified.items()
         return Found(
-            unit, model, f"identity {evidence}", [m for m, _ in others], certainty="identified"
+            unit, model, f"identity {evidence}", [m for m, _ in also], certainty="identified"
         )
     remaining = [m for m in candidates if m.model not in identities.ruled_out]
     ruled_out = _ruled_out(identities)

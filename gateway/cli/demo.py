@@ -59,7 +59,8 @@ def _describe(packet: dict[str, object]) -> str:
         value = packet.get(key)
         return f"{float(value) / scale:,.{digits}f}" if isinstance(value, int | float) else "-"
 
-    power = sum(float(packet.get(f"aP_{i}", 0.0)) for i in (1, 2, 3))  # type: ignore[arg-type]
+    phases = (packet.get(f"aP_{i}") for i in (1, 2, 3))
+    power = sum(float(p) for p in phases if isinstance(p, int | float))
     return (
         f"{packet['tsISO8601']}  {packet['id']:<13} P={power / 1000:6.2f} kW  "
         f"V1={number('v_1')} V  I1={number('c_1', digits=2)} A  pC_1={number('pC_1', digits=0)} Wh"

@@ -24,7 +24,7 @@ from gateway.uplinks.pts import ledger
 if TYPE_CHECKING:
     from gateway.clock.clocks import Clock
     from gateway.config.schema import Config
-    from gateway.uplinks.pts.client import SessionFactory
+    from gateway.net.session import SessionFactory
     from gateway.uplinks.pts.uplink import PtsUplink
 
 EXIT_CONFIG = 2

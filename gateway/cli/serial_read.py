@@ -21,6 +21,7 @@ from drivers.serial.iec62056 import Iec62056Reader
 from drivers.serial.lines import PushLine, SerialLine
 from drivers.serial.obis_map import Quantity
 from drivers.stamped import read_with_time
+from gateway.cli.tables import render_table
 from gateway.config.schema import Config
 
 EXIT_OK = 0
@@ -58,8 +59,6 @@ async def read_serial_meter(
             return EXIT_DEVICE
         elapsed = time.monotonic() - started
         codes = _raw_readings(line, reader)
-    from gateway.cli.commissioning import render_table
-
     header = f"{meter.id}: {line.describe()}: {len(values)} value(s) in {elapsed * 1000:.0f} ms"
     if measured_ms is not None:
         when = datetime.fromtimestamp(measured_ms / 1000, tz=UTC).isoformat()

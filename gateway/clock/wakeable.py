@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable
 
 from gateway.clock.clocks import Clock
 
@@ -34,7 +33,7 @@ class WakeableClock:
     async def sleep(self, seconds: float) -> None:
         await self.race(self.clock.sleep(seconds))
 
-    async def race(self, waiting: Coroutine[Any, Any, object]) -> None:
+    async def race(self, waiting: Awaitable[object]) -> None:
         """Await `waiting`, or return as soon as wake() is called (cancelling it)."""
         woken = asyncio.ensure_future(self._woken.wait())
         task = asyncio.ensure_future(waiting)

@@ -11,7 +11,6 @@ its own tables (functions taking the Store first) run on the same thread through
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Concatenate, ParamSpec, TypeVar
@@ -31,11 +30,12 @@ def _on_store_thread(
 
     name = method.__name__
 
-    @functools.wraps(method)
-    async def on_thread(self: AsyncStore, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def on_thread(self: AsyncStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
         bound: Callable[P, T] = getattr(self.store, name)  # the instance's (tests wrap them)
         return await self.call(bound, *args, **kwargs)
 
+    on_thread.__name__ = on_thread.__qualname__ = name
+    on_thread.__doc__ = method.__doc__
     return on_thread
 
 

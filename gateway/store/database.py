@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -325,8 +326,8 @@ class Store:
         row = self._db.execute(query, args).fetchone()
         return None if row is None else _stored(row)
 
-    def query(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[object, ...]]:
-        """Rows of a read-only query, for an uplink's own tables."""
+    def query(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query, for an uplink's own tables (values as SQLite gives them)."""
         return [tuple(row) for row in self._db.execute(sql, parameters).fetchall()]
 
     def count(self, meter: str | None = None) -> int:

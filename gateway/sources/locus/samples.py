@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from core.channels import unit_of
 from core.sample import Sample
@@ -95,7 +95,7 @@ def plan_fields(meter: LocusMeterConfig, available: Mapping[str, Any]) -> list[F
     return plans
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -43,6 +43,7 @@ from core.health import Health, MeterHealth, MeterState
 from gateway.clock.clocks import Clock, SystemClock
 from gateway.net.auth_gate import AuthGate
 from gateway.net.policy import Outcome, Verdict
+from gateway.net.session import SessionFactory
 from gateway.sources.base import (
     Source,
     SourceConfig,
@@ -50,7 +51,7 @@ from gateway.sources.base import (
     SourceCounters,
     store_new_samples,
 )
-from gateway.sources.mts.client import MtsClient, MtsError, SessionFactory
+from gateway.sources.mts.client import MtsClient, MtsError
 from gateway.sources.mts.config import MtsConfig
 from gateway.sources.mts.ingest import ingest
 from gateway.sources.mts.parse import TestState, TestStatus, TestSummary, parse_search, parse_status

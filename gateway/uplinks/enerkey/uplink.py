@@ -284,11 +284,13 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         change = f"({previous:g} -> {value:g} {target.unit}"
         if reading.series_break is not None:
             why = f"{reading.series_break} in the hour ending {utc_iso8601(reading.hour_ms)}"
-            return self._left_out(st, f"{why} {change}, flagged by the gateway)")
+            self._left_out(st, f"{why} {change}, flagged by the gateway)")
+            return None
         consumption = round(value - previous, target.decimals)
         if consumption < 0:
             why = f"counter went down in the hour ending {utc_iso8601(reading.hour_ms)}"
-            return self._left_out(st, f"{why} {change})")
+            self._left_out(st, f"{why} {change})")
+            return None
         return consumption
 
     def _left_out(self, st: _Stream, why: str) -> None:

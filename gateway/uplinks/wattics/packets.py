@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from datetime import tzinfo
 from functools import lru_cache
-from typing import Final
+from typing import Final, TypeGuard
 
 from core.sample import Sample
 from gateway.timefmt import local_iso8601_ms, parse_iso8601_ms
@@ -52,7 +52,7 @@ _TOTAL_FIELDS: Final = _fields(False)
 _PHASE_FIELDS: Final = _fields(True)
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -65,3 +65,26 @@ async def test_a_missing_cable_says_what_to_check(
     assert await read_serial_meter(site, site.meter("ehz"), out=io.StringIO()) == EXIT_DEVICE
     error = capsys.readouterr().err
     assert "error: meter ehz: connection:" in error and "dialout" in error
+
+
+async def test_the_read_command_reads_a_p1_meter_too(tmp_path: Path) -> None:
+    """`meter-gateway read` goes through gateway.cli.commissioning for every meter type: a
+    P1 meter is read (it was an AssertionError traceback), not refused."""
+    from gateway.cli.commissioning import read_meter
+
+    async with PtyPair(tmp_path) as pty, PtyDevice(pty.device) as meter:
+        site = config({"type": "dsmr-p1", "port": pty.gateway}, [{"id": "home", "bus": "line"}])
+        out = io.StringIO()
+        reading = asyncio.create_task(read_meter(site, "home", out=out))
+        await asyncio.sleep(0.1)
+        await meter.write(dsmr5_example())
+        assert await reading == EXIT_OK
+    assert re.search(r"^energy_active_import +\d+ +Wh$", out.getvalue(), re.M)
+
+
+async def test_scan_on_a_serial_bus_says_why_not_and_is_a_usage_error(tmp_path: Path) -> None:
+    from gateway.cli.commissioning import CommandError, scan_bus
+
+    site = config({"type": "iec62056-21", "port": str(tmp_path / "tty")}, [])
+    with pytest.raises(CommandError, match="scan probes Modbus unit ids"):
+        await scan_bus(site, "line", [1, 2])
