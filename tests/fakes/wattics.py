@@ -22,6 +22,14 @@ Strict means: whatever the real service would refuse, this refuses too. Rules, f
 - A packet whose instant is not later than the last accepted one of its stream is answered
   200 but DISCARDED (the real service silently drops packets not sent chronologically).
   Instants are compared, not wall-clock text: in the repeated autumn hour the offset differs.
+- "Non-secure requests are automatically rejected": a plain-http request whose Host names
+  anything but a loopback address is answered 403 (this fake then plays a remote host reached
+  without TLS: the gateway refuses such a URL in config already, core.config_base). Loopback
+  http is how tests reach the fake, as the gateway's config allows.
+- With `site_tz`, a packet on the local-time route whose offset is not the site's offset at
+  that instant is counted in `wrong_offset` (the real service would show it at the wrong
+  time); `routes` counts accepted packets per route path.
+- A success answer is `200 OK` (text); the real body is not documented.
 - GET answers the last accepted packet of the stream as sent (the real shape is UNKNOWN;
   clients must parse defensively), 404 when the stream has none, 400 without `stream=`.
 
@@ -49,7 +57,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from ipaddress import ip_address
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -182,8 +192,14 @@ class FakeWattics(LoopbackServer):
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        site_tz: str | None = None,
     ) -> None:
         self.host = host
+        self.site_tz = None if site_tz is None else ZoneInfo(site_tz)
+        #: Accepted packets per route path.
+        self.routes: Counter[str] = Counter()
+        #: Local-route packets whose offset is not the site's (only with `site_tz`).
+        self.wrong_offset: Counter[str] = Counter()
         self.port = port
         self.ssl_context = ssl_context
         self.streams = set(streams) if streams is not None else None
@@ -201,7 +217,7 @@ class FakeWattics(LoopbackServer):
         self.in_flight = 0
         self.max_in_flight = 0
         self._last_ms: dict[str, int] = {}
-        self._fail_next: list[tuple[int, float | str | None, bytes | None]] = []
+        self._fail_next: list[tuple[int, float | str | None, bytes | None, str | None]] = []
         self._fail_until = 0.0
         self._fail_for_status = 503
         self._fail_for_retry_after: float | None = None
@@ -214,6 +230,7 @@ class FakeWattics(LoopbackServer):
         #: Accepted packets off their datapoint's registered interval grid, per stream.
         self.off_grid: Counter[str] = Counter()
         self._rejecters: list[tuple[Callable[[Packet], bool], int, str]] = []
+        self._forbidden: set[str] = set()
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -238,9 +255,11 @@ class FakeWattics(LoopbackServer):
         *,
         retry_after: float | str | None = None,
         body: bytes | None = None,
+        content_type: str | None = None,
     ) -> None:
-        """Answer the next `n` requests with `status` (and Retry-After, and any raw `body`)."""
-        self._fail_next.extend([(status, retry_after, body)] * n)
+        """Answer the next `n` requests with `status` (and Retry-After, and any raw `body`
+        of `content_type`: e.g. a captive portal's HTML page with 200)."""
+        self._fail_next.extend([(status, retry_after, body, content_type)] * n)
 
     def fail_for(
         self, seconds: float, status: int = 503, *, retry_after: float | None = None
@@ -295,6 +314,13 @@ class FakeWattics(LoopbackServer):
 
     def accept_credentials(self, username: str, password: str) -> None:
         self._credentials = (username, password)
+
+    def forbid(self, stream: str) -> None:
+        """Answer 403 ("not allowed to the user who owns the token") to pushes to `stream`."""
+        self._forbidden.add(stream)
+
+    def allow(self, stream: str) -> None:
+        self._forbidden.discard(stream)
 
     def reject_matching(
         self, predicate: Callable[[Packet], bool], status: int = 400, reason: str = "rejected"
@@ -366,9 +392,10 @@ class FakeWattics(LoopbackServer):
 
     def _injected(self) -> web.Response | None:
         body: bytes | None = None
+        content_type: str | None = None
         retry_after: float | str | None
         if self._fail_next:
-            status, retry_after, body = self._fail_next.pop(0)
+            status, retry_after, body, content_type = self._fail_next.pop(0)
         elif time.monotonic() < self._fail_until:
             status, retry_after = self._fail_for_status, self._fail_for_retry_after
         else:
@@ -378,11 +405,15 @@ class FakeWattics(LoopbackServer):
             value = retry_after if isinstance(retry_after, str) else f"{retry_after:g}"
             headers["Retry-After"] = value
         if body is not None:
-            return web.Response(status=status, body=body, headers=headers)
+            return web.Response(
+                status=status, body=body, headers=headers, content_type=content_type
+            )
         return web.json_response({"error": f"injected {status}"}, status=status, headers=headers)
 
     def _answer(self, request: web.Request, body: bytes) -> web.Response:
         try:
+            if not request.secure and not _loopback(request.host):
+                raise _Invalid(403, "Non-secure requests are automatically rejected")
             if request.path not in (PATH, UTC_PATH):
                 raise _Invalid(404, "not found")
             if request.method not in ("POST", "GET"):
@@ -424,6 +455,8 @@ class FakeWattics(LoopbackServer):
             if predicate(packet):
                 raise _Invalid(status, reason)
         stream = packet["id"]
+        if stream in self._forbidden:
+            raise _Invalid(403, f"data stream {stream!r} is not allowed to this user")
         if self.streams is not None and stream not in self.streams:
             raise _Invalid(404, f"unknown data stream {stream!r}")
         registered = self.datapoints.get(stream)
@@ -437,6 +470,11 @@ class FakeWattics(LoopbackServer):
         else:
             self._last_ms[stream] = when_ms
             self.accepted.setdefault(stream, []).append(packet)
+            self.routes[request.path] += 1
+            if request.path == PATH and self.site_tz is not None:
+                stamp = datetime.fromisoformat(packet["tsISO8601"])
+                if stamp.utcoffset() != stamp.astimezone(self.site_tz).utcoffset():
+                    self.wrong_offset[stream] += 1
             interval = registered.interval_s if registered is not None else None
             if interval is not None and _wall_clock_s(packet["tsISO8601"]) % interval:
                 self.off_grid[stream] += 1
@@ -451,6 +489,18 @@ class FakeWattics(LoopbackServer):
             # A question with a "no" answer, not a refused packet: not recorded as rejected.
             return web.json_response({"error": f"no packet processed for {stream!r}"}, status=404)
         return web.json_response(packets[-1])
+
+
+def _loopback(host_header: str) -> bool:
+    """Does a Host header name a loopback address (how tests and the demo reach the fake)?"""
+    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def _serve(host: str, port: int, username: str, password: str, delay: float) -> None:

@@ -23,6 +23,8 @@ WATTICS_PRODUCTION_URL = "https://web-collector.wattics.com/measurements/v2/unif
 #: The route on which Wattics converts UTC timestamps to the site's local time (NOTES.md).
 UTC_ROUTE_SEGMENT = "unifiedjson_utc/"
 LOCAL_ROUTE_SEGMENT = "unifiedjson/"
+#: The push routes by `timestamps` setting; the last path segment of `url` names one of them.
+ROUTE_SEGMENTS = {"local": LOCAL_ROUTE_SEGMENT, "utc": UTC_ROUTE_SEGMENT}
 
 
 class _Cadence(Strict):
@@ -126,11 +128,25 @@ class WatticsConfig(StreamUplinkConfig):
             seen[datapoint.id] = datapoint.meter
         return self
 
+    @model_validator(mode="after")
+    def _route_known_for_utc(self) -> WatticsConfig:
+        if self.timestamps == "utc" and _route_base(self.url) is None:
+            raise ValueError(
+                "timestamps: utc needs a url whose path ends in /unifiedjson/ or "
+                "/unifiedjson_utc/ (the gateway chooses the UTC route from the setting; "
+                "UTC timestamps must never reach the local-time route)"
+            )
+        return self
+
     def post_url(self) -> str:
-        """The push route: the configured URL, switched to the UTC route when asked."""
-        if self.timestamps == "utc" and self.url.endswith(LOCAL_ROUTE_SEGMENT):
-            return self.url[: -len(LOCAL_ROUTE_SEGMENT)] + UTC_ROUTE_SEGMENT
-        return self.url
+        """The push route chosen from `timestamps`, not from the URL's spelling: a URL
+        naming either route (with or without its trailing slash) gets the route of the
+        setting, with the trailing slash Wattics needs. Another path (a proxy) is used as
+        given for local timestamps (config refuses it for UTC ones)."""
+        base = _route_base(self.url)
+        if base is None:
+            return self.url
+        return base + ROUTE_SEGMENTS[self.timestamps]
 
     def all_datapoints(self) -> list[WatticsDatapointConfig]:
         """The `meters:` short form and `datapoints:` as one list, each with its tolerance."""
@@ -153,6 +169,19 @@ class WatticsConfig(StreamUplinkConfig):
             yield ("meters", meter_id), meter_id
         for index, datapoint in enumerate(self.datapoints):
             yield ("datapoints", index, "meter"), datapoint.meter
+
+
+def _route_base(url: str) -> str | None:
+    """The URL up to its route segment (`.../v2/`), or None when it names no Wattics route."""
+    head, _, query = url.partition("?")
+    if query:
+        return None
+    stripped = head.rstrip("/")
+    for segment in ROUTE_SEGMENTS.values():
+        name = segment.rstrip("/")
+        if stripped.endswith("/" + name):
+            return stripped[: -len(name)]
+    return None
 
 
 UPLINKS.register("wattics", "gateway.uplinks.wattics.uplink:build_uplink")

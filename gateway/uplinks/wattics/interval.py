@@ -11,6 +11,17 @@ the uplink picks, for every boundary of the datapoint's interval:
   `wait_ms` after the boundary (a late read of the boundary sample still wins until then);
 - else nothing: a hole, never an invented value.
 
+Every boundary counts, not only the one right after a sample: when samples are missing for
+several boundaries (the gateway was stopped or restarted, the meter did not answer), each of
+those boundaries within `tolerance` after the newest earlier sample takes that sample. After a
+restart the picker resumes from the last boundary it decided and the sample it carried
+(`resume`, from what the uplink committed with its cursor), so a restart leaves no hole a
+stored sample could fill.
+
+Invariants: decided boundaries strictly increase (a sample at or before the last decided
+boundary is passed over: Wattics would discard it as out of order); a boundary is decided at
+most once.
+
 Boundaries are on the site's local wall-clock grid (a 1 h datapoint in India gets packets at
 local :00, which is UTC :30); for intervals dividing 15 minutes the local and UTC grids are
 the same in every zone in use. In the repeated autumn hour the local grid occurs twice; the
@@ -73,7 +84,9 @@ def next_boundary_ms(ts_ms: int, interval_ms: int, tz: tzinfo) -> int:
 class IntervalPicker(Generic[T]):
     """Feeds samples in order; yields (sample, stamp) decisions in the same order.
 
-    stamp is the boundary the sample is sent at, or None: passed over, nothing sent.
+    stamp is the boundary the sample is sent at, or None: passed over, nothing sent. One
+    sample may be decided for several boundaries in a row (it fills the ones with no sample
+    of their own, within the tolerance).
     """
 
     interval_ms: int
@@ -82,17 +95,59 @@ class IntervalPicker(Generic[T]):
     tz: tzinfo
     _pending: T | None = field(default=None, init=False)
     _pending_boundary: int = field(default=0, init=False)
+    #: The newest sample offered (it fills later boundaries within the tolerance).
+    _carry: T | None = field(default=None, init=False)
+    #: The last boundary decided (sent or left empty): nothing at or before it is sent again.
+    _last_boundary: int | None = field(default=None, init=False)
+
+    @property
+    def last_boundary_ms(self) -> int | None:
+        """The last boundary a packet was decided for (committed with the cursor)."""
+        return self._last_boundary
+
+    def resume(self, last_boundary_ms: int | None, carry: T | None) -> None:
+        """Continue after a restart: the last boundary decided, and the sample at the
+        committed cursor (the newest sample offered before the stop)."""
+        self._last_boundary = last_boundary_ms
+        self._carry = carry
+
+    def _decide(self, item: T, boundary: int) -> tuple[T, int]:
+        self._last_boundary = boundary
+        return item, boundary
+
+    def _fill(self, before_ms: int) -> list[tuple[T, int | None]]:
+        """Boundaries after the last decided one and before `before_ms` that no sample of
+        their own can reach any more, each filled by the carried sample within tolerance."""
+        carry = self._carry
+        if carry is None:
+            return []
+        start = carry.ts_ms + 1
+        if self._last_boundary is not None:
+            start = max(start, self._last_boundary + 1)
+        filled: list[tuple[T, int | None]] = []
+        boundary = next_boundary_ms(start, self.interval_ms, self.tz)
+        while boundary < before_ms and boundary - carry.ts_ms <= self.tolerance_ms:
+            filled.append(self._decide(carry, boundary))
+            boundary = next_boundary_ms(boundary + 1, self.interval_ms, self.tz)
+        return filled
 
     def offer(self, item: T) -> list[tuple[T, int | None]]:
         decided: list[tuple[T, int | None]] = []
         if self._pending is not None:
             # A later sample at or before the boundary is a better candidate for it.
-            better = item.ts_ms <= self._pending_boundary
-            decided.append((self._pending, None if better else self._pending_boundary))
+            if item.ts_ms <= self._pending_boundary:
+                decided.append((self._pending, None))
+            else:
+                decided.append(self._decide(self._pending, self._pending_boundary))
             self._pending = None
+        decided.extend(self._fill(item.ts_ms))
+        self._carry = item
+        if self._last_boundary is not None and item.ts_ms <= self._last_boundary:
+            decided.append((item, None))  # its boundary is decided already
+            return decided
         boundary = next_boundary_ms(item.ts_ms, self.interval_ms, self.tz)
         if boundary == item.ts_ms:
-            decided.append((item, boundary))
+            decided.append(self._decide(item, boundary))
         elif boundary - item.ts_ms <= self.tolerance_ms:
             self._pending, self._pending_boundary = item, boundary
         else:
@@ -108,4 +163,4 @@ class IntervalPicker(Generic[T]):
         if self._pending is None or deadline is None or now_ms < deadline:
             return []
         item, self._pending = self._pending, None
-        return [(item, self._pending_boundary)]
+        return [self._decide(item, self._pending_boundary)]

@@ -39,13 +39,36 @@ PER_PHASE_ENERGY: Final[Mapping[str, str]] = {
 }
 
 
-def _fields(energy_per_phase: bool) -> tuple[tuple[str, str], ...]:
-    """(Wattics key, channel) pairs in packet order."""
+#: "If you only have one total value for a data point you must use the first parameter to
+#: transmit that value": a meter that reports a parameter only as a total (SunSpec and OBIS
+#: meters report total power and current) sends it in that parameter's `_1` field. Wattics key
+#: -> (the total channel, the per-phase channels whose absence makes the total "the one
+#: value"). pC_1 already carries the total import unless energy_per_phase.
+TOTAL_IN_FIRST: Final[Mapping[str, tuple[str, tuple[str, ...]]]] = {
+    "aP_1": ("power_active", tuple(f"power_active_l{n}" for n in (1, 2, 3))),
+    "rP_1": ("power_reactive", tuple(f"power_reactive_l{n}" for n in (1, 2, 3))),
+    "apP_1": ("power_apparent", tuple(f"power_apparent_l{n}" for n in (1, 2, 3))),
+    "c_1": ("current", tuple(f"current_l{n}" for n in (1, 2, 3))),
+}
+_PHASE_ENERGY_TOTAL: Final = (
+    "energy_active_import",
+    tuple(f"energy_active_import_l{n}" for n in (1, 2, 3)),
+)
+
+#: (Wattics key, channel, total fallback) in packet order; the fallback is (total channel,
+#: per-phase channels) or None.
+_Field = tuple[str, str, tuple[str, tuple[str, ...]] | None]
+
+
+def _fields(energy_per_phase: bool) -> tuple[_Field, ...]:
+    """(Wattics key, channel, total fallback) triples in packet order."""
     fields = dict(ELECTRICITY_FIELDS)
+    fallbacks = dict(TOTAL_IN_FIRST)
     if energy_per_phase:
         del fields["pC_1"]
         fields.update(PER_PHASE_ENERGY)
-    return tuple(fields.items())
+        fallbacks["pC_1"] = _PHASE_ENERGY_TOTAL
+    return tuple((key, channel, fallbacks.get(key)) for key, channel in fields.items())
 
 
 _TOTAL_FIELDS: Final = _fields(False)
@@ -54,6 +77,18 @@ _PHASE_FIELDS: Final = _fields(True)
 
 def _number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _field_value(values: Mapping[str, object], field: _Field) -> object:
+    """The value of one Wattics field: its channel, else the total when the meter has only
+    the total of that parameter (TOTAL_IN_FIRST)."""
+    _, channel, fallback = field
+    value = values.get(channel)
+    if fallback is not None and not _number(value):
+        total, phases = fallback
+        if not any(_number(values.get(phase)) for phase in phases):
+            return values.get(total)
+    return value
 
 
 def build_packet(
@@ -67,13 +102,14 @@ def build_packet(
     """The electricity packet for one sample, or None when it holds nothing Wattics takes.
 
     Missing, null and non-finite values are left out (the API accepts a subset). Energy is
-    Wh as stored: by default the total import goes to pC_1, the API's rule for a single total.
+    Wh as stored: by default the total import goes to pC_1, and a parameter the meter has
+    only as a total goes to its first field (the API's rule for a single total).
     """
     values: dict[str, object] = {}
-    for key, channel in _PHASE_FIELDS if energy_per_phase else _TOTAL_FIELDS:
-        value = sample.values.get(channel)
+    for field in _PHASE_FIELDS if energy_per_phase else _TOTAL_FIELDS:
+        value = _field_value(sample.values, field)
         if _number(value):
-            values[key] = value
+            values[field[0]] = value
     if not values:
         return None
     stamp = local_iso8601_ms(sample.ts_ms if ts_ms is None else ts_ms, tz)
@@ -106,8 +142,9 @@ def encode_sample(
     """
     values = sample.values
     parts: list[str] = []
-    for key, channel in _PHASE_FIELDS if energy_per_phase else _TOTAL_FIELDS:
-        value = values.get(channel)
+    for field in _PHASE_FIELDS if energy_per_phase else _TOTAL_FIELDS:
+        key, channel, fallback = field
+        value = values.get(channel) if fallback is None else _field_value(values, field)
         if value.__class__ is float:
             if value - value == 0.0:  # finite (NaN and infinities give NaN)
                 parts.append(f'"{key}":{float.__repr__(value)}')

@@ -11,44 +11,63 @@ Invariants (every change must keep them):
    re-sends at most one group. With resync_on_start the stream first asks Wattics
    for its last processed packet and skips what it already has (Wattics discards any packet
    not later than that one, so skipping loses nothing).
-3. Nothing is dropped for a transient failure or refused credentials: RETRY re-sends the SAME
-   packet after a jittered backoff; AUTH pauses every stream, alerts once and probes every
-   auth_probe_secs. Only a packet rejected (other 4xx) max_attempts_rejected times is parked
-   in the dead-letter table, with status and body, and the stream moves on.
+3. Nothing is dropped for a transient failure or a refusal ("retry transmission until you get
+   status=200"): RETRY re-sends the SAME packet after a jittered backoff (a 2xx that is not
+   a Wattics answer, e.g. a captive portal's HTML page, is a RETRY too, counted); 401 (the
+   account's credentials) pauses every stream, alerts once and probes every auth_probe_secs;
+   404 (datapoint not registered) and 403 (not allowed for this user) pause THAT stream
+   only, with one alert naming the datapoint, and probe it with a backoff capped at
+   auth_probe_secs, the other streams go on. A packet refused as malformed (400, another
+   4xx) max_attempts_rejected times is set aside; it is parked in the dead-letter table only
+   once a later packet of the same stream is accepted (then it alone is bad). When the later
+   packet is refused too, the stream pauses and probes with the older one: nothing parked.
 4. On cancellation, waiting streams stop at once; a request in flight may finish within
    shutdown_grace_secs (then it is abandoned, never acknowledged); the acknowledged prefix is
    committed and the session closed.
 5. The password and the Authorization header are never logged or put into health.
+6. With a registered interval, the last boundary decided and the last accepted packet's time
+   are committed with the cursor, so a restart resumes the boundary picker where it stopped
+   (no hole a stored sample within the tolerance could fill) and a re-queued dead letter
+   older than the last accepted packet is refused instead of being silently discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Final, Unpack
 
 import yarl
 
+from core.backoff import Backoff
 from core.config_base import UplinkConfig
 from core.health import Health
 from core.sample import StoredSample
-from gateway.net.policy import TRANSPORT_ERRORS, Verdict, classify_exception
-from gateway.net.session import read_limited
+from gateway.net.policy import (
+    Outcome,
+    Verdict,
+    is_misdirected,
+)
 from gateway.store.async_store import AsyncStore
 from gateway.timefmt import local_iso8601_ms, zone
-from gateway.uplinks.delivery import Attempt, DeliveryOptions, Refused, StreamProgress, StreamUplink
+from gateway.uplinks.delivery import Attempt, DeliveryOptions, Refused, StreamUplink
 from gateway.uplinks.registry import UplinkContext
+from gateway.uplinks.wattics.commits import GroupCommits
 from gateway.uplinks.wattics.config import WatticsConfig, WatticsDatapointConfig
 from gateway.uplinks.wattics.continuity import CounterContinuity
 from gateway.uplinks.wattics.interval import IntervalPicker
-from gateway.uplinks.wattics.packets import (
-    basic_auth,
-    encode_sample,
-    encode_value,
-    last_timestamp_ms,
+from gateway.uplinks.wattics.lastpacket import LastPacket, last_processed_ms
+from gateway.uplinks.wattics.packets import basic_auth, encode_sample, encode_value
+from gateway.uplinks.wattics.stream import (
+    Suspect,
+    WatticsStream,
+    accepted_key,
+    boundary_key,
+    committed_state,
+    continuity_key,
+    not_a_wattics_answer,
+    packet_time_ms,
 )
 
 log = logging.getLogger(__name__)
@@ -63,32 +82,10 @@ MIN_READ_BATCH: Final = 20
 IDLE_RECHECK_SECS: Final = 30.0
 
 
-@dataclass(kw_only=True)
-class _Stream(StreamProgress):
-    point: WatticsDatapointConfig
-    picker: IntervalPicker[StoredSample] | None = None
-    #: Last row read from the store (may run ahead of `acked` while a sample is pending).
-    read_pos: int = 0
-    acked: int = 0
-    committed: int = 0
-    uncommitted: int = 0
-    #: Packets stamped at or before this (Wattics' last processed one) are not sent again.
-    skip_until_ms: int | None = None
-    resync_skipped: int = 0
-    #: Lifetime counters kept continuous across meter swaps (committed with the cursor).
-    continuity: CounterContinuity = field(default_factory=CounterContinuity)
-    #: The stamp of the packet being sent (for "did it arrive?" after a lost answer).
-    sending_ts_ms: int | None = None
-
-
-def _continuity_key(stream: str) -> str:
-    return f"continuity:{stream}"
-
-
 # -- the uplink ---------------------------------------------------------------------------------
 
 
-class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
+class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
     """Delivers configured datapoints' samples to Wattics; see the module invariants."""
 
     def __init__(
@@ -126,11 +123,16 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
             MIN_READ_BATCH, min(READ_BATCH, READ_AHEAD_TOTAL // max(1, len(self._points)))
         )
         self.skipped = 0  # samples with nothing this datapoint takes, or between boundaries
-        self._resync_fallback_logged = False
+        self._lastpacket = LastPacket(self.name, self._site_tz, self._clock, self._ask_last_packet)
         #: Streams whose acknowledged position waits for the next group commit.
-        self._dirty: dict[str, _Stream] = {}
-        self._group_committed_at = self._clock.monotonic()
-        self._commit_lock = asyncio.Lock()
+        self._commits = GroupCommits(
+            self.name,
+            store,
+            self._clock,
+            config.commit_every_secs,
+            lambda st: committed_state(st, counter_continuity=config.counter_continuity),
+        )
+        self._live: dict[str, WatticsStream] = {}
 
     def streams(self) -> dict[str, str]:
         """Wattics datapoint id -> the meter feeding it."""
@@ -151,25 +153,33 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
         where = self._url.with_user(None).with_query(None)
         return f"{len(self._points)} datapoint(s) to {where}"
 
-    def _new_streams(self) -> dict[str, _Stream]:
-        return {
-            stream: _Stream(stream, point.meter, point=point)
+    def _new_streams(self) -> dict[str, WatticsStream]:
+        self._live = {
+            stream: WatticsStream(stream, point.meter, point=point)
             for stream, point in self._points.items()
         }
+        return self._live
 
-    async def _run_stream(self, st: _Stream) -> None:
+    async def _run_stream(self, st: WatticsStream) -> None:
         position = await self._astore.register_stream(self.name, st.stream, st.meter)
         st.acked = st.committed = st.read_pos = position
         st.uncommitted = 0
-        # A (re)start decides boundaries and resync afresh from the cursor.
+        st.suspect, st.deferred_ack = None, 0
+        # A (re)start resumes the boundary picker from what was committed with the cursor.
         st.picker, st.skip_until_ms = self._new_picker(st.point), None
+        await self._resume_picker(st, position)
+        accepted = await self._astore.state(self.name, accepted_key(st.stream))
+        st.accepted_ts_ms = int(accepted) if accepted else None
         if self.config.counter_continuity:
             st.continuity = CounterContinuity.load(
-                await self._astore.state(self.name, _continuity_key(st.stream))
+                await self._astore.state(self.name, continuity_key(st.stream))
             )
         try:
             if self.config.resync_on_start:
-                await self._resync(st)
+                last_ms = await self._lastpacket.resync(st.stream)
+                if last_ms is not None:
+                    st.skip_until_ms = last_ms
+                    st.accepted_ts_ms = max(st.accepted_ts_ms or last_ms, last_ms)
             while not self._stopping:
                 items = await self._next_items(st)
                 # Operator-re-queued items go before anything newer (checked on every wake).
@@ -182,12 +192,26 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
         finally:
             await self._final_commit(st)
 
+    async def _resume_picker(self, st: WatticsStream, position: int) -> None:
+        """Give the picker the last boundary decided and the sample at the cursor."""
+        if st.picker is None:
+            return
+        saved = await self._astore.state(self.name, boundary_key(st.stream))
+        st.boundary_ms = int(saved) if saved else None
+        if st.boundary_ms is None or position <= 0:
+            return
+        rows = await self._astore.read(st.meter, position - 1, 1)
+        carry = rows[0] if rows and rows[0].rowid == position else None
+        st.picker.resume(st.boundary_ms, carry)
+
     # -- reading --------------------------------------------------------------------------------
 
-    async def _read(self, st: _Stream) -> list[StoredSample]:
+    async def _read(self, st: WatticsStream) -> list[StoredSample]:
         return await self._astore.read(st.meter, st.read_pos, self._read_batch)
 
-    def _decide(self, st: _Stream, batch: list[StoredSample]) -> list[tuple[StoredSample, int]]:
+    def _decide(
+        self, st: WatticsStream, batch: list[StoredSample]
+    ) -> list[tuple[StoredSample, int]]:
         """(sample, packet time) for each sample in order; -1: pass over, send nothing."""
         if batch:
             st.read_pos = batch[-1].rowid
@@ -199,13 +223,13 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
                 decided.append((item, -1 if stamp is None else stamp))
         return decided
 
-    def _expired(self, st: _Stream) -> list[tuple[StoredSample, int]]:
+    def _expired(self, st: WatticsStream) -> list[tuple[StoredSample, int]]:
         if st.picker is None:
             return []
         now_ms = int(self._clock.time() * 1000)
         return [(item, -1 if s is None else s) for item, s in st.picker.expire(now_ms)]
 
-    async def _next_items(self, st: _Stream) -> list[tuple[StoredSample, int]]:
+    async def _next_items(self, st: WatticsStream) -> list[tuple[StoredSample, int]]:
         """The next decisions after the last read sample; waits for an append (or for a
         pending boundary's deadline) when caught up."""
         batch = await self._read(st)
@@ -219,7 +243,7 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
         deadline = st.picker.deadline_ms() if st.picker is not None else None
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline / 1000 - self._clock.time()) + 0.01)
-        commit_due = self._group_commit_due_in()
+        commit_due = self._commits.due_in()
         if commit_due is not None:
             timeout = min(timeout, commit_due + 0.01)
         # Arm the wait BEFORE re-reading, so an append between the read and the wait is seen.
@@ -239,7 +263,7 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
 
     # -- sending --------------------------------------------------------------------------------
 
-    def _encode(self, st: _Stream, stored: StoredSample, ts_ms: int) -> bytes | None:
+    def _encode(self, st: WatticsStream, stored: StoredSample, ts_ms: int) -> bytes | None:
         point = st.point
         if point.channel is None:
             return encode_sample(
@@ -253,8 +277,8 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
             stored.sample, st.stream, point.channel, self._tz, scale=point.scale, ts_ms=ts_ms
         )
 
-    async def _deliver(self, st: _Stream, stored: StoredSample, ts_ms: int) -> None:
-        """Send one sample (as a packet stamped `ts_ms`) until acknowledged or parked."""
+    async def _deliver(self, st: WatticsStream, stored: StoredSample, ts_ms: int) -> None:
+        """Send one sample (as a packet stamped `ts_ms`) until acknowledged or set aside."""
         if self.config.counter_continuity:
             stored = StoredSample(stored.rowid, st.continuity.apply(stored.sample))
         body = None
@@ -264,38 +288,169 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
             st.resync_skipped += 1
         if body is None:
             self.skipped += 1
-            self._acked(st, stored.rowid)
+            self._acked(st, stored.rowid, ts_ms)
             return
-        st.sending_ts_ms = ts_ms
+        while True:
+            st.sending_ts_ms = ts_ms
+            try:
+                await self._settle(st, self._sender(body))
+            except Refused as refused:
+                if st.suspect is None:
+                    self._set_aside(st, Suspect(stored, body, ts_ms, refused))
+                    return
+                # A later packet is refused too: the stream, not one packet, is refused.
+                await self._probe_suspect(st, refused)
+                continue
+            finally:
+                st.sending_ts_ms = None
+            break
         try:
-            await self._settle(st, self._sender(body))
-        except Refused as refused:
-            await self._park_sample(st, stored, body=body, refused=refused)
-            return
-        finally:
-            st.sending_ts_ms = None
-        try:
-            self._delivered(st, stored.rowid)
+            if st.suspect is not None:
+                # A fact about Wattics, committed with the park: the suspect is now older.
+                st.accepted_ts_ms = max(st.accepted_ts_ms or ts_ms, ts_ms)
+                await self._park_suspect(st)
+            self._delivered(st, stored.rowid, ts_ms)
         finally:
             st.in_request = False
 
+    def _set_aside(self, st: WatticsStream, suspect: Suspect) -> None:
+        """A packet refused as malformed: parked only if a later one is accepted."""
+        st.suspect = suspect
+        log.warning(
+            "%s/%s: sample %d refused %d times (%s); sending the next packet: if Wattics "
+            "accepts it, this one is parked in the dead-letter table",
+            self.name,
+            st.stream,
+            suspect.stored.rowid,
+            suspect.refused.attempts,
+            suspect.refused.verdict.detail,
+        )
+
+    async def _probe_suspect(self, st: WatticsStream, refused: Refused) -> bool:
+        """Two packets in a row refused: pause the stream (one alert), then probe with the
+        older one; True when it was accepted (the stream goes on in order)."""
+        suspect = st.suspect
+        assert suspect is not None
+        self._uplink_health.retries += 1
+        await self._pause_stream(
+            st, f"Wattics refuses every packet of datapoint {st.stream} ({refused.verdict.detail})"
+        )
+        st.sending_ts_ms = suspect.ts_ms
+        try:
+            await self._settle(st, self._sender(suspect.body))
+        except Refused:
+            return False
+        finally:
+            st.sending_ts_ms = None
+            st.in_request = False
+        st.suspect = None
+        self._delivered(st, suspect.stored.rowid, suspect.ts_ms)
+        self._apply_deferred(st)
+        return True
+
+    async def _park_suspect(self, st: WatticsStream) -> None:
+        suspect, st.suspect = st.suspect, None
+        assert suspect is not None
+        await self._park_sample(st, suspect.stored, body=suspect.body, refused=suspect.refused)
+        if suspect.ts_ms >= 0:
+            st.boundary_ms = max(st.boundary_ms or suspect.ts_ms, suspect.ts_ms)
+        self._apply_deferred(st)
+
+    @staticmethod
+    def _apply_deferred(st: WatticsStream) -> None:
+        """Positions passed while a packet was set aside count once it is resolved."""
+        if st.deferred_ack > st.acked:
+            st.acked = st.deferred_ack
+            st.uncommitted += 1
+        st.deferred_ack = 0
+
     def _sender(self, body: bytes) -> Callable[[], Awaitable[Attempt]]:
-        return lambda: self._post(self._url, body, self._headers)
+        return lambda: self._post_checked(body)
+
+    async def _post_checked(self, body: bytes) -> Attempt:
+        """One push; a 2xx that is not Wattics' (invariant 3) is a counted RETRY."""
+        seen: list[str] = []
+        attempt = await self._post(
+            self._url, body, self._headers, observe=lambda r: seen.append(r.content_type)
+        )
+        if attempt.verdict.outcome is not Outcome.OK:
+            return attempt
+        problem = not_a_wattics_answer(seen[0] if seen else "", attempt.answer)
+        if problem is None:
+            return attempt
+        facts = self._uplink_health.facts
+        facts["unexpected_answers"] = int(facts.get("unexpected_answers", 0)) + 1
+        status = attempt.verdict.status
+        return Attempt(Verdict(Outcome.RETRY, status, None, f"HTTP {status}: {problem}"))
 
     # -- the delivery core's hooks ------------------------------------------------------------
 
-    async def _before_attempt(self, st: _Stream) -> None:
+    async def _before_attempt(self, st: WatticsStream) -> None:
         if self._gate.paused:
             await self._commit(st)  # what was acknowledged before the pause stays acknowledged
         await super()._before_attempt(st)
 
-    async def _arrived_anyway(self, st: _Stream, attempt: Attempt) -> bool:
+    async def _credentials_refused(self, st: WatticsStream, attempt: Attempt) -> None:
+        """401: the account's credentials (one set for every datapoint): pause all.
+        403: "not allowed to the user": this datapoint only."""
+        if attempt.verdict.status == 403:
+            await self._pause_stream(
+                st,
+                f"Wattics forbids datapoint {st.stream} to this user ({attempt.verdict.detail})",
+            )
+            return
+        await super()._credentials_refused(st, attempt)
+
+    async def _misdirected(self, st: WatticsStream, attempt: Attempt) -> bool:
+        """404: the datapoint is not registered ("must be registered with Wattics before
+        measurements are pushed"), or the url is wrong: pause this stream, keep its data."""
+        if not is_misdirected(attempt.verdict):
+            return False
+        await self._pause_stream(
+            st,
+            f"Wattics does not know datapoint {st.stream} ({attempt.verdict.detail}): register "
+            "it with Wattics (or check uplinks.wattics.url)",
+        )
+        return True
+
+    async def _pause_stream(self, st: WatticsStream, reason: str) -> None:
+        """Pause one stream: one alert naming it, then wait a backoff capped at
+        auth_probe_secs before the caller probes with the same packet."""
+        if st.paused_reason is None:
+            st.paused_reason = reason
+            st.pause_backoff = Backoff(
+                self.config.retry_initial_secs, self.config.auth_probe_secs, rng=self._rng
+            )
+            self._publish_paused()
+            self._health.alert(
+                self.name,
+                f"{reason}: delivery of this datapoint paused, data kept, others go on; "
+                f"trying again with a backoff up to {self.config.auth_probe_secs:g} s",
+            )
+        await self._commit(st, now=True)
+        assert st.pause_backoff is not None
+        await self._clock.sleep(st.pause_backoff.next_delay())
+
+    def _publish_paused(self) -> None:
+        paused = {stream: st.paused_reason for stream, st in self._live.items() if st.paused_reason}
+        self._uplink_health.facts["paused_datapoints"] = paused
+
+    def _recovered(self, st: WatticsStream) -> None:
+        super()._recovered(st)
+        if st.paused_reason is not None:
+            log.warning(
+                "%s/%s: Wattics accepts this datapoint again; resuming", self.name, st.stream
+            )
+            st.paused_reason, st.pause_backoff = None, None
+            self._publish_paused()
+
+    async def _arrived_anyway(self, st: WatticsStream, attempt: Attempt) -> bool:
         """With resync_on_start, ask Wattics for its last packet: a packet it already has
         counts as delivered rather than being sent twice."""
         ts_ms = st.sending_ts_ms
         if ts_ms is None or not self.config.resync_on_start:
             return False
-        last_ms = await self._last_processed_ms(st.stream)
+        last_ms = await self._lastpacket.last_ms(st.stream)
         if last_ms is None or last_ms < ts_ms:
             return False
         log.info(
@@ -306,24 +461,31 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
         )
         return True
 
-    async def _wait_to_retry(self, st: _Stream, delay: float, verdict: Verdict) -> None:
+    async def _wait_to_retry(self, st: WatticsStream, delay: float, verdict: Verdict) -> None:
         await self._commit(st)
         await super()._wait_to_retry(st, delay, verdict)
 
     # -- outcomes -------------------------------------------------------------------------------
 
-    def _delivered(self, st: _Stream, rowid: int) -> None:
+    def _delivered(self, st: WatticsStream, rowid: int, ts_ms: int) -> None:
         health = self._uplink_health
         health.delivered += 1
         health.last_success_ms = self._now_ms()
-        self._acked(st, rowid)
+        st.accepted_ts_ms = max(st.accepted_ts_ms or ts_ms, ts_ms)
+        self._acked(st, rowid, ts_ms)
 
-    def _acked(self, st: _Stream, rowid: int) -> None:
-        st.acked = rowid
+    def _acked(self, st: WatticsStream, rowid: int, ts_ms: int = -1) -> None:
+        """A position is done (delivered or passed over); never past a set-aside packet."""
+        if st.suspect is not None:
+            st.deferred_ack = max(st.deferred_ack, rowid)
+            return
+        st.acked = max(st.acked, rowid)
+        if ts_ms >= 0:
+            st.boundary_ms = max(st.boundary_ms or ts_ms, ts_ms)
         st.uncommitted += 1
 
     async def _park_sample(
-        self, st: _Stream, stored: StoredSample, *, body: bytes, refused: Refused
+        self, st: WatticsStream, stored: StoredSample, *, body: bytes, refused: Refused
     ) -> None:
         await self._commit(st)
         when = local_iso8601_ms(stored.sample.ts_ms, self._site_tz)
@@ -333,12 +495,12 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
             payload=body,
             refused=refused,
             what=f"stream {st.stream}: sample {stored.rowid} ({when})",
-            state=self._continuity_state(st),
+            state=committed_state(st, counter_continuity=self.config.counter_continuity),
         )
         st.acked = st.committed = stored.rowid
         st.uncommitted = 0
 
-    async def _send_requeued(self, st: _Stream) -> None:
+    async def _send_requeued(self, st: WatticsStream) -> None:
         """Send the dead letters an operator re-queued (`meter-gateway deadletters --requeue`),
         oldest first, before new samples. Wattics discards a packet older than the stream's
         last one, so the CLI warns when a re-queued packet is older than what was sent since.
@@ -347,6 +509,22 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
         for letter in letters:
             if self._stopping:
                 return
+            stamp = packet_time_ms(letter.payload)
+            if st.accepted_ts_ms is not None and (stamp is None or stamp <= st.accepted_ts_ms):
+                await self._astore.repark(
+                    letter.id,
+                    status=letter.status,
+                    body=letter.body,
+                    attempts=0,
+                    now_ms=self._now_ms(),
+                )
+                self._health.alert(
+                    self.name,
+                    f"stream {st.stream}: re-queued dead letter #{letter.id} not sent: it is "
+                    "not later than the last packet Wattics accepted for this datapoint, and "
+                    "Wattics discards packets not sent chronologically; parked again",
+                )
+                continue
             try:
                 await self._settle(st, self._sender(letter.payload.encode()))
             except Refused as refused:
@@ -366,59 +544,22 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
             finally:
                 st.in_request = False
             await self._astore.forget_dead_letter(letter.id)
+            if stamp is not None:
+                st.accepted_ts_ms = max(st.accepted_ts_ms or stamp, stamp)
             self._uplink_health.delivered += 1
             log.info("%s/%s: re-queued dead letter #%d delivered", self.name, st.stream, letter.id)
 
     # -- cursor ---------------------------------------------------------------------------------
 
-    async def _maybe_commit(self, st: _Stream) -> None:
+    async def _maybe_commit(self, st: WatticsStream) -> None:
         if st.uncommitted:
             await self._commit(st, now=st.uncommitted >= self.config.commit_every_packets)
 
-    async def _commit(self, st: _Stream, *, now: bool = False) -> None:
-        """Make `st`'s acknowledged position durable with the uplink's next group commit.
+    async def _commit(self, st: WatticsStream, *, now: bool = False) -> None:
+        """Make `st`'s acknowledged position durable with the next group commit."""
+        await self._commits.commit(st, now=now)
 
-        One transaction carries every stream's cursor, at most every commit_every_secs (at
-        once with `now`: a full group during catch-up, or stopping). A cursor lagging by a few
-        seconds costs at most a re-send after a crash, which resync skips and Wattics would
-        discard anyway; one fsync per packet and stream would cost an SD card gigabytes a day.
-        """
-        if st.acked > st.committed:
-            self._dirty[st.stream] = st
-        due = self._clock.monotonic() - self._group_committed_at >= self.config.commit_every_secs
-        if self._dirty and (now or due):
-            await self._commit_group()
-
-    def _group_commit_due_in(self) -> float | None:
-        """Seconds until uncommitted positions are due (None: nothing waits)."""
-        if not self._dirty:
-            return None
-        elapsed = self._clock.monotonic() - self._group_committed_at
-        return max(0.0, self.config.commit_every_secs - elapsed)
-
-    async def _commit_group(self) -> None:
-        async with self._commit_lock:
-            dirty, self._dirty = self._dirty, {}
-            streams = [st for st in dirty.values() if st.acked > st.committed]
-            rows = [(st.stream, st.acked, self._continuity_state(st)) for st in streams]
-            try:
-                if rows:
-                    await self._astore.advance_many(self.name, rows)
-            except BaseException:
-                self._dirty = {**dirty, **self._dirty}
-                raise
-            for st, (_, position, _) in zip(streams, rows, strict=True):
-                st.committed = position
-                st.uncommitted = 0
-            self._group_committed_at = self._clock.monotonic()
-
-    def _continuity_state(self, st: _Stream) -> dict[str, str] | None:
-        """The counter-continuity state to commit with the cursor (None: nothing to keep)."""
-        if not self.config.counter_continuity or not st.continuity.last:
-            return None
-        return {_continuity_key(st.stream): st.continuity.dump()}
-
-    async def _final_commit(self, st: _Stream) -> None:
+    async def _final_commit(self, st: WatticsStream) -> None:
         """Commit the acknowledged prefix while stopping; a closed store is only logged."""
         try:
             await self._commit(st, now=True)
@@ -432,74 +573,11 @@ class WatticsUplink(StreamUplink[WatticsConfig, _Stream]):
                 exc_info=True,
             )
 
-    # -- resync ---------------------------------------------------------------------------------
-
-    async def _resync(self, st: _Stream) -> None:
-        """Skip packets Wattics already processed (it would discard them anyway): packets
-        stamped at or before its last one are passed over, not sent."""
-        last_ms = await self._last_processed_ms(st.stream)
-        if last_ms is None:
-            return
-        st.skip_until_ms = last_ms
-        if last_ms > self._clock.time() * 1000 + 3_600_000:
-            log.warning(
-                "%s/%s: Wattics' last packet is stamped %s, in the future: it discards every "
-                "packet before that time (a clock that was wrong?)",
-                self.name,
-                st.stream,
-                local_iso8601_ms(last_ms, self._site_tz),
-            )
-        else:
-            log.info(
-                "%s/%s: Wattics has packets up to %s; stored samples up to then are not re-sent",
-                self.name,
-                st.stream,
-                local_iso8601_ms(last_ms, self._site_tz),
-            )
-
-    def _no_resync(self, stream: str, why: str) -> None:
-        """Say once per run that delivery falls back to at-least-once, and why."""
-        if not self._resync_fallback_logged:
-            self._resync_fallback_logged = True
-            log.warning(
-                "%s: cannot ask Wattics for its last packet (%s, stream %s): delivery is "
-                "at-least-once; after a crash up to one commit group per stream may be sent "
-                "twice (Wattics discards those as out of order)",
-                self.name,
-                why,
-                stream,
-            )
-        else:
-            log.debug("%s/%s: no resync (%s)", self.name, stream, why)
-
-    async def _last_processed_ms(self, stream: str) -> int | None:
-        """Wattics' last processed packet time for `stream`; None when it cannot tell."""
-        session = self._open_session()
+    async def _ask_last_packet(self, stream: str) -> int | str | None:
         async with self._semaphore:
-            try:
-                async with session.get(
-                    self._url.update_query(stream=stream),
-                    headers={"Authorization": self._headers["Authorization"]},
-                    allow_redirects=False,
-                ) as response:
-                    if response.status == 404:
-                        return None  # the stream has no packet yet: nothing to skip
-                    if response.status != 200:
-                        self._no_resync(stream, f"GET answered {response.status}")
-                        return None
-                    answer = await read_limited(response, 1 << 20)
-            except TRANSPORT_ERRORS as exc:
-                self._no_resync(stream, classify_exception(exc).detail)
-                return None
-        try:
-            data = json.loads(answer)
-        except (ValueError, RecursionError):  # nested beyond the parser: not JSON to us
-            self._no_resync(stream, "the answer is not JSON")
-            return None
-        last = last_timestamp_ms(data)
-        if last is None:
-            self._no_resync(stream, "no tsISO8601 in the answer")
-        return last
+            return await last_processed_ms(
+                self._open_session(), self._url, self._headers["Authorization"], stream
+            )
 
 
 def build_uplink(section: UplinkConfig, context: UplinkContext) -> WatticsUplink:

@@ -249,16 +249,16 @@ async def test_an_outage_during_a_run_loses_and_repeats_nothing(
 async def test_parked_packets_requeued_from_the_command_line_are_delivered(
     fake_wattics: FakeWattics, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A datapoint not registered yet: its packets are refused 404 and parked. Once it is
-    registered, `meter-gateway deadletters --requeue` has the running uplink send them, in
-    order, and they leave the dead-letter table."""
+    """Letters an older version parked for a datapoint not registered yet (404 parked then;
+    now it pauses the stream): once it is registered, `meter-gateway deadletters --requeue`
+    has the running uplink send them, in order, and they leave the dead-letter table. Every
+    later sample was parked too, so the re-queue keeps Wattics' chronological order."""
     config_path = tmp_path / "site.yaml"
     wattics = {
         "url": fake_wattics.url,
         "username": USERNAME,
         "password": PASSWORD,
         "meters": {"late": {"id": "not-yet"}},
-        "max_attempts_rejected": 1,
         "retry_initial_secs": 0.01,
         "retry_max_secs": 0.02,
     }
@@ -273,14 +273,25 @@ async def test_parked_packets_requeued_from_the_command_line_are_delivered(
     store = AsyncStore(open_store(config))
     try:
         start = utc_ms("2024-06-01T10:00:00")
-        await append(store, [electricity("late", start + i * MIN, i) for i in range(4)])
+        ids = await append(store, [electricity("late", start + i * MIN, i) for i in range(4)])
+        await store.register_stream("wattics", "not-yet", "late")
+        for i, rowid in enumerate(ids):
+            payload = {"id": "not-yet", "tsISO8601": f"2024-06-01T10:0{i}:00.000+00:00", "aP_1": i}
+            await store.park(
+                "wattics",
+                "not-yet",
+                rowid,
+                payload=json.dumps(payload, separators=(",", ":")),
+                status=404,
+                body='{"error": "unknown data stream"}',
+                attempts=1,
+                now_ms=0,
+            )
+        assert cli_main(["deadletters", "-c", str(config_path)]) == 0
+        assert capsys.readouterr().out.count("status 404") == 4
+        fake_wattics.register("not-yet", "electricity")
         up = WatticsUplink(config.uplinks.wattics, store=store, health=Health(), timezone="UTC")
         async with running(up):
-            await eventually(lambda: len(fake_wattics.rejected) == 4)
-            assert cli_main(["deadletters", "-c", str(config_path)]) == 0
-            listed = capsys.readouterr().out
-            assert listed.count("status 404") == 4
-            fake_wattics.register("not-yet", "electricity")
             assert cli_main(["deadletters", "-c", str(config_path), "--requeue"]) == 0
             assert "4 item(s) will be sent" in capsys.readouterr().out
             await store.append([electricity("late", start + 10 * MIN, 10)])  # wakes the stream
