@@ -25,7 +25,18 @@ Strict means: whatever the real service would refuse, this refuses too. Rules, f
 - Last one in wins: GetSubmissionStatus shows each system's latest submission of the current
   window; when the window closes, a Passed latest submission becomes the last reading.
 - The answer bodies of ARPost/ARPostTest are not documented: this fake answers a list of
-  `{fk_system, Error}` (ARPostTest adds ValidationStatus and ValidationNotes), an assumption.
+  `{fk_system, Error}` (ARPostTest adds ValidationStatus and ValidationNotes), an assumption;
+  with `answers="received"` it answers the document's words only, `Received Data` as text,
+  with nothing per system (a client must not take that for a passed validation).
+- MeterValue is stored with `stored_decimals` (1: every example in the document has one) and
+  echoed so in GetSubmissionStatus and GetLastReading; validation sees the stored value, and
+  EnergyProduced is the difference of stored values.
+- "On the first upload of the Reporting Period the submission will be saved to an interim
+  table": a submission shows in GetSubmissionStatus only `interim_delay_secs` after ARPost.
+- "Maximum limit of 3 failed validation submissions per system": ARPostTest "will be run
+  through Validation", so a failed test counts against the failed quota too (the reading
+  that hurts a client most), and once that quota is used ARPostTest gets a per-system
+  `Error` as well.
 
 Failure injection (before any check, as a gateway in front would): fail_next(n, status, op=),
 drop_next(op) (connection closed unanswered, nothing processed), lose_answer_next(op)
@@ -42,6 +53,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -121,6 +133,9 @@ class FakePts(LoopbackServer):
     validation_delay_secs: float = 600.0
     max_valid: int = 2
     max_failed: int = 3
+    stored_decimals: int = 1
+    interim_delay_secs: float = 0.0
+    answers: str = "per_system"
     host: str = "127.0.0.1"
     port: int = 0
     #: Every answered call, in order.
@@ -133,7 +148,7 @@ class FakePts(LoopbackServer):
     _raised: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
     _forced: dict[int, str] = field(default_factory=dict)
     _settled: set[str] = field(default_factory=set)
-    _fail_next: list[tuple[int, str | None]] = field(default_factory=list)
+    _fail_next: list[tuple[int, str | None, bytes | None, str]] = field(default_factory=list)
     _drop: Counter[str] = field(default_factory=Counter)
     _lose: Counter[str] = field(default_factory=Counter)
     _runner: web.AppRunner | None = None
@@ -146,9 +161,18 @@ class FakePts(LoopbackServer):
 
     # -- control --------------------------------------------------------------------------------
 
-    def fail_next(self, n: int, status: int = 500, *, operation: str | None = None) -> None:
-        """Answer the next `n` calls (of `operation`, or any) with `status`."""
-        self._fail_next.extend([(status, operation)] * n)
+    def fail_next(
+        self,
+        n: int,
+        status: int = 500,
+        *,
+        operation: str | None = None,
+        body: bytes | None = None,
+        content_type: str = "text/html",
+    ) -> None:
+        """Answer the next `n` calls (of `operation`, or any) with `status` (and a raw `body`
+        of `content_type`, e.g. a captive portal's page with 200), processing nothing."""
+        self._fail_next.extend([(status, operation, body, content_type)] * n)
 
     def drop_next(self, operation: str) -> None:
         """Close the connection of the next `operation` call without processing it."""
@@ -196,6 +220,11 @@ class FakePts(LoopbackServer):
             self._drop[operation] -= 1
             self._close(request)
             return web.Response(status=500)
+        injected = self._injected(operation)
+        if injected is not None:
+            status, raw_answer, content_type = injected
+            self.calls.append(Call(operation, request.method, status, request.query_string, None))
+            return web.Response(status=status, body=raw_answer, content_type=content_type)
         status, payload = self._answer(request, operation, raw)
         body: Any = None
         if raw:
@@ -207,6 +236,8 @@ class FakePts(LoopbackServer):
         if self._lose[operation]:
             self._lose[operation] -= 1
             self._close(request)
+        if status == 200 and self.answers == "received" and operation in ("ARPost", "ARPostTest"):
+            return web.Response(status=200, text="Received Data")
         return web.json_response(payload, status=status)
 
     @staticmethod
@@ -214,11 +245,20 @@ class FakePts(LoopbackServer):
         if request.transport is not None:
             request.transport.close()
 
-    def _answer(self, request: web.Request, operation: str, raw: bytes) -> tuple[int, Any]:
-        for index, (status, only) in enumerate(self._fail_next):
+    def _injected(self, operation: str) -> tuple[int, bytes, str] | None:
+        for index, (status, only, body, content_type) in enumerate(self._fail_next):
             if only is None or only == operation:
                 del self._fail_next[index]
-                return status, {"message": f"injected {status}"}
+                if body is None:
+                    return (
+                        status,
+                        json.dumps({"message": f"injected {status}"}).encode(),
+                        ("application/json"),
+                    )
+                return status, body, content_type
+        return None
+
+    def _answer(self, request: web.Request, operation: str, raw: bytes) -> tuple[int, Any]:
         try:
             if not request.path.startswith(self.prefix + "/") or operation not in OPERATIONS:
                 raise _Invalid(404, "Resource not found")
@@ -341,7 +381,8 @@ class FakePts(LoopbackServer):
             return []
         latest: dict[int, Submission] = {}
         for submission in self.submissions:
-            if submission.window == window[0]:
+            shown = self.clock() >= submission.submitted_at + self.interim_delay_secs
+            if submission.window == window[0] and shown:
                 latest[submission.fk_system] = submission
         items = []
         for fk, sub in latest.items():
@@ -388,7 +429,8 @@ class FakePts(LoopbackServer):
         now = self.clock()
         window = self.window_at(now)
         answers = []
-        for fk, value, meter_date, notes in parsed:
+        for fk, raw_value, meter_date, notes in parsed:
+            value = self._stored(raw_value)
             system = self._active(fk)
             if system is None:
                 answers.append({"fk_system": fk, "Error": "System not found or not active"})
@@ -396,9 +438,18 @@ class FakePts(LoopbackServer):
             if window is None:
                 answers.append({"fk_system": fk, "Error": "The reporting window is closed"})
                 continue
+            quota = self._quota.setdefault((fk, window[0]), _Quota())
+            limits = self._raised.get((fk, window[0]), (self.max_valid, self.max_failed))
+            if test and quota.failed >= limits[1]:
+                answers.append(
+                    {"fk_system": fk, "Error": f"Maximum of {limits[1]} failed submissions reached"}
+                )
+                continue
             problem = self._validate(system, value, meter_date, window)
             if test:
                 self.tests.append({"fk_system": fk, "MeterValue": value, "MeterDate": meter_date})
+                if problem:
+                    quota.failed += 1  # "3 failed validation submissions": tests too
                 answers.append(
                     {
                         "fk_system": fk,
@@ -408,8 +459,6 @@ class FakePts(LoopbackServer):
                     }
                 )
                 continue
-            quota = self._quota.setdefault((fk, window[0]), _Quota())
-            limits = self._raised.get((fk, window[0]), (self.max_valid, self.max_failed))
             refusal = None
             if quota.valid >= limits[0]:
                 refusal = f"Maximum of {limits[0]} valid submissions reached"
@@ -438,6 +487,15 @@ class FakePts(LoopbackServer):
             )
             answers.append({"fk_system": fk, "Error": None})
         return answers
+
+    def _stored(self, value: float) -> float:
+        """MeterValue as PTS keeps it: `stored_decimals` decimals (half up)."""
+        step = Decimal(1).scaleb(-self.stored_decimals)
+        return float(Decimal(repr(value)).quantize(step, rounding=ROUND_HALF_UP))
+
+    def failed_quota(self, fk_system: int, window: str) -> int:
+        """Failed validations PTS counted for a system in a window (tests included)."""
+        return self._quota.get((fk_system, window), _Quota()).failed
 
     def _validate(
         self, system: FakeSystem, value: float, meter_date: str, window: _WindowT
@@ -482,7 +540,9 @@ class FakePts(LoopbackServer):
                     continue
                 system = self.systems[fk]
                 system.last_energy = (
-                    None if system.last_value is None else submission.value - system.last_value
+                    None
+                    if system.last_value is None
+                    else self._stored(submission.value - system.last_value)
                 )
                 system.last_value = submission.value
                 system.last_date = submission.meter_date

@@ -11,15 +11,23 @@ of validation. The key is never logged, never put into an error, never stored.
 Failures become one exception type, PtsCallError, classified by gateway.net.policy. PTS
 answers 400 for a bad API key (ARPostTest: "Bad Request"), so 400 is a credentials problem
 here except for ARPostTest, where it rejects the reading.
+
+A success must look like one before anything counts: GetSystems, GetLastReading and
+GetSubmissionStatus answer "a JSON object array"; ARPost and ARPostTest "Received Data" (JSON
+or text). A web page (a captive portal, a proxy's login page), or a query answer that is no
+array, is a RETRY, counted in `unexpected_answers` (an ARPost then may have arrived: it is
+resolved by GetSubmissionStatus like a timeout). Every call is counted per Eastern day
+(`calls_today`): the document warns that a key "may be invalidated for abuse".
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import aiohttp
 import yarl
@@ -33,6 +41,7 @@ from gateway.net.policy import (
     classify_response,
 )
 from gateway.net.session import KeptSession, SessionFactory, read_limited
+from gateway.uplinks.pts.window import eastern_date
 
 #: Validation statuses of GetSubmissionStatus.
 VALIDATING: Final = 0
@@ -92,6 +101,10 @@ class PostAnswer:
     notes: str | None
 
 
+#: Keys under which a list of per-system objects is also accepted.
+_WRAPPERS: Final = ("systems", "value", "data", "results")
+
+
 def _lower(item: Mapping[str, Any]) -> dict[str, Any]:
     return {str(key).lower(): value for key, value in item.items()}
 
@@ -100,7 +113,7 @@ def _items(body: object) -> list[dict[str, Any]]:
     """The per-system objects of an answer: a list, or a list under `systems`/`value`/`data`."""
     if isinstance(body, dict):
         lowered = _lower(body)
-        for key in ("systems", "value", "data", "results"):
+        for key in _WRAPPERS:
             if isinstance(lowered.get(key), list):
                 body = lowered[key]
                 break
@@ -165,13 +178,20 @@ class PtsClient:
         timeout_secs: float = 30.0,
         query_method: str = "GET",
         session_factory: SessionFactory | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self._root = api_root.rstrip("/")
         self._key = key
         self._query_method = query_method
         self._sessions = KeptSession(timeout_secs, factory=session_factory)
+        self._now = now
         #: Calls made, by operation (for status and tests of "few calls").
         self.calls: dict[str, int] = {}
+        #: Calls made on one Eastern day, by operation (health facts; restored at start).
+        self.calls_day: str | None = None
+        self.calls_today: dict[str, int] = {}
+        #: 2xx answers that were not the documented shape (retried).
+        self.unexpected_answers = 0
 
     async def aclose(self) -> None:
         await self._sessions.close()
@@ -254,7 +274,7 @@ class PtsClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body, allow_nan=False).encode()
-        self.calls[operation] = self.calls.get(operation, 0) + 1
+        self._count(operation)
         session = self._open()
         try:
             async with session.request(
@@ -262,6 +282,7 @@ class PtsClient:
             ) as response:
                 raw = await read_limited(response, MAX_ANSWER_BYTES)
                 status, answer_headers = response.status, response.headers
+                content_type = response.content_type
         except TRANSPORT_ERRORS as exc:
             failed = classify_exception(exc)  # decides whether it may have arrived
             maybe_sent = method == "POST" and failed.maybe_arrived
@@ -274,19 +295,69 @@ class PtsClient:
                 kind=_kind(operation, verdict),
                 maybe_sent=method == "POST" and verdict.outcome is Outcome.RETRY,
             )
-        if not raw.strip():
+        acknowledgement = operation in ("ARPost", "ARPostTest")
+        if _is_page(content_type, raw):
+            self._unexpected(operation, status, "a web page, not PTS", maybe_sent=method == "POST")
+        if acknowledgement and not raw.strip():
             return None
         try:
-            return json.loads(raw)
+            body = json.loads(raw)
         except (ValueError, RecursionError):  # nested beyond the parser's depth: not JSON to us
-            if operation in ("ARPost", "ARPostTest"):
+            if acknowledgement:
                 return None  # "200: Received Data" may come as text
-            raise PtsCallError(
-                operation,
-                Verdict(Outcome.RETRY, status, None, f"HTTP {status}: answer is not JSON"),
-                kind="retry",
-                maybe_sent=False,
-            ) from None
+            self._unexpected(operation, status, "answer is not JSON", maybe_sent=False)
+        if not acknowledgement and not _is_array(body):
+            self._unexpected(
+                operation, status, "answer is not a JSON object array", maybe_sent=False
+            )
+        return body
+
+    def _unexpected(self, operation: str, status: int, why: str, *, maybe_sent: bool) -> NoReturn:
+        """A 2xx that is not the documented answer: counted, and retried."""
+        self.unexpected_answers += 1
+        raise PtsCallError(
+            operation,
+            Verdict(Outcome.RETRY, status, None, f"HTTP {status}: {why}"),
+            kind="retry",
+            maybe_sent=maybe_sent,
+        )
+
+    def _count(self, operation: str) -> None:
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+        day = eastern_day(self._now())
+        if day != self.calls_day:
+            self.calls_day, self.calls_today = day, {}
+        self.calls_today[operation] = self.calls_today.get(operation, 0) + 1
+
+    def restore_calls(self, day: str, calls: Mapping[str, int]) -> None:
+        """Continue today's count after a restart (what the uplink saved)."""
+        if day == eastern_day(self._now()):
+            self.calls_day = day
+            for operation, count in calls.items():
+                self.calls_today[operation] = self.calls_today.get(operation, 0) + count
+
+
+def eastern_day(ts_s: float) -> str:
+    """The Eastern calendar day of epoch seconds `ts_s` (PTS's days)."""
+    return eastern_date(int(ts_s * 1000)).isoformat()
+
+
+_PAGE_TYPES: Final = ("text/html", "application/xhtml+xml")
+
+
+def _is_page(content_type: str, raw: bytes) -> bool:
+    head = raw.lstrip()[:64].lower()
+    return content_type.lower() in _PAGE_TYPES or head.startswith((b"<!doctype", b"<html"))
+
+
+def _is_array(body: object) -> bool:
+    """The documented "JSON object array", or one wrapped under a known key."""
+    if isinstance(body, list):
+        return True
+    if isinstance(body, dict):
+        lowered = _lower(body)
+        return "fk_system" in lowered or any(isinstance(lowered.get(k), list) for k in _WRAPPERS)
+    return False
 
 
 def _kind(operation: str, verdict: Verdict) -> str:

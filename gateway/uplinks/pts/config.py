@@ -63,6 +63,14 @@ class PtsConfig(UplinkConfig):
     plausibility_factor: float = Field(default=1.0, gt=0)
     #: Run the reading through ARPostTest (validation, nothing saved) before spending quota.
     test_before_submit: bool = True
+    #: ARPostTest "will be run through Validation" and PTS limits "3 failed validation
+    #: submissions per system": a failed test, or one whose answer says nothing of the
+    #: system, counts against the failed quota (the conservative reading), and no test is
+    #: run when that quota is used up.
+    count_failed_tests: bool = True
+    #: MeterValue is sent in kWh rounded DOWN to this many decimals (every example in the
+    #: document has one); PTS's echo is the same reading within one step of it.
+    meter_value_decimals: int = Field(default=1, ge=0, le=3)
     #: Submissions per system and window; raise only when the help desk has raised them
     #: (`meter-gateway pts quota` records a raise for one system and window).
     quota_valid: int = Field(default=2, ge=1)
@@ -72,8 +80,16 @@ class PtsConfig(UplinkConfig):
     auto_retry: bool = True
     #: Alert this long before the window closes while a system has no Passed reading.
     missed_window_alert_hours: float = Field(default=48.0, ge=0)
-    #: GetSubmissionStatus is polled this often while a submission is Validating.
+    #: GetSubmissionStatus is polled this long after a submission, then at doubling
+    #: intervals up to status_poll_max_secs while it is pending ("API Key may be invalidated
+    #: for abuse"); one call asks for every pending system (batching).
     status_poll_secs: Seconds = 300.0
+    status_poll_max_secs: Seconds = 3600.0
+    #: A submission whose ARPost got no answer (timeout, 5xx, lost connection) counts as not
+    #: received only when GetSubmissionStatus has not shown it for this long AND in this many
+    #: polls: PTS first writes it to an "interim table". Until then it counts on both quotas.
+    unseen_after_secs: Seconds = 21_600.0
+    unseen_polls: int = Field(default=4, ge=1)
     #: GetSystems confirms the configured systems at start and this often (daily).
     systems_check_secs: Seconds = 86_400.0
     #: The uplink re-evaluates its systems at least this often.
@@ -103,6 +119,8 @@ class PtsConfig(UplinkConfig):
                 "environment production needs base_url and path_prefix (the production "
                 "address is not published: use the one MassCEC gave with production access)"
             )
+        if self.status_poll_max_secs < self.status_poll_secs:
+            raise ValueError("status_poll_max_secs must not be less than status_poll_secs")
         if self.submit_after_days >= self.window_days_after:
             raise ValueError("submit_after_days must be less than window_days_after")
         seen: dict[int, str] = {}

@@ -1,13 +1,17 @@
 """After ARPost: GetSubmissionStatus until a submission Passed or Failed, and what then.
 
-The pass (and `meter-gateway pts submit --wait`) calls `FollowUp.follow_up` every
-status_poll_secs while a window has a pending ledger row.
+The pass (and `meter-gateway pts submit --wait`) calls `FollowUp.follow_up` while a window
+has a pending ledger row: status_poll_secs after the submission, then at doubling intervals
+up to status_poll_max_secs, every pending system in one batched call.
 
 Invariants:
 - A pending row (sending, received, validating) is resolved only by what GetSubmissionStatus
-  shows: the same reading -> its status (and ValidationNotes); a `sending` row PTS does not
-  show -> `not_received` (last one in wins: had it arrived, PTS would show it; free to send
-  again); another reading -> `superseded` (counts as failed: another tool submits?).
+  shows: the same reading (MeterDate, and MeterValue within one step of the rounding) -> its
+  status (and ValidationNotes); another reading -> `superseded` (counts as failed: another
+  tool submits?); a `sending` row (ARPost without an answer) PTS does not show ->
+  `not_received`, free to send again, but only once PTS has had a fair time to show it
+  (unseen_after_secs AND unseen_polls polls): PTS first writes a submission to an "interim
+  table", and a resend on a guess could spend the second valid submission.
 - A Failed reading is reported; it is retried automatically only when the notes name
   something the gateway can fix (the date, or a transient validation failure), once per
   window, and only while one failed submission stays in reserve for a human.
@@ -37,15 +41,23 @@ class FollowUp:
     async def follow_up(self, system: SystemState, window: Window, now: int) -> None:
         """Resolve this window's pending rows with GetSubmissionStatus."""
         ctx = self._ctx
-        system.poll_after(now, ctx.config.status_poll_secs)
-        entry = (await ctx.client.submission_status([system.fk])).get(system.fk)
+        config = ctx.config
+        system.polled(now, config.status_poll_secs, config.status_poll_max_secs)
+        entry = (await ctx.submission_status([system])).get(system.fk)
         if not usable(entry):
             entry = None
-        for row in await ctx.counted(system, window.period.key):
-            if row.status not in PENDING:
-                continue
+        pending = [
+            row for row in await ctx.counted(system, window.period.key) if row.status in PENDING
+        ]
+        if entry is None:
+            system.unseen_polls += 1
+        for row in pending:
             if entry is not None and same_reading(
-                row.meter_value, row.meter_date, entry.value_kwh, entry.meter_date
+                row.meter_value,
+                row.meter_date,
+                entry.value_kwh,
+                entry.meter_date,
+                tolerance_kwh=ctx.echo_tolerance,
             ):
                 status = status_name(entry.status)
                 if status == row.status or (status == "received" and row.status == "validating"):
@@ -70,24 +82,8 @@ class FollowUp:
                     )
                 elif status == "failed":
                     await self._on_failed(system, window, row, entry.notes, now)
-            elif row.status == "sending":
-                # Last one in wins: had ours arrived, PTS would show it.
-                await ctx.update(
-                    system,
-                    window,
-                    row.id,
-                    status="not_received",
-                    detail="GetSubmissionStatus shows no such submission",
-                    now_ms=now,
-                )
-                log.warning(
-                    "%s: system %d: the submission of %g kWh at %s did not reach PTS; it will "
-                    "be sent again",
-                    ctx.name,
-                    system.fk,
-                    row.meter_value,
-                    row.meter_date,
-                )
+            elif row.status == "sending" and entry is None:
+                await self._unseen(system, window, row, now)
             elif entry is not None:
                 await ctx.update(
                     system,
@@ -110,6 +106,52 @@ class FollowUp:
                     f"PTS system {system.fk}: ARPost was accepted at {eastern(row.updated_ms)} "
                     "but GetSubmissionStatus still does not show the submission",
                 )
+        rows = await ctx.counted(system, window.period.key)
+        if not any(row.status in PENDING for row in rows):
+            system.next_poll_ms = 0  # nothing to poll for: not due in a batch either
+
+    async def _unseen(
+        self, system: SystemState, window: Window, row: PtsSubmission, now: int
+    ) -> None:
+        """ARPost got no answer and PTS does not show the submission (yet)."""
+        ctx = self._ctx
+        waited_ms = now - row.updated_ms
+        if (
+            waited_ms < ctx.config.unseen_after_secs * 1000
+            or system.unseen_polls < ctx.config.unseen_polls
+        ):
+            log.info(
+                "%s: system %d: the submission of %g kWh at %s is not shown yet (%d poll(s), "
+                "%.0f s); PTS may still be writing it: waiting before calling it lost",
+                ctx.name,
+                system.fk,
+                row.meter_value,
+                row.meter_date,
+                system.unseen_polls,
+                waited_ms / 1000,
+            )
+            return
+        await ctx.update(
+            system,
+            window,
+            row.id,
+            status="not_received",
+            detail=(
+                f"GetSubmissionStatus did not show it in {system.unseen_polls} polls over "
+                f"{waited_ms / 3_600_000:.1f} h"
+            ),
+            now_ms=now,
+        )
+        log.warning(
+            "%s: system %d: the submission of %g kWh at %s did not reach PTS (not shown in %d "
+            "polls over %.1f h); it will be sent again",
+            ctx.name,
+            system.fk,
+            row.meter_value,
+            row.meter_date,
+            system.unseen_polls,
+            waited_ms / 3_600_000,
+        )
 
     async def _on_failed(
         self,
@@ -129,7 +171,7 @@ class FollowUp:
         was_before_end = (parse_meter_date(row.meter_date) or 0) <= window.end_ms
         remedy = remedy_for(notes, reading_was_before_end=was_before_end)
         rows = await ctx.counted(system, window.period.key)
-        quota, _ = await ctx.quota(system, window.period.key, rows)
+        quota, _ = await ctx.quota(system, window.period.key)
         retried = any(r.origin == "retry" for r in rows)
         if remedy is None or not ctx.config.auto_retry or retried:
             ctx.alert(message + ". A human must decide (meter-gateway pts)")

@@ -10,8 +10,12 @@ MassCEC help desk may set other limits: `record_override`). Invariants:
    next to the daemon) can spend quota unseen.
 3. Statuses: sending, received, validating (PENDING: not final, count on both sides), passed,
    failed, superseded (arrived, then replaced by a later submission we did not make: counts as
-   failed), refused (HTTP 400 / per-system Error: not received, blocks automatic submission),
-   not_received. Test rows (ARPostTest) never count.
+   failed), refused (a per-system Error: not received, blocks automatic submission),
+   not_received (also: ARPost answered 400 "Bad API Key", which pauses the uplink and costs
+   nothing). Test rows (ARPostTest): passed, failed, unknown (the answer said nothing of the
+   system). With `count_tests` (config count_failed_tests) a failed or unknown test row counts
+   as a failed submission ("3 failed validation submissions per system": the conservative
+   reading); otherwise test rows never count.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ COUNTED_FAILED: Final = ("failed", "superseded")
 #: After a row with one of these statuses nothing more is submitted automatically in its
 #: window: a human decides.
 NEEDS_HUMAN: Final = (*COUNTED_FAILED, "refused")
+#: Test rows that count as a failed submission when tests count (`count_tests`).
+TEST_COUNTED_FAILED: Final = ("failed", "unknown")
 #: The uplink_state namespace of the ledger.
 NAMESPACE: Final = "pts"
 
@@ -96,6 +102,23 @@ class PtsClaim(Quota):
     refusal: str | None
 
 
+def quota_statuses(
+    rows: Iterable[PtsSubmission | dict[str, Any]], *, count_tests: bool
+) -> list[str]:
+    """The statuses that count against the quota: every non-test row, and (with
+    `count_tests`) each failed or unknown test as a failure."""
+    statuses: list[str] = []
+    for row in rows:
+        test, status = (
+            (row["test"], row["status"]) if isinstance(row, dict) else (row.test, row.status)
+        )
+        if not test:
+            statuses.append(status)
+        elif count_tests and status in TEST_COUNTED_FAILED:
+            statuses.append("failed")
+    return statuses
+
+
 def _rows(txn: Transaction, fk_system: int, period: str) -> list[dict[str, Any]]:
     value = txn.state(NAMESPACE, f"ledger:{fk_system}:{period}")
     return list(orjson.loads(value)) if value else []
@@ -122,6 +145,8 @@ def claim(
     max_valid: int,
     max_failed: int,
     now_ms: int,
+    tolerance_kwh: float,
+    count_tests: bool = False,
     check_only: bool = False,
 ) -> PtsClaim:
     """Check the quota and record a submission about to be sent, in ONE transaction.
@@ -137,10 +162,17 @@ def claim(
             max_valid, max_failed = int(override["max_valid"]), int(override["max_failed"])
         rows = _rows(txn, fk_system, period)
         counted = [row for row in rows if not row["test"]]
-        quota = Quota.count((row["status"] for row in counted), max_valid, max_failed)
+        statuses = quota_statuses(rows, count_tests=count_tests)
+        quota = Quota.count(statuses, max_valid, max_failed)
         same = any(
             row["status"] == "passed"
-            and same_reading(meter_value, meter_date, row["meter_value"], row["meter_date"])
+            and same_reading(
+                meter_value,
+                meter_date,
+                row["meter_value"],
+                row["meter_date"],
+                tolerance_kwh=tolerance_kwh,
+            )
             for row in counted
         )
         refusal = None

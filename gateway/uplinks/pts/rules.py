@@ -13,10 +13,23 @@ from enum import StrEnum
 from typing import Final
 
 from core.flags import COUNTER_JUMP, COUNTER_RESET
-from gateway.uplinks.pts.window import Reading
+from gateway.uplinks.pts.window import Reading, parse_meter_date
 
-#: Two kWh values closer than this are the same reading (PTS keeps kWh with decimals).
-SAME_KWH = 0.0005
+#: Float noise below any decimal PTS keeps.
+_EPSILON_KWH: Final = 1e-6
+
+
+def echo_tolerance_kwh(decimals: int) -> float:
+    """How far PTS's echo of a MeterValue (GetSubmissionStatus, GetLastReading) may be from
+    what was sent and still be the same reading: one step of the rounding (0.1 kWh at one
+    decimal), so a service that stores or rounds differently still recognises our own
+    reading. The MeterDate must match as well, which no other reading does."""
+    return 10.0**-decimals + _EPSILON_KWH
+
+
+def equal_tolerance_kwh(decimals: int) -> float:
+    """Two readings closer than this are equal at the submitted precision (half a step)."""
+    return 0.5 * 10.0**-decimals
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +41,30 @@ class LastReading:
     ts_ms: int | None
 
 
-def same_reading(value_a: float, date_a: str, value_b: float | None, date_b: str | None) -> bool:
-    return value_b is not None and abs(value_a - value_b) < SAME_KWH and date_a == date_b
+def same_date(date_a: str | None, date_b: str | None) -> bool:
+    """The same MeterDate, as written or as an instant (PTS may echo `...T00:00:00.000`)."""
+    if date_a is None or date_b is None:
+        return False
+    if date_a == date_b:
+        return True
+    when_a, when_b = parse_meter_date(date_a), parse_meter_date(date_b)
+    return when_a is not None and when_a == when_b
+
+
+def same_reading(
+    value_a: float,
+    date_a: str,
+    value_b: float | None,
+    date_b: str | None,
+    *,
+    tolerance_kwh: float,
+) -> bool:
+    """Is (value_b, date_b), e.g. PTS's echo, the reading (value_a, date_a)?"""
+    return (
+        value_b is not None
+        and abs(value_a - value_b) <= tolerance_kwh
+        and same_date(date_a, date_b)
+    )
 
 
 def check_reading(
@@ -38,8 +73,11 @@ def check_reading(
     *,
     capacity_kw: float | None,
     factor: float,
+    decimals: int = 1,
 ) -> list[str]:
-    """Problems that forbid submitting `reading`; empty when it may be submitted."""
+    """Problems that forbid submitting `reading`; empty when it may be submitted (values
+    compared at the submitted precision, `decimals`)."""
+    same_kwh = equal_tolerance_kwh(decimals)
     problems: list[str] = []
     if reading.value_kwh <= 0:
         problems.append(
@@ -49,13 +87,13 @@ def check_reading(
     if last is None or last.value_kwh is None:
         return problems
     since = f"last accepted reading {last.value_kwh:g} kWh of {last.meter_date or 'unknown date'}"
-    if reading.value_kwh < last.value_kwh - SAME_KWH:
+    if reading.value_kwh < last.value_kwh - same_kwh:
         problems.append(
             f"MeterValue {reading.value_kwh:g} kWh at {reading.meter_date} is below the {since} "
             f"({reading.value_kwh - last.value_kwh:+.3f} kWh): meter replaced or reset? "
             "The help desk must record a meter change"
         )
-    elif abs(reading.value_kwh - last.value_kwh) < SAME_KWH:
+    elif abs(reading.value_kwh - last.value_kwh) < same_kwh:
         problems.append(
             f"MeterValue {reading.value_kwh:g} kWh at {reading.meter_date} equals the {since}: "
             "no production recorded (PTS refuses an unchanged reading)"

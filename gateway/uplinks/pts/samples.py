@@ -23,7 +23,13 @@ from core.flags import CLOCK_UNSYNCED
 from core.sample import StoredSample
 from gateway.store.async_store import AsyncStore
 from gateway.uplinks.pts.state import PtsContext, SystemState, has_passed
-from gateway.uplinks.pts.window import Reading, Window, choose_reading, reading_of
+from gateway.uplinks.pts.window import (
+    DEFAULT_DECIMALS,
+    Reading,
+    Window,
+    choose_reading,
+    reading_of,
+)
 
 #: At most this many `clock_unsynced` samples are passed over when choosing a reading.
 MAX_UNTIMED_SKIPPED: Final = 10_000
@@ -36,9 +42,12 @@ async def choose(
     now: int,
     *,
     after_end_only: bool = False,
+    decimals: int = DEFAULT_DECIMALS,
 ) -> Reading | None:
     """The reading to report for `window` as of `now` (None: no usable sample yet)."""
-    chosen = await choose_flagged(astore, system, window, now, after_end_only=after_end_only)
+    chosen = await choose_flagged(
+        astore, system, window, now, after_end_only=after_end_only, decimals=decimals
+    )
     return None if chosen is None else chosen[0]
 
 
@@ -49,8 +58,9 @@ async def choose_flagged(
     now: int,
     *,
     after_end_only: bool = False,
+    decimals: int = DEFAULT_DECIMALS,
 ) -> tuple[Reading, frozenset[str]] | None:
-    """The reading to report and its sample's quality flags."""
+    """The reading to report and its sample's quality flags (MeterValue to `decimals`)."""
     latest = min(window.close_ms - 1, now)
     channel = system.config.channel
     found: dict[int, frozenset[str]] = {}
@@ -64,12 +74,12 @@ async def choose_flagged(
             channel,
             last=True,
         )
-        if stored is not None and (before := reading_of(stored, channel)) is not None:
+        if stored is not None and (before := reading_of(stored, channel, decimals)) is not None:
             found[stored.rowid] = stored.sample.flags
     after = None
     if latest >= window.end_ms + 1000:
         stored = await find_timed(astore, system.meter, window.end_ms + 1000, latest, channel)
-        if stored is not None and (after := reading_of(stored, channel)) is not None:
+        if stored is not None and (after := reading_of(stored, channel, decimals)) is not None:
             found[stored.rowid] = stored.sample.flags
     reading = choose_reading(window, before, after)
     return None if reading is None else (reading, found[reading.sample_id])
@@ -98,12 +108,12 @@ async def find_timed(
 
 
 async def previous_reading(
-    astore: AsyncStore, system: SystemState, reading: Reading
+    astore: AsyncStore, system: SystemState, reading: Reading, decimals: int = DEFAULT_DECIMALS
 ) -> Reading | None:
     """The stored reading just before `reading` (the numbers of a counter flag)."""
     channel = system.config.channel
     stored = await find_timed(astore, system.meter, 0, reading.ts_ms - 1, channel, last=True)
-    return None if stored is None else reading_of(stored, channel)
+    return None if stored is None else reading_of(stored, channel, decimals)
 
 
 async def release_samples(

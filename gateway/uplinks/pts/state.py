@@ -25,6 +25,7 @@ from gateway.uplinks.pts import ledger
 from gateway.uplinks.pts.client import FAILED, PASSED, VALIDATING, PtsClient, ReadingInfo
 from gateway.uplinks.pts.config import PtsConfig, PtsSystemConfig
 from gateway.uplinks.pts.ledger import PtsSubmission, Quota
+from gateway.uplinks.pts.rules import echo_tolerance_kwh
 from gateway.uplinks.pts.window import Window, next_window, window_at
 
 #: The uplink's one logger: every part logs as gateway.uplinks.pts.uplink (as before the
@@ -52,6 +53,12 @@ class SystemState:
     blocked_until_ms: int = 0
     problems: list[str] = field(default_factory=list)
     released_to: int = 0
+    #: GetSubmissionStatus polls since the pending submission, and how many of them did not
+    #: show it (a `sending` row is not_received only after enough of both: followup).
+    status_polls: int = 0
+    unseen_polls: int = 0
+    #: The outcome of the last ARPostTest (passed, failed, unknown).
+    last_test: str | None = None
 
     @property
     def stream(self) -> str:
@@ -64,6 +71,20 @@ class SystemState:
     def poll_after(self, now: int, secs: float) -> None:
         """Ask GetSubmissionStatus again `secs` after `now`."""
         self.next_poll_ms = now + int(secs * 1000)
+
+    def submitted(self, now: int, first_poll_secs: float) -> None:
+        """A submission left (or may have): poll from `first_poll_secs`, backing off anew."""
+        self.status_polls = self.unseen_polls = 0
+        self.poll_after(now, first_poll_secs)
+
+    def polled(self, now: int, first_secs: float, max_secs: float) -> None:
+        """One more GetSubmissionStatus poll: the next waits twice as long, up to max_secs."""
+        self.status_polls += 1
+        self.poll_after(now, min(max_secs, first_secs * 2 ** min(self.status_polls, 30)))
+
+
+#: "PTS shows nothing for this system" in a batched answer.
+_NO_ENTRY: Final = ReadingInfo(0, None, None, None, None, None, "no entry")
 
 
 def usable(entry: ReadingInfo | None) -> bool:
@@ -95,6 +116,8 @@ class PtsContext:
     client: PtsClient
     systems: list[SystemState]
     alerted: set[str] = field(default_factory=set)
+    #: One pass's batched GetSubmissionStatus answer (None outside a pass).
+    status_cache: dict[int, ReadingInfo] | None = None
 
     def __post_init__(self) -> None:
         self.uplink_health: UplinkHealth = self.health.uplink(self.name)
@@ -131,12 +154,31 @@ class PtsContext:
     async def update(self, system: SystemState, window: Window, row_id: int, **fields: Any) -> None:
         await self.astore.run(ledger.update, system.fk, window.period.key, row_id, **fields)
 
-    async def quota(
-        self, system: SystemState, period: str, counted: list[PtsSubmission]
-    ) -> tuple[Quota, str | None]:
-        """The quota that `counted` (the window's counted rows) use, and the reason of the
-        help-desk override of the limits, if one was recorded."""
+    async def quota(self, system: SystemState, period: str) -> tuple[Quota, str | None]:
+        """The quota the window's rows use (failed tests too, with count_failed_tests), and
+        the reason of the help-desk override of the limits, if one was recorded."""
+        rows = await self.rows(system, period)
         max_valid, max_failed, override = await self.astore.run(
             ledger.limits, system.fk, period, self.config.quota_valid, self.config.quota_failed
         )
-        return Quota.count((row.status for row in counted), max_valid, max_failed), override
+        statuses = ledger.quota_statuses(rows, count_tests=self.config.count_failed_tests)
+        return Quota.count(statuses, max_valid, max_failed), override
+
+    async def submission_status(self, systems: list[SystemState]) -> dict[int, ReadingInfo]:
+        """GetSubmissionStatus for `systems`: from the pass's batched call when there is one
+        ("will accommodate batching of systems"), else one call for them."""
+        if self.status_cache is not None and all(s.fk in self.status_cache for s in systems):
+            return self.status_cache
+        if self.status_cache is not None:
+            # Not batched yet: ask for every system of the pass at once, keep the answer.
+            fks = sorted({s.fk for s in self.systems} | {s.fk for s in systems})
+            answer = await self.client.submission_status(fks)
+            self.status_cache = {fk: answer[fk] for fk in answer}
+            self.status_cache.update({fk: _NO_ENTRY for fk in fks if fk not in answer})
+            return self.status_cache
+        return await self.client.submission_status([s.fk for s in systems])
+
+    @property
+    def echo_tolerance(self) -> float:
+        """How far PTS's echo of a MeterValue may be from ours (gateway.uplinks.pts.rules)."""
+        return echo_tolerance_kwh(self.config.meter_value_decimals)

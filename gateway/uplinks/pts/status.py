@@ -21,10 +21,18 @@ class Status:
         self._ctx = ctx
 
     def base_facts(self) -> dict[str, Any]:
+        client = self._ctx.client
         return {
             "environment": self._ctx.config.environment,
             "api": self._ctx.config.api_root,
             "clock_trusted": True,
+            # "API Key may be invalidated for abuse": every call is counted, per Eastern day.
+            "calls_today": {
+                "day": client.calls_day,
+                "total": sum(client.calls_today.values()),
+                "by_operation": dict(client.calls_today),
+            },
+            "unexpected_answers": client.unexpected_answers,
         }
 
     def publish_untrusted(self) -> None:
@@ -45,8 +53,14 @@ class Status:
         for system in ctx.systems:
             rows = await ctx.rows(system, shown.period.key)
             counted = [row for row in rows if not row.test]
-            quota, override = await ctx.quota(system, shown.period.key, counted)
-            reading = await choose(ctx.astore, system, shown, min(now, shown.close_ms - 1))
+            quota, override = await ctx.quota(system, shown.period.key)
+            reading = await choose(
+                ctx.astore,
+                system,
+                shown,
+                min(now, shown.close_ms - 1),
+                decimals=ctx.config.meter_value_decimals,
+            )
             last = next((row for row in reversed(rows) if row.status != "sending"), None)
             systems[str(system.fk)] = {
                 "meter": system.meter,

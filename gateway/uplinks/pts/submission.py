@@ -17,7 +17,14 @@ Invariants:
 - Before the first submission of a window, GetSubmissionStatus tells whether PTS already has
   one (a lost ledger, another tool); it is recorded (it counts), and a Passed one ends the
   window for us.
-- Test rows (ARPostTest) are recorded but never count.
+- Test rows (ARPostTest) are recorded; with count_failed_tests a failed test, or one whose
+  answer says nothing of the system ("unknown", never taken for a pass), counts as a failed
+  submission, and no test is run when the failed quota is used up or a submission is
+  pending (last one in wins: a test might invalidate it).
+- ARPost answered 400 ("Bad API Key"): nothing was received and nothing counts; the uplink
+  pauses (credentials) and submits once the key works again.
+- MeterValue is the register in kWh rounded down to meter_value_decimals: what PTS stores
+  and echoes, so our own reading is recognised in its answers.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.uplinks.pts import ledger
-from gateway.uplinks.pts.client import FAILED, PtsCallError
+from gateway.uplinks.pts.client import FAILED, PASSED, PtsCallError
 from gateway.uplinks.pts.ledger import PENDING, PtsClaim
 from gateway.uplinks.pts.rules import (
     REFUSED_FLAGS,
@@ -61,8 +68,9 @@ class Submitter:
         ctx = self._ctx
         period = window.period.key
         result: dict[str, Any] = {"fk_system": system.fk, "meter": system.meter, "period": period}
+        decimals = ctx.config.meter_value_decimals
         chosen = await choose_flagged(
-            ctx.astore, system, window, now, after_end_only=after_end_only
+            ctx.astore, system, window, now, after_end_only=after_end_only, decimals=decimals
         )
         if chosen is None:
             return {
@@ -76,23 +84,33 @@ class Submitter:
         rows = await ctx.counted(system, period)
         for row in rows:
             if row.status == "passed" and same_reading(
-                reading.value_kwh, reading.meter_date, row.meter_value, row.meter_date
+                reading.value_kwh,
+                reading.meter_date,
+                row.meter_value,
+                row.meter_date,
+                tolerance_kwh=ctx.echo_tolerance,
             ):
                 return {**result, "ok": True, "action": "already_passed"}
         if not test and not rows and await self._known_to_pts(system, window, now):
             return {**result, "ok": True, "action": "already_in_pts"}
-        if not test:  # a refused claim must not cost even an ARPostTest
+        if not test or ctx.config.count_failed_tests:
+            # A refused claim must not cost even an ARPostTest, and a test that may count
+            # as a failure needs a failed submission left.
             claim = await self._claim(system, period, reading, origin, now, check_only=True)
             if claim.refusal is not None:
                 return self._refused(system, window, result, claim)
 
         problems = []
         if flags & REFUSED_FLAGS.keys():
-            previous = await previous_reading(ctx.astore, system, reading)
+            previous = await previous_reading(ctx.astore, system, reading, decimals)
             problems = flag_problems(reading, flags, previous)
         last = await self._last_reading(system)
         problems += check_reading(
-            reading, last, capacity_kw=system.capacity_kw, factor=ctx.config.plausibility_factor
+            reading,
+            last,
+            capacity_kw=system.capacity_kw,
+            factor=ctx.config.plausibility_factor,
+            decimals=decimals,
         )
         if problems:
             self._block(system, period, problems, now)
@@ -117,7 +135,13 @@ class Submitter:
                 self._block(system, period, tested["problems"], now)
                 return {**result, **tested}
             if test:
-                return {**result, "ok": True, "action": "tested", "validation": "passed"}
+                validation = system.last_test or "passed"
+                return {
+                    **result,
+                    "ok": validation == "passed",
+                    "action": "tested",
+                    "validation": validation,
+                }
 
         claim = await self._claim(system, period, reading, origin, now)
         if claim.row_id is None:
@@ -146,6 +170,8 @@ class Submitter:
             max_valid=self._ctx.config.quota_valid,
             max_failed=self._ctx.config.quota_failed,
             now_ms=now,
+            tolerance_kwh=self._ctx.echo_tolerance,
+            count_tests=self._ctx.config.count_failed_tests,
             check_only=check_only,
         )
 
@@ -171,7 +197,7 @@ class Submitter:
         """Before our first submission of a window: does PTS already hold one (lost ledger,
         another tool)? A Passed one ends the window for us; any is recorded (it counts)."""
         ctx = self._ctx
-        entry = (await ctx.client.submission_status([system.fk])).get(system.fk)
+        entry = (await ctx.submission_status([system])).get(system.fk)
         if entry is None or not usable(entry) or entry.value_kwh is None:
             return False
         status = status_name(entry.status)
@@ -240,6 +266,18 @@ class Submitter:
             elif answer is not None and answer.status == FAILED:
                 problem = f"ARPostTest validation failed: {answer.notes or 'no notes'}"
         answer = answers.get(system.fk)
+        status = "failed" if problem else status_name(answer.status if answer else None)
+        if problem is None and (answer is None or answer.status != PASSED):
+            # No word on this system (the answer body is not documented): not a pass.
+            status = "unknown"
+            log.warning(
+                "%s: system %d: ARPostTest answered without a validation result for it; "
+                "counted as unknown%s",
+                ctx.name,
+                system.fk,
+                " (and against the failed quota)" if ctx.config.count_failed_tests else "",
+            )
+        system.last_test = "failed" if problem else status
         await ctx.astore.run(
             ledger.record,
             system.fk,
@@ -249,7 +287,7 @@ class Submitter:
             meter_value=reading.value_kwh,
             meter_date=reading.meter_date,
             sample_id=reading.sample_id,
-            status="failed" if problem else status_name(answer.status if answer else None),
+            status=status,
             validation_notes=answer.notes if answer else None,
             detail=problem,
             now_ms=now,
@@ -267,8 +305,21 @@ class Submitter:
         try:
             answers = await ctx.client.post([_payload(system, reading)], ctx.config.notes)
         except PtsCallError as exc:
+            if exc.kind == "auth":
+                # "400 : Bad API Key": nothing was received, nothing counts; the uplink
+                # pauses (credentials), probes, and submits again once the key works.
+                await ctx.update(
+                    system,
+                    window,
+                    row_id,
+                    status="not_received",
+                    http_status=exc.status,
+                    detail=f"{exc} (the key was refused: not received)",
+                    now_ms=now,
+                )
+                raise
             if exc.maybe_sent:  # resolved by GetSubmissionStatus; counts until then
-                system.poll_after(now, ctx.config.status_poll_secs)
+                system.submitted(now, ctx.config.status_poll_secs)
                 await ctx.update(
                     system, window, row_id, status="sending", detail=str(exc), now_ms=now
                 )
@@ -295,7 +346,7 @@ class Submitter:
             self._alert_refused(system, window, reading, row_id, answer.error)
             return {"ok": False, "action": "refused", "error": answer.error}
         await ctx.update(system, window, row_id, status="received", now_ms=now)
-        system.poll_after(now, ctx.config.status_poll_secs)
+        system.submitted(now, ctx.config.status_poll_secs)
         ctx.uplink_health.delivered += 1
         ctx.uplink_health.last_success_ms = now
         log.info(

@@ -50,6 +50,8 @@ Invariants (each part states its own; the ledger statuses are in gateway.uplinks
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -106,6 +108,7 @@ class PtsUplink:
             timeout_secs=config.timeout_secs,
             query_method=config.query_method,
             session_factory=session_factory,
+            now=self._clock.time,
         )
         self._systems = [
             SystemState(meter, system.fk_system, system) for meter, system in config.systems.items()
@@ -126,6 +129,9 @@ class PtsUplink:
         self._heartbeat_ms = 0
         self._next_systems_check_ms = 0
         self._paused_until_ms: int | None = None
+        #: In this pass, every pending system is polled (one batched call) when one is due.
+        self._poll_all = False
+        self._saved_calls: str | None = None
 
     # -- the Uplink protocol ------------------------------------------------------------------
 
@@ -185,6 +191,11 @@ class PtsUplink:
             system.released_to = await self._astore.register_stream(
                 self.name, system.stream, system.meter
             )
+        saved_calls = await self._astore.state(self.name, "calls_today")
+        if saved_calls:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                saved = json.loads(saved_calls)
+                self._client.restore_calls(str(saved["day"]), dict(saved["calls"]))
         heartbeat = await self._astore.state(self.name, "heartbeat_ms")
         first_run = await self._astore.state(self.name, "first_run_ms")
         self._previous_heartbeat_ms = int(heartbeat) if heartbeat else None
@@ -222,17 +233,31 @@ class PtsUplink:
     async def _network_pass(self, now: int) -> None:
         if now >= self._next_systems_check_ms:
             await self._check_systems(now)
-        for system in self._systems:
-            window = self._ctx.window_at(now)
-            if window is not None:
+        window = self._ctx.window_at(now)
+        if window is None:
+            return
+        due = [
+            system
+            for system in self._systems
+            if now >= system.next_poll_ms
+            and any(
+                row.status in PENDING for row in await self._ctx.counted(system, window.period.key)
+            )
+        ]
+        self._poll_all = bool(due)
+        self._ctx.status_cache = {}  # one GetSubmissionStatus for every system of this pass
+        try:
+            for system in self._systems:
                 await self._step_system(system, window, now)
+        finally:
+            self._ctx.status_cache = None
 
     async def _step_system(self, system: SystemState, window: Window, now: int) -> None:
         rows = await self._ctx.counted(system, window.period.key)
         if has_passed(rows):
             return
         if any(row.status in PENDING for row in rows):
-            if now >= system.next_poll_ms:
+            if now >= system.next_poll_ms or self._poll_all:
                 await self._follow_up.follow_up(system, window, now)
             return
         if system.active is not True:
@@ -258,6 +283,12 @@ class PtsUplink:
             if window is not None:
                 await self._missed.closing_alert(system, window, now)
             await release_samples(self._ctx, system, window, now)
+        calls = self._client
+        if calls.calls_day is not None:
+            saved = json.dumps({"day": calls.calls_day, "calls": calls.calls_today})
+            if saved != self._saved_calls:
+                await self._astore.put_state(self.name, {"calls_today": saved})
+                self._saved_calls = saved
         if now - self._heartbeat_ms >= HEARTBEAT_EVERY_MS:
             await self._astore.put_state(self.name, {"heartbeat_ms": str(now)})
             self._heartbeat_ms = now
@@ -366,6 +397,8 @@ class PtsUplink:
                 }
             outcome = await self._submitter.attempt(system, window, now, origin="manual", test=test)
         except PtsCallError as exc:
+            if exc.kind == "auth":
+                self._failed(exc, now)  # the uplink pauses as it would in a pass
             return {**base, "ok": False, "action": "error", "error": str(exc)}
         return {**base, **outcome}
 

@@ -188,17 +188,28 @@ class Reading:
         return {"MeterValue": self.value_kwh, "MeterDate": self.meter_date}
 
 
-def kwh(value_wh: float) -> float:
-    """Wh (store) -> kWh (PTS), to the Wh: `2835300.0000001` -> `2835.3`."""
-    return round(value_wh / 1000.0, 3)
+#: MeterValue decimals by default: every example in the PTS document has one ("MeterValue":
+#: 2835.3), so that is what PTS is taken to store and echo.
+DEFAULT_DECIMALS: Final = 1
 
 
-def reading_of(stored: StoredSample, channel: str) -> Reading | None:
+def kwh(value_wh: float, decimals: int = DEFAULT_DECIMALS) -> float:
+    """Wh (store) -> kWh (PTS), rounded DOWN to `decimals`, as a meter's display shows its
+    register: `2835399.9` -> `2835.3`. Never more energy than the register had counted;
+    the part cut off is reported with the next month. Float noise (`2835299.9999999995`)
+    does not cost a digit."""
+    scale: int = 10**decimals
+    return round(math.floor(round(value_wh / 1000.0 * scale, 6)) / scale, decimals)
+
+
+def reading_of(
+    stored: StoredSample, channel: str, decimals: int = DEFAULT_DECIMALS
+) -> Reading | None:
     value = stored.sample.values.get(channel)
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         return None
     ts_ms = stored.sample.ts_ms
-    return Reading(stored.rowid, ts_ms, kwh(value), eastern(ts_ms))
+    return Reading(stored.rowid, ts_ms, kwh(value, decimals), eastern(ts_ms))
 
 
 def choose_reading(window: Window, before: Reading | None, after: Reading | None) -> Reading | None:

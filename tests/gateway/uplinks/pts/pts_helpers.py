@@ -96,3 +96,16 @@ def counted(rows: list[PtsSubmission]) -> list[tuple[str, str, float, str]]:
 
 def alerts(health: Health) -> list[str]:
     return [alert.message for alert in health.alerts if alert.source == "pts"]
+
+
+async def run_until(
+    uplink: PtsUplink, clock: ManualClock, until_s: float, *, max_steps: int = 500
+) -> int:
+    """Step the uplink, advancing the virtual clock by each pass's delay (at least 1 s),
+    until `until_s`; returns the passes made."""
+    for passes in range(1, max_steps + 1):
+        delay = await uplink.step()
+        clock.now = min(until_s, clock.now + max(delay, 1.0))
+        if clock.now >= until_s:
+            return passes
+    raise AssertionError(f"{max_steps} passes did not reach {until_s}")

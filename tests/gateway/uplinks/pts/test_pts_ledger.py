@@ -24,6 +24,7 @@ def claim(store: Store, value: float = 6100.0, date: str = DATE, **limits: int) 
         max_valid=limits.get("max_valid", 2),
         max_failed=limits.get("max_failed", 3),
         now_ms=T0,
+        tolerance_kwh=0.1,
     )
 
 
@@ -63,7 +64,7 @@ def test_limits_reading_that_passed_and_overrides(tmp_path: Path) -> None:
         assert raised.row_id == 3 and (raised.max_valid, raised.max_failed) == (3, 4)
 
 
-def test_test_rows_never_count(tmp_path: Path) -> None:
+def test_test_rows_never_count_unless_tests_count(tmp_path: Path) -> None:
     with Store(tmp_path / "q.db") as store:
         for _ in range(5):
             ledger.record(

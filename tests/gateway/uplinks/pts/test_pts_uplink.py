@@ -11,6 +11,7 @@ import pytest
 from core.health import Health
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
+from gateway.uplinks.pts.window import kwh
 from tests.fakes.pts import FakePts
 from tests.gateway.uplinks.pts.pts_helpers import (
     alerts,
@@ -47,7 +48,7 @@ async def test_winter_month_end_is_submitted_the_next_day_and_followed_to_passed
 
         pts_clock.now = eastern_s(2026, 2, 2, 0, 0, 5)
         await uplink.step()
-        expected_kwh = round(energy_wh(eastern_s(2026, 2, 1)) / 1000, 3)
+        expected_kwh = kwh(energy_wh(eastern_s(2026, 2, 1)))  # one decimal, rounded down
         assert [(s.value, s.meter_date) for s in fake_pts.submitted(1000)] == [
             (expected_kwh, "2026-02-01T00:00:00")
         ]
@@ -100,7 +101,7 @@ async def test_summer_month_end_is_rendered_in_daylight_time(
         await uplink.aclose()
     [submission] = fake_pts.submitted(1000)
     assert submission.meter_date == "2026-07-31T23:59:30"  # 03:59:30Z: EDT, not EST
-    assert submission.value == round(energy_wh(eastern_s(2026, 7, 31, 23, 59, 30)) / 1000, 3)
+    assert submission.value == kwh(energy_wh(eastern_s(2026, 7, 31, 23, 59, 30)))
 
 
 async def test_28_day_month_window_and_reading(

@@ -145,7 +145,16 @@ def test_meter_date_is_eastern_wall_clock_truncated_to_the_second() -> None:
 
 def test_kwh_keeps_the_register_not_float_noise() -> None:
     assert kwh(2_835_300.0000000005) == 2835.3
-    assert kwh(10_453_912.0) == 10453.912
+    assert kwh(2_835_299.9999999995) == 2835.3  # float noise does not cost a digit
+    assert kwh(10_453_912.0, 3) == 10453.912
+
+
+def test_kwh_is_rounded_down_to_the_configured_decimals() -> None:
+    """What PTS stores (one decimal in every example of the document); rounded down, as a
+    meter's display shows its register: never energy not yet counted."""
+    assert kwh(10_453_999.0) == 10453.9
+    assert kwh(10_453_999.0, 0) == 10453.0
+    assert kwh(10_453_912.0, 2) == 10453.91
 
 
 def reading(ts_ms: int, value: float = 100.0) -> Reading:
