@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +335,36 @@ async def test_a_captive_portal_page_answered_200_is_retried_and_counted(
     state = health.uplink("wattics")
     assert state.facts["unexpected_answers"] == 3
     assert state.retries >= 3 and state.delivered == 3
+
+
+# -- issue 16 #12: every boundary within the tolerance, across a restart -----------------------
+
+
+@dataclass(frozen=True)
+class _At:
+    ts_ms: int
+
+
+def test_the_picker_fills_every_boundary_a_sample_reaches_and_resumes_after_a_restart() -> None:
+    from zoneinfo import ZoneInfo
+
+    from gateway.uplinks.wattics.interval import IntervalPicker
+
+    def picker() -> IntervalPicker[_At]:
+        return IntervalPicker(interval_ms=1000, tolerance_ms=3000, wait_ms=0, tz=ZoneInfo("UTC"))
+
+    first = picker()
+    assert first.offer(_At(10_000)) == [(_At(10_000), 10_000)]
+    # Nothing for 11..14 s: 11, 12, 13 s are within 3 s of the 10 s sample, 14 s is not.
+    decided = first.offer(_At(15_000))
+    assert decided == [
+        (_At(10_000), 11_000),
+        (_At(10_000), 12_000),
+        (_At(10_000), 13_000),
+        (_At(15_000), 15_000),
+    ]
+    # A restart after 15 s: the new picker resumes from what was committed.
+    second = picker()
+    second.resume(first.last_boundary_ms, _At(15_000))
+    assert second.offer(_At(15_000)) == [(_At(15_000), None)]  # re-read: already decided
+    assert second.offer(_At(17_000)) == [(_At(15_000), 16_000), (_At(17_000), 17_000)]
