@@ -240,8 +240,15 @@ class StreamUplink(ABC, Generic[C, S]):
 
     # -- the retry loop ----------------------------------------------------------------------
 
-    async def _settle(self, st: S, send: Callable[[], Awaitable[Attempt]]) -> None:
-        """Send until 2xx (invariant 3); raises Refused after bounded rejections.
+    async def _settle(
+        self,
+        st: S,
+        send: Callable[[], Awaitable[Attempt]],
+        *,
+        max_rejected: int | None = None,
+    ) -> None:
+        """Send until 2xx (invariant 3); raises Refused after bounded rejections
+        (max_attempts_rejected, or `max_rejected` for a probe).
 
         On return the stream is still `in_request`: the caller records the delivery, then
         clears it (so shutdown waits for the record, not only for the answer).
@@ -276,7 +283,7 @@ class StreamUplink(ABC, Generic[C, S]):
             self._failing(st, verdict)
             if verdict.outcome is Outcome.REJECT:
                 rejected += 1
-                if rejected >= self.config.max_attempts_rejected:
+                if rejected >= (max_rejected or self.config.max_attempts_rejected):
                     raise Refused(verdict, attempt.answer, rejected)
             health.retries += 1
             if verdict.maybe_arrived:

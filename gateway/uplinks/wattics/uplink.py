@@ -290,20 +290,20 @@ class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
             self.skipped += 1
             self._acked(st, stored.rowid, ts_ms)
             return
-        while True:
+        accepted_by_probe = False
+        while not accepted_by_probe:
             st.sending_ts_ms = ts_ms
             try:
                 await self._settle(st, self._sender(body))
+                break
             except Refused as refused:
                 if st.suspect is None:
                     self._set_aside(st, Suspect(stored, body, ts_ms, refused))
                     return
                 # A later packet is refused too: the stream, not one packet, is refused.
-                await self._probe_suspect(st, refused)
-                continue
+                accepted_by_probe = await self._probe_refused_stream(st, refused, body, ts_ms)
             finally:
                 st.sending_ts_ms = None
-            break
         try:
             if st.suspect is not None:
                 # A fact about Wattics, committed with the park: the suspect is now older.
@@ -326,27 +326,35 @@ class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
             suspect.refused.verdict.detail,
         )
 
-    async def _probe_suspect(self, st: WatticsStream, refused: Refused) -> bool:
-        """Two packets in a row refused: pause the stream (one alert), then probe with the
-        older one; True when it was accepted (the stream goes on in order)."""
+    async def _probe_refused_stream(
+        self, st: WatticsStream, refused: Refused, later: bytes, later_ts: int
+    ) -> bool:
+        """Two packets in a row refused: pause the stream (one alert), then probe in rounds,
+        the older packet first, then the later one, one attempt each, so that a fix at
+        Wattics between the two is seen in the right order. Returns True when the later
+        packet was accepted while the older one is still refused (it alone is bad: the
+        caller parks it); False when the older one was accepted (the stream goes on)."""
         suspect = st.suspect
         assert suspect is not None
         self._uplink_health.retries += 1
-        await self._pause_stream(
-            st, f"Wattics refuses every packet of datapoint {st.stream} ({refused.verdict.detail})"
-        )
-        st.sending_ts_ms = suspect.ts_ms
-        try:
-            await self._settle(st, self._sender(suspect.body))
-        except Refused:
-            return False
-        finally:
-            st.sending_ts_ms = None
-            st.in_request = False
-        st.suspect = None
-        self._delivered(st, suspect.stored.rowid, suspect.ts_ms)
-        self._apply_deferred(st)
-        return True
+        reason = f"Wattics refuses every packet of datapoint {st.stream} ({refused.verdict.detail})"
+        while True:
+            await self._pause_stream(st, reason)
+            for packet, stamp in ((suspect.body, suspect.ts_ms), (later, later_ts)):
+                st.sending_ts_ms = stamp
+                try:
+                    await self._settle(st, self._sender(packet), max_rejected=1)
+                except Refused:
+                    continue
+                finally:
+                    st.in_request = False
+                if packet is later:
+                    st.in_request = True  # the caller records the delivery
+                    return True
+                st.suspect = None
+                self._delivered(st, suspect.stored.rowid, suspect.ts_ms)
+                self._apply_deferred(st)
+                return False
 
     async def _park_suspect(self, st: WatticsStream) -> None:
         suspect, st.suspect = st.suspect, None

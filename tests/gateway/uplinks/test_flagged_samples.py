@@ -14,6 +14,7 @@ from core.health import Health
 from core.sample import Sample
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import Store
+from gateway.uplinks.pts.window import kwh
 from tests.fakes.enerkey import FakeEnerKey
 from tests.fakes.pts import FakePts
 from tests.gateway.uplinks.enerkey.test_enerkey_uplink import (
@@ -174,8 +175,8 @@ async def test_pts_refuses_a_counter_flagged_month_end_reading_for_a_human(
     assert fake_pts.count("ARPost") == 0 and fake_pts.count("ARPostTest") == 0
     assert await ledger(astore) == []  # no quota spent
     (alert,) = [a for a in alerts(health) if "NOT submitted" in a]
-    value = round(energy_wh(midnight) / 1000, 3)
-    before = round(energy_wh(midnight - 900) / 1000, 3)
+    value = kwh(energy_wh(midnight))  # as submitted: one decimal, rounded down
+    before = kwh(energy_wh(midnight - 900))
     assert f"MeterValue {value:g} kWh at 2026-02-01T00:00:00 is flagged counter_jump" in alert
     assert f"previous sample: {before:g} kWh at 2026-01-31T23:45:00" in alert
     problems = health.uplink("pts").facts["systems"]["1000"]["problems"]

@@ -60,14 +60,20 @@ async def test_locus_samples_reach_wattics_in_order_with_locus_timestamps(
     packets = fake_wattics.delivered("stream-a")
     assert not fake_wattics.all_discarded() and not fake_wattics.rejected
     counter = 1_000_000.0
+    powered = 0
     for n, packet in enumerate(packets[:25]):
         interval_start = seeded + (n - 1) * STEP_MS  # Locus' leading timestamp
         if n:
             counter += energy_wh(1, interval_start // 60_000, interval_start // 60_000 + 5)
+        # Locus' W_avg is a total: "one total value" goes to the first parameter, aP_1.
+        power = packet.pop("aP_1", None)
+        assert power is None or (isinstance(power, float) and power >= 0)
+        powered += power is not None
         assert packet == {
             "id": "stream-a",
             "tsISO8601": local_iso8601_ms(interval_start + STEP_MS, ZONE),
             "pC_1": counter,
         }
+    assert powered >= 20  # Locus' W_avg reaches Wattics (it was dropped before)
     assert health.meter("pv-roof").state is MeterState.OK
     assert len(locus.data_requests("5min")) == 1

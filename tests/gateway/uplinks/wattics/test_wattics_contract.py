@@ -114,18 +114,37 @@ async def test_a_stream_whose_every_packet_is_refused_pauses_and_parks_nothing(
     health = Health()
     fake_wattics.register("stream-a", "value")
     await append(astore, [electricity("m", START + i * MIN, i) for i in range(4)])
-    up = uplink(fake_wattics, astore, health, {"m": "stream-a"}, max_attempts_rejected=2)
+    config = make_config(
+        fake_wattics,
+        {"m": "stream-a"},
+        max_attempts_rejected=2,
+        retry_initial_secs=0.3,
+        auth_probe_secs=0.6,
+    )
+    # Every backoff at its ceiling: the pause waits are long enough to fix Wattics in one.
+    up = WatticsUplink(config, store=astore, health=health, timezone="UTC", rng=lambda: 1.0)
     async with running(up):
         await eventually(
-            lambda: "stream-a" in health.uplink("wattics").facts.get("paused_datapoints", {})
+            lambda: "stream-a" in health.uplink("wattics").facts.get("paused_datapoints", {}),
+            timeout=10,
         )
-        await asyncio.sleep(0.2)
-        assert await astore.dead_letters("wattics", include_requeued=True) == []
+        quiet = await _quiet(fake_wattics, 0.1)
+        assert quiet and await astore.dead_letters("wattics", include_requeued=True) == []
         fake_wattics.register("stream-a", "electricity")
         await fake_wattics.wait_accepted(4, timeout=10)
     assert power(fake_wattics.delivered("stream-a")) == [0, 1, 2, 3]
     assert await astore.dead_letters("wattics", include_requeued=True) == []
     assert len([a for a in health.alerts if "every packet" in a.message]) == 1
+
+
+async def _quiet(fake: FakeWattics, secs: float) -> bool:
+    """Wait until the uplink sent nothing for `secs` (it waits in its pause)."""
+    for _ in range(200):
+        seen = fake.requests
+        await asyncio.sleep(secs)
+        if fake.requests == seen:
+            return True
+    return False
 
 
 # -- 7. a re-queue that Wattics would discard is refused ---------------------------------------
