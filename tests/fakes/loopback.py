@@ -7,6 +7,7 @@ A subclass provides `host`, `port` (0: a free one, replaced by the bound port on
 from __future__ import annotations
 
 import ssl
+from ipaddress import ip_address
 from typing import Self
 
 from aiohttp import web
@@ -42,3 +43,17 @@ class LoopbackServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+
+def is_loopback_host(host_header: str) -> bool:
+    """Does a Host header name a loopback address (how tests and the demo reach a fake)?
+    A fake that plays a remote service refuses plain http to any other name: the gateway's
+    config refuses such a URL already (core.config_base.service_url)."""
+    host = host_header if host_header.endswith("]") else host_header.rsplit(":", 1)[0]
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -5,6 +5,8 @@ Strict means: whatever the real service would refuse, this refuses too. Rules, f
 - Operations under `<prefix>/`: GetSystems and GetLastReading (GET `?fk_system=1000,2000`, or
   POST `{"systems": [{"fk_system": 1000}]}`), ARPostTest and ARPost (POST), GetSubmissionStatus
   (GET, optional `systems` body). Another path: 404; another method: 405.
+- "Https requests": plain http to a host name other than loopback is answered 403 (the fake
+  then plays the remote service; loopback http is how tests reach it, as the config allows).
 - Every call needs `Ocp-Apim-Subscription-Key: <key>` and `Ocp-Apim-Trace: true`: a missing or
   wrong key is 400 "Bad API Key" (as the document says), a missing trace header 400.
 - Bodies: `Content-Type: application/json`, one JSON object. ARPost/ARPostTest: `APIKey` equal to
@@ -59,7 +61,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from tests.fakes.loopback import LoopbackServer
+from tests.fakes.loopback import LoopbackServer, is_loopback_host
 
 EASTERN = ZoneInfo("America/New_York")
 OPERATIONS = ("GetSystems", "GetLastReading", "ARPostTest", "ARPost", "GetSubmissionStatus")
@@ -260,6 +262,9 @@ class FakePts(LoopbackServer):
 
     def _answer(self, request: web.Request, operation: str, raw: bytes) -> tuple[int, Any]:
         try:
+            if not request.secure and not is_loopback_host(request.host):
+                # "GET and POST Https requests": plain http to the real host is refused.
+                raise _Invalid(403, "HTTPS required")
             if not request.path.startswith(self.prefix + "/") or operation not in OPERATIONS:
                 raise _Invalid(404, "Resource not found")
             allowed = {

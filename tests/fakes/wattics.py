@@ -57,13 +57,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from ipaddress import ip_address
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from tests.fakes.loopback import LoopbackServer
+from tests.fakes.loopback import LoopbackServer, is_loopback_host
 
 PATH = "/measurements/v2/unifiedjson/"
 UTC_PATH = "/measurements/v2/unifiedjson_utc/"
@@ -412,7 +411,7 @@ class FakeWattics(LoopbackServer):
 
     def _answer(self, request: web.Request, body: bytes) -> web.Response:
         try:
-            if not request.secure and not _loopback(request.host):
+            if not request.secure and not is_loopback_host(request.host):
                 raise _Invalid(403, "Non-secure requests are automatically rejected")
             if request.path not in (PATH, UTC_PATH):
                 raise _Invalid(404, "not found")
@@ -489,18 +488,6 @@ class FakeWattics(LoopbackServer):
             # A question with a "no" answer, not a refused packet: not recorded as rejected.
             return web.json_response({"error": f"no packet processed for {stream!r}"}, status=404)
         return web.json_response(packets[-1])
-
-
-def _loopback(host_header: str) -> bool:
-    """Does a Host header name a loopback address (how tests and the demo reach the fake)?"""
-    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def _serve(host: str, port: int, username: str, password: str, delay: float) -> None:

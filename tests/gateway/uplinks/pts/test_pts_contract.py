@@ -302,3 +302,37 @@ async def test_arpost_answered_by_a_portal_page_is_not_counted_as_received(
         "passed",
     ]
     assert len(fake_pts.submitted(1000)) == 1
+
+
+# -- 10. https only ----------------------------------------------------------------------------
+
+
+async def test_the_fake_refuses_plain_http_to_a_remote_host_name(fake_pts: FakePts) -> None:
+    import aiohttp
+
+    from tests.fixtures.pts import KEY
+
+    headers = {
+        "Host": "automatedreporting.masscec-pts.com",
+        "Ocp-Apim-Subscription-Key": KEY,
+        "Ocp-Apim-Trace": "true",
+    }
+    url = f"{fake_pts.base_url}{fake_pts.prefix}/GetSystems?fk_system=1000"
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as answer:
+        assert answer.status == 403
+
+
+def test_config_refuses_plain_http_to_pts() -> None:
+    import pydantic
+
+    from gateway.uplinks.pts.config import PtsConfig
+
+    with pytest.raises(pydantic.ValidationError, match="https"):
+        PtsConfig.model_validate(
+            {
+                "subscription_key": "k",
+                "base_url": "http://automatedreporting.masscec-pts.com",
+                "path_prefix": "/ptsstaging",
+                "systems": {"pv": {"fk_system": 1000}},
+            }
+        )
