@@ -136,9 +136,7 @@ class StoreFigures:
                     if reader is not None:
                         reader.close()
                     reader = await loop.run_in_executor(executor, StoreReader, self.path)
-                measured = await loop.run_in_executor(
-                    executor, _measure, reader, self._positions()
-                )
+                measured = await loop.run_in_executor(executor, _measure, reader, self._positions())
                 duration = time.monotonic() - started
                 self._apply(measured, time.monotonic())
                 self.last_duration_s = duration
