@@ -104,10 +104,10 @@ class History:
             if channel is not None and channel in values:
                 self.counter_channel[meter] = channel
                 self._series(self.counter, meter, mean=False).add(now, values[channel])
-        for uplink, state in health.uplinks.items():
-            if state.backlog_rows is not None:
+        for uplink, figures in health.uplinks.items():
+            if figures.backlog_rows is not None:
                 series = self._series(self.backlog, uplink, mean=False)
-                series.add(now, float(state.backlog_rows))
+                series.add(now, float(figures.backlog_rows))
 
 
 async def record_forever(

@@ -87,12 +87,12 @@ def operations_plane(
     astore: AsyncStore,
     poller: Poller,
     uplinks: Sequence[Uplink],
-) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-    """The daemon's MQTT tasks, (name, coroutine), for a config with an `mqtt:` section (the
-    store figures it publishes are measured by the daemon's `StoreFigures` task)."""
+) -> tuple[Monitor | None, list[tuple[str, Coroutine[Any, Any, None]]]]:
+    """The daemon's MQTT monitor and tasks, (name, coroutine), for a config with an `mqtt:`
+    section (the store figures it publishes are measured by the daemon's `StoreFigures`)."""
     mqtt = config.mqtt
     if mqtt is None:
-        return []
+        return None, []
     commands = CommandHandler(
         mqtt.commands,
         health=health,
@@ -120,4 +120,4 @@ def operations_plane(
     if mqtt.publish_values:
         meters = frozenset(meter.id for meter in config.meters)
         tasks.append(("mqtt-values", feed_samples(monitor, astore, meters)))
-    return tasks
+    return monitor, tasks

@@ -54,6 +54,22 @@ def duration_text(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
+#: A backlog whose oldest sample is younger than this is normal delivery lag (cursors are
+#: committed every few seconds), not a backlog to drain.
+KEEPING_UP_S = 120.0
+
+
+def eta_text(eta_s: float | None, backlog: int, oldest_age_s: float | None) -> str:
+    """`up to date`, `keeping up`, `drains in 12 min` or `not draining`."""
+    if backlog == 0:
+        return "up to date"
+    if oldest_age_s is not None and oldest_age_s < KEEPING_UP_S:
+        return "keeping up"
+    if eta_s is None:
+        return "not draining"
+    return f"drains in {duration_text(eta_s)}"
+
+
 def lag_limit_s(uplink: str) -> float | None:
     return LAG_ATTENTION_S.get(uplink, DEFAULT_LAG_ATTENTION_S)
 

@@ -6,7 +6,8 @@ Invariants:
 - Built from snapshots only (Health, StoreFigures, History): building it reads no meter, no
   cloud and no store.
 - It never holds a secret: secret config values are never put in, and every configured secret
-  value is masked wherever it might appear in a string (`sanitized`).
+  value is masked wherever it appears in a string (`sanitized`; one shorter than
+  `MIN_MASKED_INSIDE` where it is the whole string).
 - The same document is persisted for `status` (gateway.ops.snapshot), so the command shows
   what the page shows, plus the store's own figures read afresh.
 """
@@ -35,6 +36,9 @@ SCHEMA = 1
 #: Alerts carried, newest first.
 MAX_ALERTS = 50
 MASK = "***"
+#: A secret this long is masked inside any text; a shorter one (a user name like "demo") only
+#: where it is the whole value, or every gateway id containing the word would be masked too.
+MIN_MASKED_INSIDE = 8
 
 
 @dataclass
@@ -164,7 +168,8 @@ def live_facts(live: LiveState, *, now_ms: int | None = None) -> dict[str, Any]:
         ][:MAX_ALERTS],
         "alerts_total": health.alerts_total,
     }
-    return sanitized(document, secret_values(config))
+    clean: dict[str, Any] = sanitized(document, secret_values(config))
+    return clean
 
 
 def secret_values(model: BaseModel) -> list[str]:
@@ -184,7 +189,7 @@ def secret_values(model: BaseModel) -> list[str]:
             for item in value:
                 yield from walk(item)
 
-    found.update(secret for secret in walk(model) if len(secret) >= 4)
+    found.update(secret for secret in walk(model) if secret)
     return sorted(found, key=len, reverse=True)
 
 
@@ -195,7 +200,9 @@ def sanitized(value: Any, secrets: list[str]) -> Any:
         return value if math.isfinite(value) else None
     if isinstance(value, str):
         for secret in secrets:
-            if secret in value:
+            if value == secret:
+                return MASK
+            if len(secret) >= MIN_MASKED_INSIDE and secret in value:
                 value = value.replace(secret, MASK)
         return value
     if isinstance(value, dict):
