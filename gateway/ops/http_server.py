@@ -229,13 +229,15 @@ async def serve_forever(
 ) -> None:
     """Serve until cancelled; a listen that fails is alerted once and retried."""
     service = StatusService(live)
-    runner = web.AppRunner(application(config, service), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        application(config, service), access_log=None, handle_signals=False, shutdown_timeout=0.5
+    )
     await runner.setup()
     host, port = config.host_port
     alerted = False
     try:
         while True:
-            site = web.TCPSite(runner, host, port, shutdown_timeout=0.5)
+            site = web.TCPSite(runner, host, port)
             try:
                 await site.start()
                 break

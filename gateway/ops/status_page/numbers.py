@@ -6,13 +6,19 @@ import math
 from datetime import UTC, datetime
 
 #: Units shown with a k/M prefix once large (W -> kW, Wh -> kWh -> MWh).
-_SCALED = frozenset({"W", "Wh", "var", "varh", "VA"})
+_SCALED = frozenset({"W", "var", "VA"})
+_ENERGY = frozenset({"Wh", "varh"})
 
 
 def human(value: float | None, unit: str) -> str:
-    """`1.23 kW`, `45,678.9 kWh`, `230.1 V`; `-` when unknown."""
+    """`1.23 kW`, `45,678.9 kWh`, `230.1 V`; `-` when unknown. Energy stays in kWh (as meter
+    displays and bills show it), power goes to kW and MW."""
     if value is None or not math.isfinite(value):
         return "-"
+    if unit in _ENERGY:
+        if abs(value) >= 1000:
+            return f"{value / 1000:,.1f} k{unit}"
+        return f"{value:,.0f} {unit}"
     if unit in _SCALED:
         for factor, prefix in ((1e6, "M"), (1e3, "k")):
             if abs(value) >= factor:

@@ -178,7 +178,7 @@ def _uplinks(doc: dict[str, Any], history: History, now_ms: int) -> str:
         rows = "".join(
             f'<tr data-stream="{escape(stream)}"><td>{escape(stream)}</td>'
             f"<td>{escape(str(s['meter']))}</td>"
-            f'<td class="n" data-field="backlog">{count_text(s["backlog_rows"])}</td>'
+            f'<td class="n" data-field="stream-backlog">{count_text(s["backlog_rows"])}</td>'
             f"<td>{_ago(s['oldest_undelivered_ms'], now_ms) if s['backlog_rows'] else '-'}</td>"
             f'<td class="n">{count_text(s["dead_letters"])}</td>'
             f"<td>{_eta(s['eta_s'], s['backlog_rows'], age_s(s['oldest_undelivered_ms'], now_ms))}"
