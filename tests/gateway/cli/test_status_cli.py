@@ -50,6 +50,10 @@ def write_config(tmp_path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def store_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(DB_FILE))
+
+
 @pytest.fixture
 async def wattics() -> Any:
     async with FakeWattics(USER, PASSWORD, {STREAM}) as fake:
@@ -101,7 +105,7 @@ async def test_status_of_a_running_then_a_stopped_daemon(
     assert "not running: stopped" in doc["attention"][0]["message"]
     code, text, _ = await status(path)
     assert code == 1 and "stopped at" in text and "NEEDS ATTENTION" in text
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(DB_FILE)) == [DB_FILE]
+    assert store_files(tmp_path) == [DB_FILE]  # status left no -wal/-shm behind
 
 
 async def test_status_of_an_empty_store(tmp_path: Path) -> None:
@@ -161,7 +165,7 @@ async def test_status_of_a_store_with_a_backlog_and_dead_letters(tmp_path: Path)
     code, text, _ = await status(path)
     assert code == 1
     assert f"wattics/{STREAM}" in text and "2 dead letter(s)" in text
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(DB_FILE)) == [DB_FILE]
+    assert store_files(tmp_path) == [DB_FILE]  # status left no -wal/-shm behind
 
 
 async def test_a_config_error_exits_2(tmp_path: Path) -> None:

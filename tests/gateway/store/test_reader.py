@@ -57,9 +57,12 @@ def test_reading_a_stopped_store_leaves_no_wal_or_shm_file(tmp_path: Path) -> No
 
 
 def test_the_reader_cannot_write(tmp_path: Path) -> None:
-    with Store(tmp_path / "g.sqlite3") as store, StoreReader(store.path) as reader:
-        with pytest.raises(sqlite3.OperationalError):
-            reader.query("DELETE FROM samples")
+    with (
+        Store(tmp_path / "g.sqlite3") as store,
+        StoreReader(store.path) as reader,
+        pytest.raises(sqlite3.OperationalError),
+    ):
+        reader.query("DELETE FROM samples")
 
 
 def test_a_long_read_does_not_hold_up_appends(tmp_path: Path) -> None:
