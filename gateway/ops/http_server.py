@@ -80,6 +80,9 @@ class StatusService:
         self.live = live
         self._facts = _Cached(self._build_facts)
         self._fragment = _Cached(self._build_fragment)
+        self._page = _Cached(self._build_page)
+        self._status = _Cached(self._build_status)
+        self._history = _Cached(self._build_history)
         self._metrics = _Cached(self._build_metrics)
         self._static = {
             name: (resources.files("gateway.ops.status_page") / "static" / name).read_bytes()
@@ -99,6 +102,10 @@ class StatusService:
         doc = live_facts(self.live, now_ms=now)
         return doc, assess(doc, now), now
 
+    def _build_page(self) -> bytes:
+        doc, attention, now = self.facts()
+        return render.page(doc, attention, self.history, now).encode()
+
     def _build_fragment(self) -> bytes:
         doc, attention, now = self.facts()
         return render.fragment(doc, attention, self.history, now).encode()
@@ -114,14 +121,15 @@ class StatusService:
     # -- handlers ----------------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.Response:
-        doc, attention, now = self.facts()
-        body = render.page(doc, attention, self.history, now)
-        return web.Response(text=body, content_type="text/html", charset="utf-8")
+        return web.Response(body=self._page.get(), content_type="text/html", charset="utf-8")
 
     async def fragment(self, request: web.Request) -> web.Response:
         return web.Response(body=self._fragment.get(), content_type="text/html", charset="utf-8")
 
     async def status(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._status.get(), content_type="application/json")
+
+    def _build_status(self) -> bytes:
         doc, attention, now = self.facts()
         body = {
             **doc,
@@ -130,9 +138,12 @@ class StatusService:
             "ok": not attention,
             "attention": [item.as_json() for item in attention],
         }
-        return web.json_response(body, dumps=_dumps)
+        return _dumps(body).encode()
 
     async def history_json(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._history.get(), content_type="application/json")
+
+    def _build_history(self) -> bytes:
         history = self.history
         body = {
             "bucket_ms": history.bucket_ms,
@@ -143,7 +154,7 @@ class StatusService:
             },
             "backlog": {u: s.points() for u, s in history.backlog.items()},
         }
-        return web.json_response(body, dumps=_dumps)
+        return _dumps(body).encode()
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self._metrics.get(), headers={"Content-Type": METRICS_TYPE})
