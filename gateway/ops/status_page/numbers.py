@@ -26,6 +26,8 @@ def human(value: float | None, unit: str) -> str:
         return f"{value:,.0f} {unit}"
     if unit == "":
         return f"{value:.3f}"
+    if unit == "samples":
+        return f"{value:,.0f}"
     return f"{value:,.2f} {unit}".rstrip()
 
 
