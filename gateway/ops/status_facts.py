@@ -205,8 +205,17 @@ def sanitized(value: Any, secrets: list[str]) -> Any:
             if len(secret) >= MIN_MASKED_INSIDE and secret in value:
                 value = value.replace(secret, MASK)
         return value
-    if isinstance(value, dict):
-        return {sanitized(k, secrets): sanitized(v, secrets) for k, v in value.items()}
+    if isinstance(value, dict):  # keys are our own names or ids: masked only inside
+        return {_masked_inside(k, secrets): sanitized(v, secrets) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [sanitized(item, secrets) for item in value]
     return value
+
+
+def _masked_inside(key: Any, secrets: list[str]) -> Any:
+    if not isinstance(key, str):
+        return key
+    for secret in secrets:
+        if len(secret) >= MIN_MASKED_INSIDE and secret in key:
+            key = key.replace(secret, MASK)
+    return key

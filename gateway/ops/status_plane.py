@@ -7,6 +7,7 @@ http_server); none is ever awaited by the poller or an uplink.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ from gateway.uplinks.base import Uplink
 
 if TYPE_CHECKING:
     from gateway.ops.monitor import Monitor
+
+log = logging.getLogger(__name__)
 
 
 def live_state(
@@ -73,6 +76,10 @@ async def save_stopped(live: LiveState | None, astore: AsyncStore) -> None:
     """The last snapshot, marked stopped (a clean shutdown, not a crash)."""
     if live is None:
         return
-    document = live_facts(live)
-    document["gateway"]["stopped_ms"] = int(time.time() * 1000)
+    try:
+        document = live_facts(live)
+        document["gateway"]["stopped_ms"] = int(time.time() * 1000)
+    except Exception:  # a bug here must not spoil a clean shutdown
+        log.exception("status snapshot at shutdown failed")
+        return
     await snapshot.save(astore, document)
