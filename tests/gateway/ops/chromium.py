@@ -154,8 +154,7 @@ class Chromium:
     async def screenshot(self, path: Path, *, full_page: bool = True) -> Path:
         params: dict[str, Any] = {"format": "png", "captureBeyondViewport": full_page}
         result = await self.send("Page.captureScreenshot", **params)
-        await asyncio.to_thread(path.write_bytes, base64.b64decode(result["data"]))
-        return path
+        return _write(path, base64.b64decode(result["data"]))
 
     async def close(self) -> None:
         if self._ws is not None:
@@ -175,3 +174,9 @@ class Chromium:
         if self._drainer is not None:
             self._drainer.cancel()
             await asyncio.gather(self._drainer, return_exceptions=True)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    """A screenshot to disk (small: on the loop's thread, no executor thread left behind)."""
+    path.write_bytes(data)
+    return path
