@@ -32,7 +32,7 @@ MIN_RATE_SPAN_S = 5.0
 #: Share of the time measuring may take.
 MAX_DUTY = 0.05
 #: Default measurement period (the MQTT publish interval when shorter).
-MEASURE_EVERY_S = 5.0
+MEASURE_EVERY_S = 10.0
 
 
 @dataclass

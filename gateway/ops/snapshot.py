@@ -25,7 +25,7 @@ from gateway.store.reader import StoreReader
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_EVERY_S = 10.0
+SNAPSHOT_EVERY_S = 15.0
 #: A heartbeat older than this means the daemon is not running (or hung).
 STALE_AFTER_S = 3 * SNAPSHOT_EVERY_S + 5
 TABLE = "ops_status"

@@ -83,10 +83,10 @@ async def test_status_of_a_running_then_a_stopped_daemon(
         await wattics.wait_accepted(3, timeout=10)
 
         async def snapshot_after_reads() -> tuple[int, dict[str, Any]] | None:
-            code, doc = await status_json(path)  # the snapshot is saved every 10 s
+            code, doc = await status_json(path)  # the snapshot is saved every 15 s
             return (code, doc) if doc["meters"]["incomer"]["state"] != "unknown" else None
 
-        code, doc = await eventually(snapshot_after_reads, timeout=20, interval=0.5)
+        code, doc = await eventually(snapshot_after_reads, timeout=30, interval=0.5)
         assert code == 0, doc["attention"]
         assert doc["running"] is True and doc["ok"] is True and doc["attention"] == []
         assert doc["meters"]["incomer"]["state"] == "ok"
