@@ -3,7 +3,7 @@
 #   ./dev.sh demo [--seconds N]   simulated meters -> gateway -> local fake clouds, printed live
 #   ./dev.sh test [pytest args]   the whole test suite (lint, layers, types, pytest with real Mosquitto and socat)
 #   ./dev.sh bench                the performance table
-# It installs what it needs: python3-venv/mosquitto/socat with apt-get (as root or via sudo)
+# It installs what it needs: python3-venv/mosquitto/socat/chromium with apt-get (as root or via sudo)
 # when missing, and the Python packages into ./.venv from pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,6 +47,7 @@ case "$command" in
     if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then apt_install mosquitto; fi
     command -v socat >/dev/null || apt_install socat
     command -v systemd-analyze >/dev/null || apt_install systemd  # the unit's security score
+    command -v chromium >/dev/null || apt_install chromium  # the status page's browser test
     venv
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .

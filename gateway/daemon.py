@@ -21,7 +21,8 @@ from drivers.factory import open_readers
 from gateway import __version__
 from gateway.config.schema import Config
 from gateway.memory import release_free_memory
-from gateway.ops import sdnotify
+from gateway.ops import sdnotify, status_plane
+from gateway.ops.status_facts import LiveState
 from gateway.poller import poller_for
 from gateway.sources.base import SourceContext
 from gateway.sources.registry import build_sources
@@ -55,6 +56,8 @@ class Daemon:
         self.config = config
         self.health = health or Health()
         self._stop = asyncio.Event()
+        #: What the status page and `status` show; set once the daemon runs.
+        self.live: LiveState | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -82,10 +85,11 @@ class Daemon:
                         group.create_task(self._watchdog_forever(), name="watchdog"),
                     ]
                     monitoring: list[asyncio.Task[None]] = []
+                    monitor = None
                     if config.mqtt is not None:
                         from gateway.ops.plane import operations_plane
 
-                        plane = operations_plane(
+                        monitor, plane = operations_plane(
                             config,
                             health=self.health,
                             version=__version__,
@@ -94,6 +98,15 @@ class Daemon:
                             uplinks=uplinks,
                         )
                         monitoring = [group.create_task(job, name=name) for name, job in plane]
+                    self.live = status_plane.live_state(
+                        config, self.health, astore, uplinks, version=__version__, monitor=monitor
+                    )
+                    monitoring += [
+                        group.create_task(job, name=name)
+                        for name, job in status_plane.status_tasks(
+                            self.live, astore, clock_trusted=poller.clock.trusted
+                        )
+                    ]
                     release_free_memory()  # start-up's garbage, before the steady state
                     sdnotify.notify("READY=1")
                     sdnotify.notify(
@@ -113,6 +126,7 @@ class Daemon:
                     await _cancel_and_wait([polling, *sourcing], SHUTDOWN_BUDGET_S / 4)
                     await _cancel_and_wait(sending, SHUTDOWN_BUDGET_S / 2)
                     await _cancel_and_wait([*helpers, *monitoring], SHUTDOWN_BUDGET_S / 4)
+                    await status_plane.save_stopped(self.live, astore)
         finally:
             await astore.aclose()
         log.info("stopped")

@@ -94,7 +94,8 @@ async def run_demo(*, seconds: float | None = None, interval: float = 5.0) -> in
             print(
                 f"demo: 2 simulated SDM630 on modbus-tcp 127.0.0.1:{modbus.port}, "
                 f"strict fake Wattics at {wattics.url}\n"
-                f"demo: store in {data_dir}; reading every {interval:g}s; Ctrl-C stops\n",
+                f"demo: store in {data_dir}; reading every {interval:g}s; Ctrl-C stops\n"
+                f"demo: status page at http://{config.http.listen}/ (if the port is free)\n",
                 flush=True,
             )
             daemon = Daemon(config)

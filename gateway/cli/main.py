@@ -1,5 +1,5 @@
-"""The `meter-gateway` command line: run, check-config, demo, deadletters, read, scan,
-registers."""
+"""The `meter-gateway` command line: run, status, check-config, demo, deadletters, read, scan,
+registers, pts."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the gateway daemon")
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+
+    status = commands.add_parser(
+        "status", help="is everything arriving? (exit 0 all well, 1 needs attention, 2 config)"
+    )
+    status.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
 
     check = commands.add_parser("check-config", help="validate a config without touching hardware")
     check.add_argument("config", nargs="?", default=None)
@@ -129,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         config = _load(args.config)
         return asyncio.run(run_until_signalled(config))
+    if args.command == "status":
+        from gateway.cli import status as status_cli
+
+        return status_cli.run(_load(args.config), as_json=args.json)
     if args.command == "demo":
         from gateway.cli.demo import run_demo
 

@@ -6,6 +6,7 @@ this module only says what a valid config is.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -137,6 +138,79 @@ class MqttConfig(Strict):
         return _topic_prefix(value)
 
 
+#: A secret guarding the status page and /metrics is at least this long (guessing stays hard).
+MIN_HTTP_SECRET_CHARS = 12
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """`host:port` (`[v6]:port` for IPv6) -> (host, port); ValueError when malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("host:port, e.g. 127.0.0.1:8480, 0.0.0.0:8480 or [::]:8480")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is not 0..65535")
+    return host, port
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpConfig(Strict):
+    """The local status page, `/api/status` and Prometheus `/metrics` (gateway.ops.http_server).
+
+    On by default, on loopback only. Listening on the site's network needs a `password`
+    (HTTP Basic, for browsers) or a `token` (`Authorization: Bearer`, for Prometheus)."""
+
+    enabled: bool = True
+    #: `host:port`; port 0 takes a free port (the log says which).
+    listen: str = "127.0.0.1:8480"
+    #: HTTP Basic credentials: the user name, and the password (a secret).
+    username: str = Field(default="meter-gateway", min_length=1)
+    password: SecretStr | None = None
+    #: A bearer token (a secret): `Authorization: Bearer <token>`.
+    token: SecretStr | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @field_validator("password", "token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_HTTP_SECRET_CHARS:
+            raise ValueError(f"use at least {MIN_HTTP_SECRET_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _lan_needs_a_secret(self) -> HttpConfig:
+        host, _ = self.host_port
+        if self.enabled and not is_loopback_host(host) and not self.secured:
+            raise ValueError(
+                f"listen {self.listen} is reachable from the network: set a password or a "
+                "token (a secret, e.g. ${STATUS_PAGE_TOKEN}), or listen on 127.0.0.1"
+            )
+        return self
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_listen(self.listen)
+
+    @property
+    def secured(self) -> bool:
+        return self.password is not None or self.token is not None
+
+
 class Config(Strict):
     gateway: GatewayConfig
     buses: dict[Identifier, BusConfig] = Field(default_factory=dict)
@@ -144,6 +218,7 @@ class Config(Strict):
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     uplinks: UplinksConfig = Field(default_factory=UplinksConfig)
     mqtt: MqttConfig | None = None
+    http: HttpConfig = Field(default_factory=HttpConfig)
     #: What the loader found worth saying but not refusing (old key names), for check-config.
     _warnings: list[ConfigProblem] = PrivateAttr(default_factory=list)
 

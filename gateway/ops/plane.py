@@ -3,7 +3,7 @@ config's `mqtt:` section (nothing at all without one).
 
 Invariants:
 - Nothing here sits in the data path: samples are followed through the store's log, as uplinks
-  follow it, and store figures are measured on the store's thread.
+  follow it, and store figures are measured on a reader thread (gateway.ops.figures).
 - `feed_samples` arms its wait for the next append before it reads, so no sample stored in
   between is missed, and publishes each stored sample once, in store order.
 """
@@ -11,15 +11,15 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from typing import Any
 
 from core.health import Health
 from core.sample import StoredSample
-from gateway.clock.sync import kernel_synchronized
 from gateway.config.schema import Config
 from gateway.ops.commands import CommandHandler
 from gateway.ops.discovery import Inventory, StoreLedger, describe_meters
+from gateway.ops.figures import StoreFigures, uplink_streams
 from gateway.ops.monitor import Monitor
 from gateway.poller import Poller
 from gateway.store.async_store import AsyncStore
@@ -73,39 +73,10 @@ async def measure_forever(
     clock_trusted: Callable[[], bool] | None = None,
 ) -> None:
     """Fill Health with what only the store knows (size, backlog per uplink, dead letters) and
-    the clock's state, every `every_secs`, until cancelled. One short query per stream, on the
-    store's thread, so the data path is not held up."""
-    streams = {uplink.name: list(uplink.streams()) for uplink in uplinks}
-    while True:
-        used, per_uplink = await astore.run(_store_figures, streams)
-        health.store_bytes = used
-        health.store_budget_bytes = astore.store.budget_bytes
-        for name, (rows, oldest, dead) in per_uplink.items():
-            uplink = health.uplink(name)
-            uplink.backlog_rows, uplink.oldest_undelivered_ts_ms, uplink.dead_letters = (
-                rows,
-                oldest,
-                dead,
-            )
-        if clock_trusted is not None:
-            health.clock_trusted = clock_trusted()
-        health.clock_synchronized = kernel_synchronized()
-        await asyncio.sleep(every_secs)
-
-
-def _store_figures(
-    store: Store, streams: Mapping[str, Sequence[str]]
-) -> tuple[int, dict[str, tuple[int, int | None, int]]]:
-    figures: dict[str, tuple[int, int | None, int]] = {}
-    for uplink, names in streams.items():
-        backlogs = [store.backlog(uplink, stream) for stream in names]
-        oldest = [b.oldest_ts_ms for b in backlogs if b.oldest_ts_ms is not None]
-        figures[uplink] = (
-            sum(b.rows for b in backlogs),
-            min(oldest) if oldest else None,
-            store.dead_letter_count(uplink),
-        )
-    return store.used_bytes(), figures
+    the clock's state, every `every_secs`, until cancelled (gateway.ops.figures: on a reader
+    thread of its own, so the data path is not held up)."""
+    figures = StoreFigures(astore.store.path, uplink_streams(uplinks), astore.store.budget_bytes)
+    await figures.measure_forever(health, every_secs=every_secs, clock_trusted=clock_trusted)
 
 
 def operations_plane(
@@ -116,11 +87,12 @@ def operations_plane(
     astore: AsyncStore,
     poller: Poller,
     uplinks: Sequence[Uplink],
-) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-    """The daemon's MQTT tasks, (name, coroutine), for a config with an `mqtt:` section."""
+) -> tuple[Monitor | None, list[tuple[str, Coroutine[Any, Any, None]]]]:
+    """The daemon's MQTT monitor and tasks, (name, coroutine), for a config with an `mqtt:`
+    section (the store figures it publishes are measured by the daemon's `StoreFigures`)."""
     mqtt = config.mqtt
     if mqtt is None:
-        return []
+        return None, []
     commands = CommandHandler(
         mqtt.commands,
         health=health,
@@ -144,20 +116,8 @@ def operations_plane(
         commands=commands,
         ledger=StoreLedger(astore),
     )
-    tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [
-        ("monitor", monitor.run()),
-        (
-            "store-figures",
-            measure_forever(
-                health,
-                astore,
-                uplinks,
-                every_secs=mqtt.publish_interval_secs,
-                clock_trusted=poller.clock.trusted,
-            ),
-        ),
-    ]
+    tasks: list[tuple[str, Coroutine[Any, Any, None]]] = [("monitor", monitor.run())]
     if mqtt.publish_values:
         meters = frozenset(meter.id for meter in config.meters)
         tasks.append(("mqtt-values", feed_samples(monitor, astore, meters)))
-    return tasks
+    return monitor, tasks

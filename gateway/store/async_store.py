@@ -11,6 +11,7 @@ its own tables (functions taking the Store first) run on the same thread through
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Concatenate, ParamSpec, TypeVar
@@ -49,6 +50,8 @@ class AsyncStore:
         self._idle.set()
         self._appended = asyncio.Event()
         self._closed = False
+        #: Samples stored through this AsyncStore since it was opened, per meter.
+        self.stored: Counter[str] = Counter()
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn` on the store's thread (the one thread that touches the connection)."""
@@ -111,6 +114,9 @@ class AsyncStore:
                         if not future.done():
                             future.set_exception(exc)
                     continue
+                self.stored.update(
+                    s.meter for s, i in zip(merged, ids, strict=True) if i is not None
+                )
                 start = 0
                 for samples, future in batch:
                     if not future.done():
