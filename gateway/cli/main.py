@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
 from core.config_errors import ConfigError
 from gateway import __version__
 from gateway.cli import pts as pts_cli
-from gateway.config.loader import load_config
+from gateway.config.loader import NeedSecrets, load_config
 from gateway.config.schema import Config
 from gateway.logsetup import setup_logging
 
 EXIT_CONFIG = 2
 DEFAULT_CONFIG = "/etc/meter-gateway/config.yaml"
+#: The secrets each command resolves (gateway.config.loader): only what it uses.
+NEEDS_NO_SECRET: NeedSecrets = ()
+PTS_SECRETS: NeedSecrets = (("uplinks", "pts"),)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config without touching hardware")
     check.add_argument("config", nargs="?", default=None)
     check.add_argument("-c", "--config", dest="config_option", default=None)
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="a secret that cannot be found is an error, as for `run` (the default when "
+        "systemd runs the command); without it, a warning",
+    )
 
     demo = commands.add_parser(
         "demo", help="simulated meters and local fake clouds, end to end, printed live"
@@ -85,9 +95,10 @@ def _units(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _load(path: str) -> Config:
+def _load(path: str, need_secrets: NeedSecrets = "all") -> Config:
+    """The config, or exit 2 printing every problem; warnings (not unset secrets) printed."""
     try:
-        config = load_config(path)
+        config = load_config(path, need_secrets=need_secrets)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -97,13 +108,20 @@ def _load(path: str) -> Config:
     return config
 
 
-def _check_config(path: str) -> int:
-    config = _load(path)
+def _check_config(path: str, *, strict: bool) -> int:
+    """Strict (every secret found) with --strict, or when systemd runs it (INVOCATION_ID)."""
+    strict = strict or bool(os.environ.get("INVOCATION_ID"))
+    config = _load(path, "all" if strict else NEEDS_NO_SECRET)
+    for problem in config.unset_secrets:
+        print(f"warning: {problem}", file=sys.stderr)
+    sys.stderr.flush()
     uplinks = [name for name, value in config.uplinks if value is not None]
+    unset = len(config.unset_secrets)
     print(
         f"{path}: OK — gateway {config.gateway.id}, {len(config.meters)} meter(s) on "
         f"{len(config.buses)} bus(es), uplinks: {', '.join(uplinks) or 'none'}, "
         f"mqtt: {'yes' if config.mqtt else 'no'}"
+        + (f"; {unset} secret(s) not found: the service will not start without them" * bool(unset))
     )
     return 0
 
@@ -112,7 +130,7 @@ def _deadletters(path: str, uplink: str | None, stream: str | None, ids: list[in
     from gateway.cli import deadletters as deadletters_cli
     from gateway.daemon import open_store
 
-    config = _load(path)
+    config = _load(path, NEEDS_NO_SECRET)
     with open_store(config) as store:
         if ids is None:
             return deadletters_cli.list_letters(store, uplink)
@@ -123,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
     if args.command == "check-config":
-        return _check_config(args.config_option or args.config or DEFAULT_CONFIG)
+        return _check_config(
+            args.config_option or args.config or DEFAULT_CONFIG, strict=args.strict
+        )
     if args.command == "run":
         from gateway.daemon import run_until_signalled
 
@@ -141,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("read", "scan", "registers"):
         return _commissioning(args)
     if args.command == "pts":
-        return pts_cli.run(args, _load(args.config))
+        need = PTS_SECRETS if args.pts_command == "submit" else NEEDS_NO_SECRET
+        return pts_cli.run(args, _load(args.config, need))
     raise AssertionError(args.command)
 
 
@@ -152,7 +173,7 @@ def _commissioning(args: argparse.Namespace) -> int:
     try:
         if args.command == "registers":
             return commissioning.print_map(args.model)
-        config = _load(args.config)
+        config = _load(args.config, NEEDS_NO_SECRET)
         if args.command == "read":
             return asyncio.run(commissioning.read_meter(config, args.meter, raw=args.raw))
         timeout = args.timeout or commissioning.DEFAULT_SCAN_TIMEOUT_SECS
