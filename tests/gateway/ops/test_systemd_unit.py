@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from gateway.cli.main import EXIT_CONFIG
 from gateway.config.schema import GatewayConfig
+from gateway.config.secrets import CREDENTIAL_ID, CREDENTIALS_DIR
 from tests.helpers.systemd_unit import UNIT, parse_unit, systemd_analyze
+from tests.paths import REPO
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +92,39 @@ def test_sandbox(service: dict[str, list[str]]) -> None:
     assert service["SystemCallFilter"][0] == "@system-service"
 
 
-def test_secrets_are_only_examples() -> None:
-    """Credentials are site-specific: the shipped unit shows how, and loads none itself."""
+def test_the_unit_loads_the_one_credential_directory_the_loader_reads(
+    service: dict[str, list[str]],
+) -> None:
+    """One credential location: every file of /etc/meter-gateway/credentials reaches the
+    service as $CREDENTIALS_DIRECTORY/meter-gateway_<NAME>, which is where the loader looks."""
+    assert service["LoadCredential"] == [f"{CREDENTIAL_ID}:{CREDENTIALS_DIR}"]
     text = UNIT.read_text()
-    assert re.search(r"^#LoadCredential=\w+:/", text, re.MULTILINE)
-    assert "LoadCredential" not in parse_unit(text)["Service"]
+    assert str(CREDENTIALS_DIR) in text and "LoadCredential=NAME" not in text
+
+
+def test_a_config_error_stops_the_service_instead_of_restarting_it(
+    service: dict[str, list[str]], tmp_path: Path
+) -> None:
+    """The unedited example (secrets unset) made the unit restart every 5 s for ever. `run`
+    with a config error exits EXIT_CONFIG with the errors on stderr (the journal, `systemctl
+    status`), and the unit does not restart on that status."""
+    prevented = {
+        status for value in service["RestartPreventExitStatus"] for status in value.split()
+    }
+    assert str(EXIT_CONFIG) in prevented
+    assert one(service, "Restart") == "on-failure"  # other failures are still restarted
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "-c", str(REPO / "config.example.yaml")],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "config.example.yaml:" in result.stderr and "is not set" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_systemd_accepts_every_key() -> None:
