@@ -186,8 +186,8 @@ ln -sfn "$PREFIX/venv/bin/meter-gateway" "$DESTDIR$BINLINK"
 # 7. The documentation the unit names, and the unit.
 rm -rf "$DESTDIR$PREFIX/doc"
 install -d -m 755 "$DESTDIR$PREFIX/doc"
-cp -r "$SRC/docs/." "$DESTDIR$PREFIX/doc/"
-install -m 644 "$SRC/README.md" "$DESTDIR$PREFIX/doc/README.md"
+cp -r "$SRC/docs" "$DESTDIR$PREFIX/doc/docs"  # the repository's layout: links resolve
+install -m 644 "$SRC/README.md" "$SRC/config.example.yaml" "$DESTDIR$PREFIX/doc/"
 install -D -m 644 "$SRC/systemd/$UNIT" "$DESTDIR$UNITDIR/$UNIT"
 system systemctl daemon-reload
 
