@@ -8,6 +8,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from core.config_errors import ConfigError
 from gateway import __version__
@@ -50,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
     demo.add_argument("--interval", type=float, default=5.0, help="meter poll interval, seconds")
+    demo.add_argument(
+        "--keep",
+        type=Path,
+        nargs="?",
+        const=Path("demo-data"),
+        default=None,
+        metavar="DIR",
+        help="write config, credentials and store to DIR (default: ./demo-data) and keep them; "
+        "the simulator answers read/scan while the demo runs and after --seconds, until Ctrl-C",
+    )
 
     dead = commands.add_parser("deadletters", help="list items an uplink parked as undeliverable")
     dead.add_argument("-c", "--config", default=DEFAULT_CONFIG)
@@ -153,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.cli.demo import run_demo
 
         try:
-            return asyncio.run(run_demo(seconds=args.seconds, interval=args.interval))
+            return asyncio.run(
+                run_demo(seconds=args.seconds, interval=args.interval, keep=args.keep)
+            )
         except KeyboardInterrupt:
             return 0
     if args.command == "deadletters":
