@@ -35,10 +35,14 @@ root=$stage/root
 venv=$root$PREFIX/venv
 
 # The venv, without pip (nothing is ever installed into it on the site).
+# pip builds in the tree it is given (setuptools' build/): a clean copy, so nothing stale gets in
+mkdir "$stage/source"
+cp -r "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/core" "$SRC/drivers" "$SRC/gateway" "$stage/source/"
 "$PYTHON" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile "$SRC"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile "$stage/source"
 "$venv/bin/python" -m pip uninstall -q -y pip setuptools
 rm -f "$venv"/bin/activate* "$venv"/bin/Activate.ps1 "$venv"/bin/pip*
+rm -f "$venv"/lib/python*/site-packages/meter_gateway-*.dist-info/direct_url.json  # the build dir
 # Move it: every text file of bin/ (the #! lines) and pyvenv.cfg name the final path.
 grep -rlI --null "$root" "$venv/bin" "$venv/pyvenv.cfg" | xargs -0 -r sed -i "s#$root##g"
 # Compile every module as the final path, hash-checked (the files under /opt never change).

@@ -122,8 +122,12 @@ new=$(mktemp -d "$DESTDIR$PREFIX/venvs/venv-$(date +%Y%m%d%H%M%S)-XXXX")
 chmod 755 "$new"
 discard_new() { rm -rf "$new"; }
 trap 'discard_new; say "failed: the installed version is unchanged" >&2' ERR
+# pip builds in the tree it is given (setuptools' build/): a clean copy, so nothing stale gets in
+source=$(mktemp -d)
+trap 'rm -rf "$source"' EXIT
+cp -r "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/core" "$SRC/drivers" "$SRC/gateway" "$source/"
 "$PYTHON" -m venv "$new"
-"$new/bin/python" -m pip install -q --disable-pip-version-check "$SRC"
+"$new/bin/python" -m pip install -q --disable-pip-version-check "$source"
 trap - ERR
 say "built $("$new/bin/meter-gateway" --version) in $PREFIX/venvs/$(basename "$new")"
 

@@ -13,15 +13,17 @@ from pathlib import Path
 from core.config_errors import ConfigError
 from gateway import __version__
 from gateway.cli import pts as pts_cli
+from gateway.cli.options import DEFAULT_CONFIG, add_config_option, output_closed
 from gateway.config.loader import NeedSecrets, load_config
-from gateway.config.schema import Config
+from gateway.config.schema import Config, UplinksConfig
 from gateway.logsetup import setup_logging
 
 EXIT_CONFIG = 2
-DEFAULT_CONFIG = "/etc/meter-gateway/config.yaml"
 #: The secrets each command resolves (gateway.config.loader): only what it uses.
 NEEDS_NO_SECRET: NeedSecrets = ()
 PTS_SECRETS: NeedSecrets = (("uplinks", "pts"),)
+#: Every uplink a config may have (dead letters of one no longer configured are still listed).
+UPLINKS = sorted(UplinksConfig.model_fields)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,11 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the gateway daemon")
-    run.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    add_config_option(run)
 
     check = commands.add_parser("check-config", help="validate a config without touching hardware")
-    check.add_argument("config", nargs="?", default=None)
-    check.add_argument("-c", "--config", dest="config_option", default=None)
+    check.add_argument(
+        "config", nargs="?", default=None, help=f"the config file (default: {DEFAULT_CONFIG})"
+    )
+    check.add_argument(
+        "-c", "--config", dest="config_option", default=None, metavar="CONFIG", help="the same"
+    )
     check.add_argument(
         "--strict",
         action="store_true",
@@ -63,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     dead = commands.add_parser("deadletters", help="list items an uplink parked as undeliverable")
-    dead.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    dead.add_argument("--uplink", default=None)
+    add_config_option(dead)
+    dead.add_argument("--uplink", default=None, help=f"only this uplink ({', '.join(UPLINKS)})")
     dead.add_argument("--stream", default=None, help="only this datapoint / stream")
     dead.add_argument(
         "--requeue",
@@ -77,12 +83,12 @@ def _parser() -> argparse.ArgumentParser:
 
     read = commands.add_parser("read", help="read one meter now and print its values")
     read.add_argument("meter", help="meter id from the config")
-    read.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    add_config_option(read)
     read.add_argument("--raw", action="store_true", help="also print the raw registers")
 
     scan = commands.add_parser("scan", help="find the units answering on a bus, guess models")
     scan.add_argument("bus", help="bus name from the config")
-    scan.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    add_config_option(scan)
     scan.add_argument("--units", type=_units, default="1-247", help="e.g. 1-247 or 1,5,10-12")
     scan.add_argument(
         "--timeout",
@@ -93,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
     registers = commands.add_parser("registers", help="print a register map and its read plan")
     registers.add_argument("model", help="built-in model (e.g. sdm630) or a map file path")
-    pts_cli.add_parser(commands, DEFAULT_CONFIG)
+    pts_cli.add_parser(commands)
     return parser
 
 
@@ -141,6 +147,9 @@ def _deadletters(path: str, uplink: str | None, stream: str | None, ids: list[in
     from gateway.cli import deadletters as deadletters_cli
     from gateway.daemon import open_store
 
+    if uplink is not None and uplink not in UPLINKS:
+        print(f"error: no uplink {uplink!r} (uplinks: {', '.join(UPLINKS)})", file=sys.stderr)
+        return EXIT_CONFIG
     config = _load(path, NEEDS_NO_SECRET)
     with open_store(config) as store:
         if ids is None:
@@ -149,6 +158,16 @@ def _deadletters(path: str, uplink: str | None, stream: str | None, ids: list[in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command's exit status; output cut short by its reader (`| head`) ends quietly."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return output_closed()
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
     if args.command == "check-config":
