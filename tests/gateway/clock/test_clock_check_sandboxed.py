@@ -5,6 +5,8 @@ On a Pi with chrony or ntpd (no timesyncd flag file) `clock_check: auto` relies 
 NTP status, read with clock_adjtime(2) in read-only mode. systemd is not PID 1 on the CI box,
 so `systemd-run -p ...` cannot apply the unit; instead:
 
+0. where systemd is PID 1 (a Pi, a dev box; not CI), `systemd-run --pipe` runs the check with
+   the unit's own sandbox settings;
 1. the unit's settings are parsed and the system calls the check makes
    (`gateway.clock.sync.KERNEL_CHECK_SYSCALLS`) are compared with what its filter allows,
    expanded by `systemd-analyze syscall-filter` (systemd's own tables);
@@ -21,9 +23,11 @@ so `systemd-run -p ...` cannot apply the unit; instead:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +109,40 @@ def test_the_harness_filters_a_sandbox_that_blocks_the_clock_reads() -> None:
     assert json.loads(result.stdout.strip().splitlines()[-1])["state"] is None
     # ... and the daemon says so (once), instead of quietly never trusting the clock
     assert "the kernel's NTP status cannot be read (EPERM" in result.stderr
+
+
+#: [Service] keys that are not the sandbox (or need the installed system) for a transient run.
+NOT_SANDBOX = {
+    "Type", "NotifyAccess", "ExecStart", "WatchdogSec", "Restart", "RestartSec",
+    "RestartPreventExitStatus", "TimeoutStopSec", "User", "Group", "StateDirectory",
+    "StateDirectoryMode", "LoadCredential",
+}  # fmt: skip
+
+
+@pytest.mark.skipif(
+    not Path("/run/systemd/system").is_dir() or os.geteuid() != 0,
+    reason="needs systemd as PID 1 and root for systemd-run (CI has neither: see the tests above)",
+)
+def test_the_check_answers_under_systemd_run_with_the_units_settings() -> None:
+    python = Path("/usr/bin/python3")
+    if str(REPO).startswith(("/root", "/home")) or not python.exists():
+        pytest.skip("ProtectHome=yes hides this checkout (or there is no /usr/bin/python3)")
+    properties = [
+        f"--property={key}={value}"
+        for key, values in service_of().items()
+        if key not in NOT_SANDBOX
+        for value in values or [""]  # an empty value (CapabilityBoundingSet=) is a setting
+    ]
+    result = subprocess.run(
+        [
+            "systemd-run", "--pipe", "--wait", "--quiet", "--collect",
+            "--property=DynamicUser=yes", f"--setenv=PYTHONPATH={REPO}",
+            "--setenv=PYTHONDONTWRITEBYTECODE=1", *properties,
+            str(python), "-c", CHECK,
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["state"] is not None
+    assert answer["write"] == -1 and answer["write_errno"] == 1
