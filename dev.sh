@@ -3,6 +3,7 @@
 #   ./dev.sh demo [--seconds N]   simulated meters -> gateway -> local fake clouds, printed live
 #   ./dev.sh test [pytest args]   the whole test suite (lint, layers, types, pytest with real Mosquitto and socat)
 #   ./dev.sh bench                the performance table
+#   ./dev.sh deb [--out DIR]      the Debian package (dist/meter-gateway_<version>_<arch>.deb)
 # It installs what it needs: python3-venv/mosquitto/socat/chromium with apt-get (as root or via sudo)
 # when missing, and the Python packages into ./.venv from pyproject.toml.
 set -euo pipefail
@@ -57,6 +58,13 @@ case "$command" in
   bench)
     venv
     exec .venv/bin/python -m bench "$@" ;;
+  deb)
+    # the system's Python: the package's venv runs on it (scripts/build-deb.sh)
+    /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+    command -v dpkg-deb >/dev/null || apt_install dpkg
+    exec scripts/build-deb.sh "$@" ;;
   *)
-    sed -n '2,8p' "$0"; exit 64 ;;
+    # the comment block at the top of this file, nothing else
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+    exit 64 ;;
 esac

@@ -18,10 +18,17 @@ import yaml
 
 from core.config_base import KeyPath
 from core.config_errors import ConfigError, ConfigProblem
+from core.files import MAX_CONFIG_BYTES, FileRefused, read_bounded
 
 #: Turns a string scalar into its value (e.g. `${SECRET}` substitution), given its key path
 #: and the document being built (whose `problems` it may add to).
 StringHook = Callable[[str, KeyPath, "YamlDocument"], Any]
+
+#: Values (scalars, lists, mappings) one document may build, aliases counted each time they
+#: are used: 50x a 1,000-meter site's config, a thousandth of an alias bomb.
+MAX_VALUES = 200_000
+#: Nesting levels of lists and mappings (a config uses about 6, a register map 4).
+MAX_DEPTH = 40
 
 
 @dataclass
@@ -59,15 +66,23 @@ class YamlDocument:
 
 
 def read_text(path: str | Path) -> str:
-    """A YAML file's text; ConfigError naming the file when it cannot be read."""
+    """A YAML file's text; ConfigError naming the file when it cannot (or must not) be read."""
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            [ConfigProblem(str(path), None, (), f"cannot read: {exc.strerror}")]
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigProblem(str(path), None, (), "not UTF-8 text")]) from exc
+        data = read_bounded(path, MAX_CONFIG_BYTES)
+    except FileRefused as exc:
+        raise ConfigError([ConfigProblem(str(path), None, (), exc.reason)]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigProblem(str(path), None, (), "not UTF-8 text")]) from None
+
+
+class _Refused(Exception):
+    """Building stopped at a node: (line, why)."""
+
+    def __init__(self, line: int, why: str) -> None:
+        self.line = line
+        self.why = why
 
 
 def parse_yaml(text: str, file: str, *, on_string: StringHook | None = None) -> YamlDocument:
@@ -78,32 +93,59 @@ def parse_yaml(text: str, file: str, *, on_string: StringHook | None = None) -> 
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
+        reason = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError([ConfigProblem(file, line, (), f"not valid YAML: {reason}")]) from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise ConfigError([ConfigProblem(file, None, (), _TOO_DEEP)]) from None
     constructor = yaml.SafeLoader("")
+    budget = [MAX_VALUES]
+    building: set[int] = set()  # the nodes being built: an alias to one is recursive
 
-    def build(current: yaml.Node, path: KeyPath) -> Any:
-        document.lines.setdefault(path, current.start_mark.line + 1)
-        if isinstance(current, yaml.MappingNode):
+    def build(current: yaml.Node, path: KeyPath, depth: int) -> Any:
+        line = current.start_mark.line + 1
+        document.lines.setdefault(path, line)
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Refused(line, _TOO_MANY)
+        if isinstance(current, yaml.ScalarNode):
+            value = constructor.construct_object(current)
+            if on_string is not None and isinstance(value, str):
+                return on_string(value, path, document)
+            return value
+        if depth > MAX_DEPTH:
+            raise _Refused(line, _TOO_DEEP)
+        if id(current) in building:
+            raise _Refused(line, "an anchor (&name) is used inside itself (*name): endless")
+        building.add(id(current))
+        try:
+            if isinstance(current, yaml.SequenceNode):
+                return [build(item, (*path, i), depth + 1) for i, item in enumerate(current.value)]
             result: dict[Any, Any] = {}
             for key_node, value_node in current.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise _Refused(key_node.start_mark.line + 1, "a key must be a plain value")
                 key = constructor.construct_object(key_node)  # ints stay ints
                 here = (*path, key)
                 if key in result:
                     line = key_node.start_mark.line + 1
                     document.problems.append(ConfigProblem(file, line, here, "duplicate key"))
                 document.lines[here] = key_node.start_mark.line + 1
-                result[key] = build(value_node, here)
+                result[key] = build(value_node, here, depth + 1)
             return result
-        if isinstance(current, yaml.SequenceNode):
-            return [build(item, (*path, i)) for i, item in enumerate(current.value)]
-        value = constructor.construct_object(current)
-        if on_string is not None and isinstance(value, str):
-            return on_string(value, path, document)
-        return value
+        finally:
+            building.discard(id(current))
 
-    document.data = build(node, ()) if node is not None else {}
+    try:
+        document.data = build(node, (), 0) if node is not None else {}
+    except _Refused as exc:
+        raise ConfigError([ConfigProblem(file, exc.line, (), exc.why)]) from None
     return document
+
+
+_TOO_MANY = (
+    f"aliases expand to more than {MAX_VALUES:,} values (an alias bomb?): a config needs far fewer"
+)
+_TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep: a config needs far fewer"
 
 
 def describe(error: Any, path: KeyPath, *, unknown_key: str) -> str:

@@ -16,12 +16,15 @@ from core.config_errors import ConfigProblem
 from drivers.config import MeterConfig, MeterSetup
 from drivers.modbus.maps import inline_data, map_path, model_problem
 from drivers.modbus.register_map import (
+    MAP_SUFFIXES,
     RegisterMap,
     RegisterMapError,
     load_map_file,
     validate_map_data,
 )
 from drivers.serial.config import is_serial_bus
+
+_SUFFIXES = " or ".join(MAP_SUFFIXES)
 
 
 def check_meters(setup: MeterSetup) -> Iterator[tuple[KeyPath, str]]:
@@ -104,6 +107,9 @@ def resolve_maps(
         register_map: RegisterMap | None
         if isinstance(meter.register_map, str):
             path = map_path(meter.register_map, base_dir)
+            if path.suffix not in MAP_SUFFIXES:  # never read /etc/shadow for a typo
+                in_config.append((where, f"a register map file's name ends in {_SUFFIXES}"))
+                continue
             try:
                 register_map = load_map_file(path)
             except RegisterMapError as exc:

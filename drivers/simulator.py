@@ -18,6 +18,12 @@ with the first value the map lists for them (`set_identity` picks another), as a
 of that model does; `set_words` at such an address makes a device of another model.
 Faults for tests: `unresponsive` (requests are swallowed), `exception_code` (every
 request answers that exception), `garbage` (every register reads 0xFFFF, a float32 NaN).
+
+Only the simulated unit ids answer. Any other unit id gets what a real installation gives
+(`absent_units`): over TCP by default what an RS-485-to-TCP gateway answers for an empty
+address, exception 0x0B ("gateway target device failed to respond"); on a serial line, or with
+`absent_units="silent"`, no answer at all. (pymodbus' own simulator answers exception 4 for
+every unit id it does not know, which `scan` would list as a device.)
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import random
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
@@ -315,6 +321,30 @@ def sunspec_meter(
     return meter
 
 
+#: pymodbus hands a request for a unit id it has no device for to device 0.
+_CATCH_ALL: Final = 0
+#: Registers of the catch-all device: any address reaches its action.
+_WHOLE_TABLE: Final = 0x10000
+
+
+async def _absent(  # noqa: PLR0917 (pymodbus calls it positionally)
+    function_code: int,
+    start_address: int,
+    address: int,
+    count: int,
+    current_registers: list[int],
+    set_values: list[int] | list[bool] | None,
+) -> ExcCodes:
+    """A unit nobody simulates: the gateway's "target device failed to respond"."""
+    return ExcCodes.GATEWAY_NO_RESPONSE
+
+
+def _catch_all_device() -> SimDevice:
+    bits = [SimData(0, values=0, datatype=DataType.BITS)]
+    table = [_zeros(0, _WHOLE_TABLE)]
+    return SimDevice(id=_CATCH_ALL, simdata=(bits, list(bits), table, list(table)), action=_absent)
+
+
 class SimulatorServer:
     """A pymodbus server for some SimulatedMeters; stop() and start() again at will."""
 
@@ -326,15 +356,18 @@ class SimulatorServer:
         port: int = 0,
         serial_port: str | None = None,
         baudrate: int = 9600,
+        absent_units: Literal["gateway", "silent"] | None = None,
     ) -> None:
         ids = [m.unit_id for m in meters]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"unit ids must be unique, got {ids}")
+        if len(set(ids)) != len(ids) or _CATCH_ALL in ids:
+            raise ValueError(f"unit ids must be unique and 1..247, got {ids}")
         self.meters = {m.unit_id: m for m in meters}
         self.host = host
         self.port = port
         self.serial_port = serial_port
         self.baudrate = baudrate
+        #: What a unit id nobody simulates gets (see the module docstring).
+        self.absent_units = absent_units or ("silent" if serial_port else "gateway")
         self._server: ModbusBaseServer | None = None
         #: Client connections accepted so far / open now.
         self.connections = 0
@@ -347,7 +380,7 @@ class SimulatorServer:
     async def start(self) -> None:
         if self._server is not None:
             return
-        devices = [m.sim_device() for m in self.meters.values()]
+        devices = [m.sim_device() for m in self.meters.values()] + [_catch_all_device()]
         server: ModbusBaseServer
         if self.serial_port is not None:
             server = ModbusSerialServer(
@@ -385,11 +418,13 @@ class SimulatorServer:
             self.open_connections = max(0, self.open_connections - 1)
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """Swallow answers of unresponsive units (runs for every frame pymodbus sends)."""
+        """Swallow answers of unresponsive and (silent) absent units (for every frame sent)."""
         if not sending or not data:
             return data
         unit = data[0] if self.serial_port is not None else (data[6] if len(data) > 6 else -1)
         meter = self.meters.get(unit)
+        if meter is None and self.absent_units == "silent":
+            return b""
         if meter is not None and meter.unresponsive:
             return b""
         return data

@@ -393,6 +393,12 @@ def load_builtin(model: str) -> RegisterMap:
     return register_map
 
 
+#: A file that is not a register map: the only thing said about it (its content is not ours).
+NOT_A_MAP = "not a register map (a YAML mapping with a `registers:` list, SCHEMA.md)"
+#: The names a register map file may have.
+MAP_SUFFIXES = (".yaml", ".yml")
+
+
 def load_map_file(path: str | Path) -> RegisterMap:
     """Parse and validate one map file; raise RegisterMapError naming file, line and key."""
     try:
@@ -407,8 +413,9 @@ def parse_map(text: str, file: str) -> RegisterMap:
         document = parse_yaml(text, file)
     except ConfigError as exc:
         raise RegisterMapError(exc.problems) from None
-    if not isinstance(document.data, dict):
-        raise RegisterMapError([ConfigProblem(file, 1, (), "the top level must be a mapping")])
+    if not isinstance(document.data, dict) or "registers" not in document.data:
+        # Not a map at all (a wrong path): say so, and never list what the file holds.
+        raise RegisterMapError([ConfigProblem(file, None, (), NOT_A_MAP)])
     register_map, found = validate_map_data(document.data)
     problems = [*document.problems, *(document.problem(path, why) for path, why in found)]
     if register_map is None or problems:

@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from core.config_errors import ConfigError
 from gateway import __version__
 from gateway.cli import pts as pts_cli
-from gateway.config.loader import load_config
-from gateway.config.schema import Config
+from gateway.cli.options import DEFAULT_CONFIG, add_config_option, output_closed
+from gateway.config.loader import NeedSecrets, load_config
+from gateway.config.schema import Config, UplinksConfig
 from gateway.logsetup import setup_logging
 
 EXIT_CONFIG = 2
-DEFAULT_CONFIG = "/etc/meter-gateway/config.yaml"
+#: The secrets each command resolves (gateway.config.loader): only what it uses.
+NEEDS_NO_SECRET: NeedSecrets = ()
+PTS_SECRETS: NeedSecrets = (("uplinks", "pts"),)
+#: Every uplink a config may have (dead letters of one no longer configured are still listed).
+UPLINKS = sorted(UplinksConfig.model_fields)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the gateway daemon")
-    run.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    add_config_option(run)
 
     status = commands.add_parser(
         "status", help="is everything arriving? (exit 0 all well, 1 needs attention, 2 config)"
@@ -38,18 +45,38 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
 
     check = commands.add_parser("check-config", help="validate a config without touching hardware")
-    check.add_argument("config", nargs="?", default=None)
-    check.add_argument("-c", "--config", dest="config_option", default=None)
+    check.add_argument(
+        "config", nargs="?", default=None, help=f"the config file (default: {DEFAULT_CONFIG})"
+    )
+    check.add_argument(
+        "-c", "--config", dest="config_option", default=None, metavar="CONFIG", help="the same"
+    )
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="a secret that cannot be found is an error, as for `run` (the default when "
+        "systemd runs the command); without it, a warning",
+    )
 
     demo = commands.add_parser(
         "demo", help="simulated meters and local fake clouds, end to end, printed live"
     )
     demo.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
     demo.add_argument("--interval", type=float, default=5.0, help="meter poll interval, seconds")
+    demo.add_argument(
+        "--keep",
+        type=Path,
+        nargs="?",
+        const=Path("demo-data"),
+        default=None,
+        metavar="DIR",
+        help="write config, credentials and store to DIR (default: ./demo-data) and keep them; "
+        "the simulator answers read/scan while the demo runs and after --seconds, until Ctrl-C",
+    )
 
     dead = commands.add_parser("deadletters", help="list items an uplink parked as undeliverable")
-    dead.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    dead.add_argument("--uplink", default=None)
+    add_config_option(dead)
+    dead.add_argument("--uplink", default=None, help=f"only this uplink ({', '.join(UPLINKS)})")
     dead.add_argument("--stream", default=None, help="only this datapoint / stream")
     dead.add_argument(
         "--requeue",
@@ -62,12 +89,12 @@ def _parser() -> argparse.ArgumentParser:
 
     read = commands.add_parser("read", help="read one meter now and print its values")
     read.add_argument("meter", help="meter id from the config")
-    read.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    add_config_option(read)
     read.add_argument("--raw", action="store_true", help="also print the raw registers")
 
     scan = commands.add_parser("scan", help="find the units answering on a bus, guess models")
     scan.add_argument("bus", help="bus name from the config")
-    scan.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    add_config_option(scan)
     scan.add_argument("--units", type=_units, default="1-247", help="e.g. 1-247 or 1,5,10-12")
     scan.add_argument(
         "--timeout",
@@ -78,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
     registers = commands.add_parser("registers", help="print a register map and its read plan")
     registers.add_argument("model", help="built-in model (e.g. sdm630) or a map file path")
-    pts_cli.add_parser(commands, DEFAULT_CONFIG)
+    pts_cli.add_parser(commands)
     return parser
 
 
@@ -91,9 +118,10 @@ def _units(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _load(path: str) -> Config:
+def _load(path: str, need_secrets: NeedSecrets = "all") -> Config:
+    """The config, or exit 2 printing every problem; warnings (not unset secrets) printed."""
     try:
-        config = load_config(path)
+        config = load_config(path, need_secrets=need_secrets)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -103,13 +131,20 @@ def _load(path: str) -> Config:
     return config
 
 
-def _check_config(path: str) -> int:
-    config = _load(path)
+def _check_config(path: str, *, strict: bool) -> int:
+    """Strict (every secret found) with --strict, or when systemd runs it (INVOCATION_ID)."""
+    strict = strict or bool(os.environ.get("INVOCATION_ID"))
+    config = _load(path, "all" if strict else NEEDS_NO_SECRET)
+    for problem in config.unset_secrets:
+        print(f"warning: {problem}", file=sys.stderr)
+    sys.stderr.flush()
     uplinks = [name for name, value in config.uplinks if value is not None]
+    unset = len(config.unset_secrets)
     print(
         f"{path}: OK — gateway {config.gateway.id}, {len(config.meters)} meter(s) on "
         f"{len(config.buses)} bus(es), uplinks: {', '.join(uplinks) or 'none'}, "
         f"mqtt: {'yes' if config.mqtt else 'no'}"
+        + (f"; {unset} secret(s) not found: the service will not start without them" * bool(unset))
     )
     return 0
 
@@ -118,7 +153,10 @@ def _deadletters(path: str, uplink: str | None, stream: str | None, ids: list[in
     from gateway.cli import deadletters as deadletters_cli
     from gateway.daemon import open_store
 
-    config = _load(path)
+    if uplink is not None and uplink not in UPLINKS:
+        print(f"error: no uplink {uplink!r} (uplinks: {', '.join(UPLINKS)})", file=sys.stderr)
+        return EXIT_CONFIG
+    config = _load(path, NEEDS_NO_SECRET)
     with open_store(config) as store:
         if ids is None:
             return deadletters_cli.list_letters(store, uplink)
@@ -126,10 +164,22 @@ def _deadletters(path: str, uplink: str | None, stream: str | None, ids: list[in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command's exit status; output cut short by its reader (`| head`) ends quietly."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return output_closed()
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
     if args.command == "check-config":
-        return _check_config(args.config_option or args.config or DEFAULT_CONFIG)
+        return _check_config(
+            args.config_option or args.config or DEFAULT_CONFIG, strict=args.strict
+        )
     if args.command == "run":
         from gateway.daemon import run_until_signalled
 
@@ -143,7 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.cli.demo import run_demo
 
         try:
-            return asyncio.run(run_demo(seconds=args.seconds, interval=args.interval))
+            return asyncio.run(
+                run_demo(seconds=args.seconds, interval=args.interval, keep=args.keep)
+            )
         except KeyboardInterrupt:
             return 0
     if args.command == "deadletters":
@@ -151,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("read", "scan", "registers"):
         return _commissioning(args)
     if args.command == "pts":
-        return pts_cli.run(args, _load(args.config))
+        need = PTS_SECRETS if args.pts_command == "submit" else NEEDS_NO_SECRET
+        return pts_cli.run(args, _load(args.config, need))
     raise AssertionError(args.command)
 
 
@@ -162,7 +215,7 @@ def _commissioning(args: argparse.Namespace) -> int:
     try:
         if args.command == "registers":
             return commissioning.print_map(args.model)
-        config = _load(args.config)
+        config = _load(args.config, NEEDS_NO_SECRET)
         if args.command == "read":
             return asyncio.run(commissioning.read_meter(config, args.meter, raw=args.raw))
         timeout = args.timeout or commissioning.DEFAULT_SCAN_TIMEOUT_SECS

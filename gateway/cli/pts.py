@@ -19,6 +19,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from gateway.cli.options import add_config_option
 from gateway.uplinks.pts import ledger
 
 if TYPE_CHECKING:
@@ -30,17 +31,17 @@ if TYPE_CHECKING:
 EXIT_CONFIG = 2
 
 
-def add_parser(commands: Any, default_config: str) -> None:
+def add_parser(commands: Any) -> None:
     """Add `pts` and its sub-commands to the top-level sub-parsers."""
     pts = commands.add_parser("pts", help="MassCEC PTS monthly reading: status, submit, quota")
     sub = pts.add_subparsers(dest="pts_command", required=True)
 
     status = sub.add_parser("status", help="window, chosen reading, ledger, last validation")
-    status.add_argument("-c", "--config", default=default_config)
+    add_config_option(status)
     status.add_argument("--json", action="store_true", help="print JSON")
 
     submit = sub.add_parser("submit", help="submit one system's reading now (quota-checked)")
-    submit.add_argument("-c", "--config", default=default_config)
+    add_config_option(submit)
     submit.add_argument("--system", type=int, required=True, metavar="FK_SYSTEM")
     submit.add_argument("--test", action="store_true", help="ARPostTest only: nothing saved")
     submit.add_argument(
@@ -48,7 +49,7 @@ def add_parser(commands: Any, default_config: str) -> None:
     )
 
     quota = sub.add_parser("quota", help="record a quota the MassCEC help desk raised")
-    quota.add_argument("-c", "--config", default=default_config)
+    add_config_option(quota)
     quota.add_argument("--system", type=int, required=True, metavar="FK_SYSTEM")
     quota.add_argument("--valid", type=int, required=True)
     quota.add_argument("--failed", type=int, required=True)
@@ -66,6 +67,13 @@ def run(
     """Run a `pts` sub-command; the exit code (0 ok, 1 refused or failed, 2 config)."""
     if config.uplinks.pts is None:
         print("error: no uplinks.pts section in the config", file=sys.stderr)
+        return EXIT_CONFIG
+    systems = sorted(system.fk_system for system in config.uplinks.pts.systems.values())
+    if args.pts_command in ("submit", "quota") and args.system not in systems:
+        known = ", ".join(map(str, systems))
+        print(
+            f"error: fk_system {args.system} is not configured (systems: {known})", file=sys.stderr
+        )
         return EXIT_CONFIG
     return asyncio.run(run_async(args, config, clock=clock, session_factory=session_factory))
 
@@ -188,9 +196,6 @@ async def _quota(uplink: PtsUplink, astore: Any, args: argparse.Namespace) -> in
     from gateway.uplinks.pts.window import Period, window_at
 
     config = uplink.config
-    if args.system not in {system.fk_system for system in config.systems.values()}:
-        print(f"error: fk_system {args.system} is not configured", file=sys.stderr)
-        return 1
     if args.valid < 1 or args.failed < 1:
         print("error: --valid and --failed must be at least 1", file=sys.stderr)
         return 1

@@ -10,7 +10,11 @@ knows better, and it says so in two places:
 - `kernel`: every NTP client that disciplines the kernel clock (timesyncd, chrony, ntpd) clears
   STA_UNSYNC in the kernel's NTP state, and the kernel sets it again once its maximum error
   estimate reaches 16 s (about 9 h without an update). Read with adjtimex(2) in read-only mode
-  (modes = 0, no privilege needed) through ctypes: `time.clock_gettime` cannot tell.
+  (modes = 0, no privilege needed) through ctypes: `time.clock_gettime` cannot tell. The
+  shipped unit's seccomp filter allows exactly these calls (`KERNEL_CHECK_SYSCALLS`) and is not
+  ProtectClock=yes, which blocks them, reads included (tests/gateway/clock/
+  test_clock_check_sandboxed.py runs the check under an equivalent filter); where a sandbox
+  blocks them anyway, that is logged once and `auto` relies on the file alone.
 
 `gateway.clock_check` chooses: `auto` (default: either says synchronised), `file`, `kernel`, or
 `none` (trust any time after the build date: for machines whose clock is kept by other means,
@@ -25,6 +29,8 @@ after the kernel gives up its error estimate; a crystal drifts seconds per day, 
 from __future__ import annotations
 
 import ctypes
+import errno
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +44,10 @@ log = logging.getLogger(__name__)
 
 ClockCheckMode = Literal["auto", "file", "kernel", "none"]
 
+#: The system calls `kernel_sync` makes: glibc's adjtimex() is clock_adjtime(CLOCK_REALTIME)
+#: (clock_adjtime64 on 32-bit Raspberry Pi OS). The unit's filter must allow them; the kernel
+#: still refuses any change without CAP_SYS_TIME, which the service never has.
+KERNEL_CHECK_SYSCALLS: Final = ("adjtimex", "clock_adjtime", "clock_adjtime64")
 #: systemd-timesyncd's flag file (since systemd 239).
 TIMESYNCD_FILE: Final = Path("/run/systemd/timesync/synchronized")
 #: adjtimex(2) status bit: the clock is not synchronised.
@@ -80,10 +90,23 @@ def kernel_sync() -> KernelSync | None:
         libc = ctypes.CDLL(None, use_errno=True)
         timex = _Timex()
         if libc.adjtimex(ctypes.byref(timex)) < 0:
+            _cannot_ask(ctypes.get_errno())
             return None
     except (OSError, AttributeError):
         return None
     return KernelSync(int(timex.status), int(timex.maxerror))
+
+
+@functools.cache
+def _cannot_ask(error: int) -> None:
+    """Said once per process and errno: a sandbox that blocks the read is a site's mistake."""
+    log.warning(
+        "the kernel's NTP status cannot be read (%s: a sandbox that blocks clock_adjtime, "
+        "e.g. ProtectClock=yes in a drop-in?): the kernel check says nothing; `clock_check: "
+        "auto` relies on %s alone",
+        errno.errorcode.get(error, error),
+        TIMESYNCD_FILE,
+    )
 
 
 def kernel_synchronized() -> bool | None:

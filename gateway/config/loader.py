@@ -1,8 +1,14 @@
 """Read the YAML config, substitute secrets, validate, and report errors as `file:line: key: why`.
 
-Secrets: a scalar may contain `${NAME}`. NAME is looked up in the environment, then as a file
-`$CREDENTIALS_DIRECTORY/NAME` (systemd `LoadCredential=`). `${file:/path}` reads a file. A
-missing secret names the variable; a substituted value is never echoed in any message.
+Secrets: a scalar may contain `${NAME}` or `${file:/path}`; gateway.config.secrets says where
+NAME is looked for (the environment, systemd's `$CREDENTIALS_DIRECTORY`, then
+`/etc/meter-gateway/credentials/NAME`). A secret is resolved only where it is used: each
+command says which secrets it needs (`need_secrets`): `run` and `check-config --strict` all of
+them, `pts submit` those of the PTS section, `read`, `scan`, `deadletters` none. One that is
+needed and missing is an error naming where it was looked for; one that is not needed is a
+warning, and a stand-in value takes its place (so the rest is still checked; a key that cannot
+be checked without the real value makes it an error after all). No message ever shows a
+substituted value, not even in part (`secrets.shows_secret`).
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -19,28 +27,49 @@ from core.config_errors import ConfigError, ConfigProblem, format_path
 from core.yaml_lines import StringHook, YamlDocument, describe, parse_yaml, read_text
 from drivers.checks import check_meters, resolve_maps
 from gateway.config.schema import Config
+from gateway.config.secrets import CREDENTIALS_DIR, SecretLookup, shows_secret
 
-__all__ = ["load_config", "parse_config"]
+__all__ = ["NeedSecrets", "load_config", "parse_config"]
 
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 
 #: Where the valid keys are listed, for "unknown key" problems.
 _REFERENCE_DOCS = "check its spelling and docs/configuration.md"
 
+#: Which secrets a command needs: "all", or the key paths (e.g. `("uplinks", "pts")`) under
+#: which every secret must resolve; the others only warn.
+NeedSecrets = Literal["all"] | tuple[KeyPath, ...]
 
-def _substitution(environ: Mapping[str, str]) -> StringHook:
-    """`${NAME}` in a string scalar -> the secret; a missing one is a problem at its line."""
+#: What replaces a message that would show (part of) a secret value.
+_HIDDEN = "not valid (the reason would show part of a secret value, so it is not printed)"
+
+
+@dataclass(frozen=True)
+class _Unresolved:
+    path: KeyPath
+    reference: str
+    why: str
+
+    def message(self) -> str:
+        if self.reference.startswith("file:"):
+            return f"secret file {self.why}"
+        return f"secret ${{{self.reference}}} is not set: {self.why}"
+
+
+def _substitution(lookup: SecretLookup, unresolved: list[_Unresolved]) -> StringHook:
+    """`${NAME}` in a string scalar -> the secret; a missing one is noted with its key path
+    and replaced by a stand-in that names it (never a value anything would accept as real)."""
 
     def substitute(value: str, path: KeyPath, document: YamlDocument) -> str:
         if "${" not in value:
             return value
 
         def replace(match: re.Match[str]) -> str:
-            name = match.group(1).strip()
-            resolved = resolve_secret(name, environ)
+            reference = match.group(1).strip()
+            resolved, why = lookup.resolve(reference)
             if resolved is None:
-                document.problems.append(document.problem(path, missing_secret(name)))
-                return ""
+                unresolved.append(_Unresolved(path, reference, why))
+                return "unset-" + re.sub(r"[^A-Za-z0-9_]", "-", reference)
             return resolved
 
         return _REFERENCE.sub(replace, value)
@@ -48,44 +77,39 @@ def _substitution(environ: Mapping[str, str]) -> StringHook:
     return substitute
 
 
-def missing_secret(name: str) -> str:
-    if name.startswith("file:"):
-        return f"secret file {name[5:]!r} cannot be read"
-    return (
-        f"secret ${{{name}}} is not set (neither in the environment nor as a credential file "
-        "in $CREDENTIALS_DIRECTORY)"
+def load_config(
+    path: str | Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    need_secrets: NeedSecrets = "all",
+    credentials_dir: Path = CREDENTIALS_DIR,
+) -> Config:
+    """Parse and validate; raise ConfigError listing every problem with file:line:key."""
+    text = read_text(path)
+    return parse_config(
+        text,
+        str(path),
+        os.environ if environ is None else environ,
+        need_secrets=need_secrets,
+        credentials_dir=credentials_dir,
     )
 
 
-def resolve_secret(name: str, environ: Mapping[str, str]) -> str | None:
-    if name.startswith("file:"):
-        return _read_secret_file(Path(name[5:]))
-    if name in environ:
-        return environ[name]
-    directory = environ.get("CREDENTIALS_DIRECTORY")
-    if directory and "/" not in name:
-        return _read_secret_file(Path(directory) / name)
-    return None
-
-
-def _read_secret_file(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError:
-        return None
-
-
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Parse and validate; raise ConfigError listing every problem with file:line:key."""
-    text = read_text(path)
-    return parse_config(text, str(path), os.environ if environ is None else environ)
-
-
-def parse_config(text: str, file: str, environ: Mapping[str, str]) -> Config:
-    document = parse_yaml(text, file, on_string=_substitution(environ))
+def parse_config(
+    text: str,
+    file: str,
+    environ: Mapping[str, str],
+    *,
+    need_secrets: NeedSecrets = "all",
+    credentials_dir: Path = CREDENTIALS_DIR,
+) -> Config:
+    lookup = SecretLookup(environ, credentials_dir)
+    unresolved: list[_Unresolved] = []
+    document = parse_yaml(text, file, on_string=_substitution(lookup, unresolved))
     if not isinstance(document.data, dict):
         raise ConfigError([ConfigProblem(file, 1, (), "the top level must be a mapping")])
     problems = list(document.problems)
+    uncheckable: set[KeyPath] = set()
     config: Config | None = None
     try:
         with legacy_keys_used() as used:
@@ -93,6 +117,10 @@ def parse_config(text: str, file: str, environ: Mapping[str, str]) -> Config:
     except ValidationError as exc:
         for error in exc.errors(include_input=False, include_url=False):
             path, line = document.locate(tuple(error["loc"]))
+            stand_in = next((u.path for u in unresolved if _under(path, u.path)), None)
+            if stand_in is not None:  # about the stand-in value, not the config
+                uncheckable.add(stand_in)
+                continue
             problems.append(
                 ConfigProblem(file, line, path, describe(error, path, unknown_key=_REFERENCE_DOCS))
             )
@@ -101,12 +129,43 @@ def parse_config(text: str, file: str, environ: Mapping[str, str]) -> Config:
         in_config, in_map_files = resolve_maps(config, Path(file).parent)
         for path, message in [*cross_check(config), *in_config]:
             problems.append(document.problem(path, message))
+    warnings: list[ConfigProblem] = []
+    for item in unresolved:
+        if item.path in uncheckable:
+            message = f"{item.message()}; this key cannot be checked without it"
+            problems.append(document.problem(item.path, message))
+        elif _needed(item.path, need_secrets):
+            problems.append(document.problem(item.path, item.message()))
+        else:
+            message = f"{item.message()}: `run` needs it (`check-config --strict` refuses it)"
+            warnings.append(document.problem(item.path, message))
+    problems = [_hide_secrets(p, lookup) for p in problems]
     if problems or in_map_files:
-        problems.sort(key=lambda p: (p.line or 0, format_path(p.path)))
+        problems = _in_order(problems)
+        in_map_files = [_hide_secrets(p, lookup) for p in in_map_files]
         raise ConfigError(problems + in_map_files)  # a map file's problems: in its own order
     assert config is not None
-    config.warnings.extend(_legacy_warnings(document, used))
+    config.unset_secrets.extend(_hide_secrets(w, lookup) for w in _in_order(warnings))
+    config.warnings.extend(_hide_secrets(w, lookup) for w in _legacy_warnings(document, used))
     return config
+
+
+def _in_order(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    return sorted(problems, key=lambda p: (p.line or 0, format_path(p.path)))
+
+
+def _under(path: KeyPath, prefix: KeyPath) -> bool:
+    return path[: len(prefix)] == prefix
+
+
+def _needed(path: KeyPath, need: NeedSecrets) -> bool:
+    return need == "all" or any(_under(path, prefix) for prefix in need)
+
+
+def _hide_secrets(problem: ConfigProblem, lookup: SecretLookup) -> ConfigProblem:
+    if not lookup.found or not shows_secret(problem.message, lookup.found):
+        return problem
+    return ConfigProblem(problem.file, problem.line, problem.path, _HIDDEN)
 
 
 def cross_check(config: Config) -> Iterator[tuple[KeyPath, str]]:

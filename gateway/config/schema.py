@@ -221,10 +221,16 @@ class Config(Strict):
     http: HttpConfig = Field(default_factory=HttpConfig)
     #: What the loader found worth saying but not refusing (old key names), for check-config.
     _warnings: list[ConfigProblem] = PrivateAttr(default_factory=list)
+    #: Secrets that could not be found but this command does not need (gateway.config.loader).
+    _unset_secrets: list[ConfigProblem] = PrivateAttr(default_factory=list)
 
     @property
     def warnings(self) -> list[ConfigProblem]:
         return self._warnings
+
+    @property
+    def unset_secrets(self) -> list[ConfigProblem]:
+        return self._unset_secrets
 
     def meter(self, meter_id: str) -> MeterConfig:
         for meter in self.meters:
