@@ -97,14 +97,23 @@ async def test_metrics_match_the_simulator_and_the_store(
         wattics.reject_credentials()  # delivery pauses; the backlog builds up in the store
         key = (("meter", "incomer"), ("stream", STREAM), ("uplink", "wattics"))
 
+        # The figures are measured every few seconds while a sample arrives every second: what
+        # /metrics shows must be a backlog the store really had since the pause, with the same
+        # oldest waiting sample.
+        seen: set[tuple[int, int | None]] = set()
+
         async def backlog_matches() -> bool:
-            scraped = await scrape()
             _, backlog, oldest = store_truth(db)
-            return (
-                backlog >= 3
-                and scraped[("meter_gateway_stream_backlog_samples", key)] == backlog
-                and scraped[("meter_gateway_stream_oldest_undelivered_timestamp_seconds", key)]
-                == (oldest or 0) / 1000
+            seen.add((backlog, oldest))
+            scraped = await scrape()
+            shown = int(scraped[("meter_gateway_stream_backlog_samples", key)])
+            shown_oldest = scraped.get(
+                ("meter_gateway_stream_oldest_undelivered_timestamp_seconds", key), 0.0
+            )
+            _, backlog, oldest = store_truth(db)
+            seen.add((backlog, oldest))
+            return shown >= 3 and any(
+                shown == rows and shown_oldest == (first or 0) / 1000 for rows, first in seen
             )
 
         await eventually(backlog_matches, timeout=20, interval=0.3, what="backlog == the store's")
