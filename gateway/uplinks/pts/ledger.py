@@ -21,7 +21,7 @@ MassCEC help desk may set other limits: `record_override`). Invariants:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final
 
 import orjson
@@ -42,22 +42,38 @@ TEST_COUNTED_FAILED: Final = ("failed", "unknown")
 NAMESPACE: Final = "pts"
 
 
-@dataclass(frozen=True, slots=True)
-class PtsSubmission:
-    """One row of the PTS quota ledger (the module docstring explains the statuses)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewEntry:
+    """What a new ledger entry says (its id and times are the ledger's)."""
 
-    id: int
-    fk_system: int
-    period: str
     test: bool
     origin: str
     meter_value: float
     meter_date: str
     sample_id: int | None
     status: str
-    http_status: int | None
-    validation_notes: str | None
-    detail: str | None
+    http_status: int | None = None
+    validation_notes: str | None = None
+    detail: str | None = None
+
+    def row(self, row_id: int, now_ms: int) -> dict[str, Any]:
+        detail = None if self.detail is None else self.detail[:MAX_BODY_CHARS]
+        return {
+            "id": row_id,
+            **{item.name: getattr(self, item.name) for item in fields(NewEntry)},
+            "detail": detail,
+            "created_ms": now_ms,
+            "updated_ms": now_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PtsSubmission(NewEntry):
+    """One row of the PTS quota ledger (the module docstring explains the statuses)."""
+
+    id: int
+    fk_system: int
+    period: str
     created_ms: int
     updated_ms: int
 
@@ -187,18 +203,15 @@ def claim(
         row_id = None
         if refusal is None and not check_only:
             row_id = len(rows) + 1
-            rows.append(
-                _new_row(
-                    row_id,
-                    test=False,
-                    origin=origin,
-                    meter_value=meter_value,
-                    meter_date=meter_date,
-                    sample_id=sample_id,
-                    status="sending",
-                    now_ms=now_ms,
-                )
+            entry = NewEntry(
+                test=False,
+                origin=origin,
+                meter_value=meter_value,
+                meter_date=meter_date,
+                sample_id=sample_id,
+                status="sending",
             )
+            rows.append(entry.row(row_id, now_ms))
             _save(txn, fk_system, period, rows)
     return PtsClaim(
         passed=quota.passed,
@@ -211,38 +224,11 @@ def claim(
     )
 
 
-def record(
-    store: Store,
-    fk_system: int,
-    period: str,
-    *,
-    test: bool,
-    origin: str,
-    meter_value: float,
-    meter_date: str,
-    sample_id: int | None,
-    status: str,
-    now_ms: int,
-    http_status: int | None = None,
-    validation_notes: str | None = None,
-    detail: str | None = None,
-) -> int:
+def record(store: Store, fk_system: int, period: str, entry: NewEntry, *, now_ms: int) -> int:
     """Record a ledger entry whose outcome is already known (tests, what PTS already has)."""
     with store.transaction() as txn:
         rows = _rows(txn, fk_system, period)
-        row = _new_row(
-            len(rows) + 1,
-            test=test,
-            origin=origin,
-            meter_value=meter_value,
-            meter_date=meter_date,
-            sample_id=sample_id,
-            status=status,
-            now_ms=now_ms,
-            http_status=http_status,
-            validation_notes=validation_notes,
-            detail=detail,
-        )
+        row = entry.row(len(rows) + 1, now_ms)
         rows.append(row)
         _save(txn, fk_system, period, rows)
     return int(row["id"])
@@ -329,33 +315,3 @@ def limits(
     if override is None:
         return max_valid, max_failed, None
     return int(override["max_valid"]), int(override["max_failed"]), str(override["reason"])
-
-
-def _new_row(
-    row_id: int,
-    *,
-    test: bool,
-    origin: str,
-    meter_value: float,
-    meter_date: str,
-    sample_id: int | None,
-    status: str,
-    now_ms: int,
-    http_status: int | None = None,
-    validation_notes: str | None = None,
-    detail: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": row_id,
-        "test": test,
-        "origin": origin,
-        "meter_value": meter_value,
-        "meter_date": meter_date,
-        "sample_id": sample_id,
-        "status": status,
-        "http_status": http_status,
-        "validation_notes": validation_notes,
-        "detail": None if detail is None else detail[:MAX_BODY_CHARS],
-        "created_ms": now_ms,
-        "updated_ms": now_ms,
-    }

@@ -43,24 +43,9 @@ async def choose(
     *,
     after_end_only: bool = False,
     decimals: int = DEFAULT_DECIMALS,
-) -> Reading | None:
-    """The reading to report for `window` as of `now` (None: no usable sample yet)."""
-    chosen = await choose_flagged(
-        astore, system, window, now, after_end_only=after_end_only, decimals=decimals
-    )
-    return None if chosen is None else chosen[0]
-
-
-async def choose_flagged(
-    astore: AsyncStore,
-    system: SystemState,
-    window: Window,
-    now: int,
-    *,
-    after_end_only: bool = False,
-    decimals: int = DEFAULT_DECIMALS,
 ) -> tuple[Reading, frozenset[str]] | None:
-    """The reading to report and its sample's quality flags (MeterValue to `decimals`)."""
+    """The reading to report for `window` as of `now` and its sample's quality flags
+    (MeterValue to `decimals`); None: no usable sample yet."""
     latest = min(window.close_ms - 1, now)
     channel = system.config.channel
     found: dict[int, frozenset[str]] = {}

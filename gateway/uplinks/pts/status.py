@@ -54,13 +54,14 @@ class Status:
             rows = await ctx.rows(system, shown.period.key)
             counted = [row for row in rows if not row.test]
             quota, override = await ctx.quota(system, shown.period.key)
-            reading = await choose(
+            chosen = await choose(
                 ctx.astore,
                 system,
                 shown,
                 min(now, shown.close_ms - 1),
                 decimals=ctx.config.meter_value_decimals,
             )
+            reading = None if chosen is None else chosen[0]
             last = next((row for row in reversed(rows) if row.status != "sending"), None)
             systems[str(system.fk)] = {
                 "meter": system.meter,

@@ -43,7 +43,7 @@ from gateway.uplinks.pts.rules import (
     remedy_for,
     same_reading,
 )
-from gateway.uplinks.pts.samples import choose_flagged, previous_reading
+from gateway.uplinks.pts.samples import choose, previous_reading
 from gateway.uplinks.pts.state import DAY_MS, PtsContext, SystemState, log, status_name, usable
 from gateway.uplinks.pts.window import Reading, Window, parse_meter_date
 
@@ -69,7 +69,7 @@ class Submitter:
         period = window.period.key
         result: dict[str, Any] = {"fk_system": system.fk, "meter": system.meter, "period": period}
         decimals = ctx.config.meter_value_decimals
-        chosen = await choose_flagged(
+        chosen = await choose(
             ctx.astore, system, window, now, after_end_only=after_end_only, decimals=decimals
         )
         if chosen is None:
@@ -205,14 +205,16 @@ class Submitter:
             ledger.record,
             system.fk,
             window.period.key,
-            test=False,
-            origin="external",
-            meter_value=entry.value_kwh,
-            meter_date=entry.meter_date or "",
-            sample_id=None,
-            status=status,
-            validation_notes=entry.notes,
-            detail="found in GetSubmissionStatus before our first submission",
+            ledger.NewEntry(
+                test=False,
+                origin="external",
+                meter_value=entry.value_kwh,
+                meter_date=entry.meter_date or "",
+                sample_id=None,
+                status=status,
+                validation_notes=entry.notes,
+                detail="found in GetSubmissionStatus before our first submission",
+            ),
             now_ms=now,
         )
         log.warning(
@@ -282,14 +284,16 @@ class Submitter:
             ledger.record,
             system.fk,
             window.period.key,
-            test=True,
-            origin=origin,
-            meter_value=reading.value_kwh,
-            meter_date=reading.meter_date,
-            sample_id=reading.sample_id,
-            status=status,
-            validation_notes=answer.notes if answer else None,
-            detail=problem,
+            ledger.NewEntry(
+                test=True,
+                origin=origin,
+                meter_value=reading.value_kwh,
+                meter_date=reading.meter_date,
+                sample_id=reading.sample_id,
+                status=status,
+                validation_notes=answer.notes if answer else None,
+                detail=problem,
+            ),
             now_ms=now,
         )
         if problem is None:

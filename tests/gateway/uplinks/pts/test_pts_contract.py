@@ -224,12 +224,14 @@ async def test_no_test_is_run_once_the_failed_quota_is_used(
             pts_ledger.record,
             1000,
             "2026-01",
-            test=True,
-            origin="manual",
-            meter_value=JANUARY_KWH_SENT,
-            meter_date=MONTH_END,
-            sample_id=None,
-            status="failed",
+            pts_ledger.NewEntry(
+                test=True,
+                origin="manual",
+                meter_value=JANUARY_KWH_SENT,
+                meter_date=MONTH_END,
+                sample_id=None,
+                status="failed",
+            ),
             now_ms=int(due_time() * 1000),
         )
     uplink = make_uplink(make_config(fake_pts), january, pts_clock)

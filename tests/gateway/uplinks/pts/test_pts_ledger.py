@@ -71,12 +71,14 @@ def test_test_rows_never_count_unless_tests_count(tmp_path: Path) -> None:
                 store,
                 1000,
                 "2026-01",
-                test=True,
-                origin="auto",
-                meter_value=6100.0,
-                meter_date=DATE,
-                sample_id=1,
-                status="failed",
+                ledger.NewEntry(
+                    test=True,
+                    origin="auto",
+                    meter_value=6100.0,
+                    meter_date=DATE,
+                    sample_id=1,
+                    status="failed",
+                ),
                 now_ms=T0,
             )
         result = claim(store, max_failed=1)
