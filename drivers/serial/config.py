@@ -53,9 +53,15 @@ class _SerialLine(Strict):
 class Iec62056BusConfig(_SerialLine):
     """IEC 62056-21 (D0) readout over an optical head or RS-485: the gateway asks, the meter
     answers. Mode C (baud-rate switch with acknowledgement) by default; the meter's
-    identification decides, so mode A and B meters are read too."""
+    identification decides, so mode A and B meters are read too. `mode: push` is for meters
+    that send their data block on their own (EasyMeter Q3D, Hager eHZ): listen, never ask."""
 
     type: Literal["iec62056-21"]
+    #: readout: sign on and ask (the standard's mode A-C); push: the meter sends unasked,
+    #: every second or so, at `baudrate` (set it: push meters send at 9600 or faster).
+    mode: Literal["readout", "push"] = "readout"
+    #: push: a read fails ("stale") when the newest complete data block is older than this.
+    max_telegram_age_secs: Seconds = 30.0
     #: Sign-on rate (the standard's 300 baud); the readout runs at up to `max_baudrate`.
     baudrate: int = Field(default=300, ge=300, le=19200)
     max_baudrate: int = Field(default=9600, ge=300, le=19200)
@@ -179,7 +185,7 @@ class SmlBusConfig(_SerialLine):
 SerialBusConfig = Iec62056BusConfig | DsmrP1BusConfig | SmlBusConfig
 SERIAL_BUS_TYPES: tuple[type[Strict], ...] = (Iec62056BusConfig, DsmrP1BusConfig, SmlBusConfig)
 
-BUSES.register("iec62056-21", "drivers.serial.iec62056:Iec62056Line.from_config")
+BUSES.register("iec62056-21", "drivers.serial.d0_push:build_line")
 BUSES.register("dsmr-p1", "drivers.serial.dsmr_p1:P1Line.from_config")
 BUSES.register("sml", "drivers.serial.sml:SmlLine.from_config")
 
@@ -218,6 +224,10 @@ class SerialMeterFields(Strict):
 
     #: D0 on a shared RS-485 line: the device address sent in the sign-on (`/?ADDRESS!`).
     address: str | None = Field(default=None, pattern=r"^[0-9A-Za-z ]{1,32}$")
+    #: D0: what a readout whose BCC does not match is worth. strict (default): nothing, the
+    #: readout is refused; warn: its values are taken, the mismatch counted (`bcc_ignored`)
+    #: and logged once; off: the BCC is not checked (for meters that compute it wrongly).
+    bcc: Literal["strict", "warn", "off"] | None = None
     #: DSMR P1: the M-Bus channel (1-4) of a gas, water or heat meter behind the electricity
     #: meter. Such a meter's samples carry the time the telegram gives its reading.
     mbus_channel: int | None = Field(default=None, ge=1, le=4)
