@@ -10,12 +10,15 @@ test/example_telegrams.py, TELEGRAM_ESY5Q3DB1024_V304), read here as the D0 push
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.config_errors import ConfigError
 from core.health import Health
@@ -257,3 +260,13 @@ def test_push_mode_takes_no_address(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="address applies to readout mode"):
         parse_config(text, str(tmp_path / "c.yaml"), {})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from(["strict", "warn", "off"]))
+def test_random_bytes_pushed_never_raise_anything_but_our_error(data: bytes, policy: str) -> None:
+    framer = D0PushFramer()
+    for item in framer.feed(b"/" + data) + framer.feed(vz.HAGER_EHZ_BLOCKS[0]):
+        if isinstance(item, bytes):
+            with contextlib.suppress(MeterReadError):
+                decode_block(item, policy)  # type: ignore[arg-type]

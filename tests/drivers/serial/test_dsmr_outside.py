@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 from dlms_cosem.security import SecurityControlField, encrypt
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.health import Health
 from drivers.base import MeterReadError
 from drivers.factory import open_readers
-from drivers.serial.dsmr_p1 import DsmrKeys, P1Framer, decode_telegram
+from drivers.serial.dsmr_p1 import DsmrKeys, GcmFramer, P1Framer, decode_telegram
 from drivers.serial.obis_map import default_map
 from gateway.config.loader import parse_config
 from gateway.config.schema import Config
@@ -317,3 +319,21 @@ def test_key_mistakes_are_config_errors_that_do_not_repeat_the_key(
     message = str(caught.value)
     assert expected in message and "c.yaml:3" in message
     assert ENCRYPTION_KEY not in message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 600), st.integers(0, 255))
+def test_random_or_damaged_encrypted_frames_never_raise_anything_but_our_error(
+    noise: bytes, position: int, flip: int
+) -> None:
+    frame = bytearray(gcm_frame(dp.LUXEMBOURG_SMARTY, ENCRYPTION_KEY, SMARTY_AUTH_KEY))
+    frame[position % len(frame)] ^= flip
+    framer = GcmFramer()
+    for item in framer.feed(b"\xdb" + noise) + framer.feed(bytes(frame)):
+        assert isinstance(item, bytes)
+        for keys in (DsmrKeys(ENCRYPTION_KEY), DsmrKeys(ENCRYPTION_KEY, SMARTY_AUTH_KEY)):
+            try:
+                found = values(item, "5L", keys)
+            except MeterReadError:
+                continue
+            assert found == SMARTY_VALUES  # only an intact frame decrypts
