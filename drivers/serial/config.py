@@ -88,7 +88,7 @@ class Iec62056BusConfig(_SerialLine):
 
     @model_validator(mode="after")
     def _rates(self) -> Iec62056BusConfig:
-        if self.max_baudrate < self.baudrate:
+        if self.mode == "readout" and self.max_baudrate < self.baudrate:
             raise ValueError("max_baudrate must not be below baudrate (the sign-on rate)")
         return self
 

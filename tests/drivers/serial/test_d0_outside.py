@@ -196,7 +196,7 @@ async def test_an_easymeter_q3d_and_an_e350_push_their_blocks(
     pty: PtyPair, device: PtyDevice
 ) -> None:
     health = Health()
-    config = d0_config(pty.gateway, mode="push", baudrate=9600)
+    config = d0_config(pty.gateway, mode="push", baudrate=19200)  # no max_baudrate needed
     async with open_readers(config, health=health) as readers:
         reading = asyncio.create_task(readers["main"].read())
         await asyncio.sleep(0.1)
