@@ -191,7 +191,6 @@ class _Spec:
     checksum: bool
     #: value_name -> "C.D.E" for the objects that are single OBIS registers.
     codes: Mapping[str, str]
-    encrypted: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,7 +219,6 @@ def _spec(version: str, encrypted: bool = False) -> _Spec:
         TelegramParser(specification, apply_checksum_validation=True),
         bool(specification["checksum_support"]),
         codes,
-        encrypted,
     )
 
 
