@@ -284,7 +284,9 @@ def _decode_encrypted(frame: bytes, version: str, keys: DsmrKeys) -> Telegram:
         ) from None
     except InvalidChecksumError as exc:
         raise MeterReadError("crc", f"CRC mismatch in the decrypted telegram: {exc}") from None
-    except (*_PARSE_ERRORS, CryptographyError, LookupError, UnicodeDecodeError) as exc:
+    # a damaged security-control byte makes dlms-cosem raise NotImplementedError (a
+    # RuntimeError): a byte changed on the wire, never a reason to stop reading the port
+    except (*_PARSE_ERRORS, CryptographyError, LookupError, RuntimeError) as exc:
         raise MeterReadError("garbage", f"encrypted frame does not parse: {exc}") from None
     return Telegram(readings=_readings(parsed, spec), mbus=_mbus(parsed))
 
