@@ -60,7 +60,7 @@ def serial_cross_check(
             continue
         path: KeyPath = ("meters", index)
         if not is_serial_bus(bus):
-            for key in ("address", "mbus_channel", "medium", "obis"):
+            for key in ("address", "mbus_channel", "medium", "obis", "bcc"):
                 if getattr(meter, key) is not None:
                     yield (*path, key), f"{key} applies to serial meters (D0, P1, SML) only"
             continue
@@ -69,8 +69,12 @@ def serial_cross_check(
             yield (*path, "model"), f"model applies to Modbus meters only, not on a {kind} bus"
         if "unit" in meter.model_fields_set:
             yield (*path, "unit"), f"unit applies to Modbus meters only, not on a {kind} bus"
-        if meter.address is not None and kind != "iec62056-21":
-            yield (*path, "address"), "address applies to iec62056-21 (D0) buses only"
+        if kind != "iec62056-21":
+            for key in ("address", "bcc"):
+                if getattr(meter, key) is not None:
+                    yield (*path, key), f"{key} applies to iec62056-21 (D0) buses only"
+        elif meter.address is not None and getattr(bus, "mode", "readout") == "push":
+            yield (*path, "address"), "address applies to readout mode (a push meter is not asked)"
         if kind != "dsmr-p1":
             for key in ("mbus_channel", "medium"):
                 if getattr(meter, key) is not None:

@@ -15,7 +15,10 @@ Invariants: one exchange at a time per line (an asyncio.Lock), each starts at th
 with an empty input buffer, every wait is bounded (`timeout_secs` per silence, the whole
 readout by `readout_timeout_secs`), a failed exchange ends with a break message (SOH B0 ETX) so
 the meter returns to its idle state, a vanished port is re-opened by a later readout (with the
-transport's backoff). A readout whose BCC does not match yields no value at all.
+transport's backoff). A readout whose BCC does not match yields no value at all, unless the
+meter's `bcc` is warn (values taken, mismatch counted as `bcc_ignored`, logged once per meter)
+or off (not checked). Lines may end in CR LF or LF alone (an L+G E350 sends LF LF), bytes
+before the identification's `/` (a head's noise, 0x7F from an ACE3000) are skipped.
 
 Baud-rate fallback (mode C): some meters (or optical heads, or RS-485 converters) acknowledge
 the switch and then say nothing intelligible at the new rate. A readout that fails after the
@@ -34,7 +37,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Final, Unpack
+from typing import Final, Literal, Unpack
 
 from drivers.base import MeterReadError
 from drivers.config import MeterConfig
@@ -75,7 +78,9 @@ MAX_READOUT_BYTES: Final = 64 * 1024
 #: Readouts at the sign-on rate after a failed switch before the fast rate is tried again.
 DEFAULT_FAST_RETRY_AFTER: Final = 10
 
-_IDENTIFICATION = re.compile(rb"^/(?P<maker>[A-Za-z]{3})(?P<z>[!-~])(?P<ident>[ -~]{0,64})\r\n$")
+_IDENTIFICATION = re.compile(rb"^/(?P<maker>[A-Za-z]{3})(?P<z>[!-~])(?P<ident>[ -~]{0,64})\r?\n$")
+#: What a readout whose BCC does not match is worth (a meter's `bcc` key).
+BccPolicy = Literal["strict", "warn", "off"]
 _DATA_SET = re.compile(
     r"(?P<address>[^()/!\r\n]*)\((?P<value>[^()*\r\n]*)(?:\*(?P<unit>[^()\r\n]*))?\)"
 )
@@ -107,6 +112,8 @@ class Readout:
     readings: dict[str, Quantity]
     #: Data block lines as received (for `meter-gateway read` and debugging).
     lines: list[str] = field(default_factory=list)
+    #: The BCC mismatch a `bcc: warn` meter's readout was taken with (None: it matched).
+    bcc_mismatch: str | None = None
 
 
 def bcc(data: bytes) -> int:
@@ -117,7 +124,8 @@ def bcc(data: bytes) -> int:
 
 
 def parse_identification(line: bytes) -> Identification:
-    match = _IDENTIFICATION.match(line)
+    start = line.find(b"/")
+    match = _IDENTIFICATION.match(line[max(start, 0) :])
     if match is None:
         raise MeterReadError("garbage", f"not an identification message: {line[:40]!r}")
     return Identification(
@@ -125,14 +133,23 @@ def parse_identification(line: bytes) -> Identification:
     )
 
 
-def parse_data_message(message: bytes) -> tuple[dict[str, Quantity], list[str]]:
-    """STX .. ETX BCC -> (readings, lines); MeterReadError on a bad BCC or shape."""
+def bcc_problem(message: bytes) -> str | None:
+    """What is wrong with the BCC of STX .. ETX BCC (None: it matches)."""
+    computed = bcc(message[1:-1])
+    if computed == message[-1]:
+        return None
+    return f"BCC mismatch (sent {message[-1]:02x}, computed {computed:02x})"
+
+
+def parse_data_message(
+    message: bytes, *, bcc_check: BccPolicy = "strict"
+) -> tuple[dict[str, Quantity], list[str]]:
+    """STX .. ETX BCC -> (readings, lines); MeterReadError on a bad shape, or on a bad BCC
+    when `bcc_check` is strict (warn and off leave the BCC to the caller)."""
     if len(message) < 3 or message[0] != STX or message[-2] != ETX:
         raise MeterReadError("garbage", "data message does not run from STX to ETX BCC")
-    if bcc(message[1:-1]) != message[-1]:
-        raise MeterReadError(
-            "bcc", f"BCC mismatch (sent {message[-1]:02x}, computed {bcc(message[1:-1]):02x})"
-        )
+    if bcc_check == "strict" and (problem := bcc_problem(message)) is not None:
+        raise MeterReadError("bcc", problem)
     try:
         text = message[1:-2].decode("ascii")
     except UnicodeDecodeError:
@@ -145,13 +162,13 @@ def parse_data_message(message: bytes) -> tuple[dict[str, Quantity], list[str]]:
 
 def parse_data_block(text: str) -> tuple[dict[str, Quantity], list[str]]:
     readings: dict[str, Quantity] = {}
-    lines = [line for line in text.split("\r\n") if line]
+    lines = [line for line in text.splitlines() if line]
     for line in lines:
         for match in _DATA_SET.finditer(line):
             address = match["address"].strip()
             if not address:
                 continue  # a further value of the previous data set (e.g. its time stamp)
-            code = normal_code(address)
+            code = normal_code(address, reduced=True)
             value = match["value"].strip()
             if code is None or code in readings or not _NUMBER.match(value):
                 continue
@@ -164,8 +181,8 @@ def parse_data_block(text: str) -> tuple[dict[str, Quantity], list[str]]:
 
 
 def _line_end(data: bytearray) -> int:
-    index = data.find(b"\r\n")
-    return -1 if index < 0 else index + 2
+    index = data.find(b"\n")
+    return -1 if index < 0 else index + 1
 
 
 def _message_end(data: bytearray) -> int:
@@ -218,9 +235,11 @@ class Iec62056Line(SerialLine):
         )
 
     def reader(self, meter: MeterConfig) -> Iec62056Reader:
-        return Iec62056Reader(meter.id, self, meter.address, obis_map_for(meter))
+        return Iec62056Reader(
+            meter.id, self, meter.address, obis_map_for(meter), meter.bcc or "strict"
+        )
 
-    async def readout(self, address: str | None = None) -> Readout:
+    async def readout(self, address: str | None = None, bcc_check: BccPolicy = "strict") -> Readout:
         """One complete readout of the meter at `address` (None: whichever answers)."""
         async with self._turn:
             link = await self.port.link()
@@ -232,7 +251,7 @@ class Iec62056Line(SerialLine):
                 async with asyncio.timeout(self.readout_timeout_secs):
                     if self._unfinished:
                         await self._await_silence(link)
-                    readout = await self._exchange(link, address)
+                    readout = await self._exchange(link, address, bcc_check)
                 finished = True
                 self._count_slow_readout(address)
                 return readout
@@ -297,13 +316,15 @@ class Iec62056Line(SerialLine):
         except MeterReadError as exc:
             await self.port.drop(str(exc))
 
-    async def _exchange(self, link: SerialLink, address: str | None) -> Readout:
+    async def _exchange(
+        self, link: SerialLink, address: str | None, bcc_check: BccPolicy
+    ) -> Readout:
         link.set_baudrate(self.sign_on_baudrate)
         link.discard_input()
         request = b"/?" + (address or "").encode("ascii") + b"!\r\n"
         await link.write(request)
         line = await self._read_line(link)
-        if line == request:  # an RS-485 adapter that hears itself
+        if line[max(line.find(b"/"), 0) :] == request:  # an RS-485 adapter that hears itself
             line = await self._read_line(link)
         identification = parse_identification(line)
         baudrate = self.sign_on_baudrate
@@ -326,7 +347,12 @@ class Iec62056Line(SerialLine):
             limit=MAX_READOUT_BYTES,
         )
         message = message[message.find(bytes([STX])) :]
-        readings, lines = parse_data_message(message)
+        problem = bcc_problem(message) if bcc_check != "off" else None
+        if problem is not None:
+            if bcc_check == "strict":
+                raise MeterReadError("bcc", problem)
+            self.port.count("bcc_ignored")
+        readings, lines = parse_data_message(message, bcc_check="off")
         log.debug(
             "%s: read %s in mode %s at %d baud: %d value(s)",
             self.name,
@@ -335,7 +361,7 @@ class Iec62056Line(SerialLine):
             baudrate,
             len(readings),
         )
-        return Readout(identification, baudrate, readings, lines)
+        return Readout(identification, baudrate, readings, lines, bcc_mismatch=problem)
 
     async def _read_line(self, link: SerialLink) -> bytes:
         try:
@@ -369,16 +395,29 @@ class Iec62056Reader:
     """One D0 meter: a readout per read, values through the OBIS map."""
 
     def __init__(
-        self, meter_id: str, line: Iec62056Line, address: str | None, obis: ObisMap
+        self,
+        meter_id: str,
+        line: Iec62056Line,
+        address: str | None,
+        obis: ObisMap,
+        bcc_check: BccPolicy = "strict",
     ) -> None:
         self.meter_id = meter_id
         self.line = line
         self.address = address
         self.obis = obis
+        self.bcc_check = bcc_check
         self.last_readout: Readout | None = None
         self._reported: set[str] = set()
 
     async def read(self) -> dict[str, float]:
-        readout = await self.line.readout(self.address)
+        readout = await self.line.readout(self.address, self.bcc_check)
         self.last_readout = readout
+        if readout.bcc_mismatch is not None and "bcc" not in self._reported:
+            self._reported.add("bcc")
+            log.warning(
+                "meter %s: %s; values taken anyway (bcc: warn), counted as bcc_ignored",
+                self.meter_id,
+                readout.bcc_mismatch,
+            )
         return map_values(self.meter_id, self.obis, readout.readings, self._reported)

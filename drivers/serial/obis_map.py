@@ -8,8 +8,13 @@ Invariants:
 - Codes are compared in one normal form, "A-B:C.D.E". A reading without A-B (a plain D0
   readout line "1.8.0(...)") is electricity, "1-0". A code with a billing-period suffix F other
   than 255 is a historical value and never maps to a channel.
-- A value is converted by its own unit; a unit that does not fit the channel (or is missing
-  where the channel has one) leaves that channel out and is reported, never guessed.
+- A two-part code "C.D" in a reading (`32.7(233*V)`, as an L+G E350 prints it) is "C.D.0":
+  the current value, as vzlogger reads it. Config and map files spell all three groups.
+- A value is converted by its own unit; a unit that does not fit the channel leaves that
+  channel out and is reported, never guessed. A value printed without a unit
+  (`1.8.0(013925.5*)`) takes an override's unit, else the unit the OBIS code's quantity has by
+  convention (`standard_unit`: kWh for active energy, kW for active power, V, A, Hz, kvarh,
+  kvar, kVA), but only for standard electricity codes; any other is left out and reported.
 - Arithmetic is exact (Decimal) until the final float, so "001234.567*kWh" is 1234567.0 Wh.
 """
 
@@ -32,7 +37,7 @@ DEFAULT_MAP_FILE: Final = Path(__file__).parent / "obis" / "default.yaml"
 
 _CODE = re.compile(
     r"^(?:(?P<a>\d{1,3})-(?P<b>\d{1,3}):)?"
-    r"(?P<c>\d{1,3}|[CF])\.(?P<d>\d{1,3}|[CF])\.(?P<e>\d{1,3})"
+    r"(?P<c>\d{1,3}|[CF])\.(?P<d>\d{1,3}|[CF])(?:\.(?P<e>\d{1,3}))?"
     r"(?:[*&](?P<f>\d{1,3}))?$"
 )
 
@@ -84,16 +89,19 @@ class Quantity:
     unit: str | None = None
 
 
-def normal_code(text: str, *, default_medium: str = "1-0") -> str | None:
+def normal_code(text: str, *, default_medium: str = "1-0", reduced: bool = False) -> str | None:
     """'1-0:1.8.0*255', '1.8.0', '1.8.0*255' -> '1-0:1.8.0'; None for a historical value
-    (F other than 255) or text that is no OBIS code. `default_medium` fills a missing A-B."""
+    (F other than 255) or text that is no OBIS code. `default_medium` fills a missing A-B;
+    `reduced` (what a meter printed, not config) also takes "C.D" as "C.D.0"."""
     match = _CODE.match(text.strip())
     if match is None:
         return None
     if match["f"] is not None and int(match["f"]) != 255:
         return None
+    if match["e"] is None and not (reduced and match["c"].isdigit() and match["d"].isdigit()):
+        return None  # "F.F" (the error register), "C.1": not a reduced current-value code
     a_b = f"{int(match['a'])}-{int(match['b'])}" if match["a"] is not None else default_medium
-    parts = [match["c"], match["d"], match["e"]]
+    parts = [match["c"], match["d"], match["e"] or "0"]
     c, d, e = (p if p in ("C", "F") else str(int(p)) for p in parts)
     return f"{a_b}:{c}.{d}.{e}"
 
@@ -107,6 +115,38 @@ def config_code(text: str) -> str:
             "0-1:24.2.1; a billing-period suffix other than *255 is not allowed)"
         )
     return code
+
+
+#: OBIS C (quantity, IEC 62056-61; 21-40/41-60/61-80 are the same per phase L1/L2/L3) ->
+#: (unit of D=7 instantaneous values, unit of D=8 energy registers), in the units meters print.
+_QUANTITY_UNITS: Final[dict[int, tuple[str | None, str | None]]] = {
+    1: ("kW", "kWh"),
+    2: ("kW", "kWh"),
+    15: ("kW", "kWh"),
+    16: ("kW", "kWh"),
+    **dict.fromkeys((3, 4, 5, 6, 7, 8), ("kvar", "kvarh")),
+    9: ("kVA", None),
+    10: ("kVA", None),
+    11: ("A", None),
+    12: ("V", None),
+}
+
+
+def standard_unit(code: str) -> str | None:
+    """The unit an electricity code's quantity has by convention, for a value printed without
+    one: "1-0:1.8.0" -> "kWh", "1-0:32.7.0" -> "V"; None where the code does not say."""
+    match = _CODE.match(code)
+    if match is None or match["a"] != "1" or not match["c"].isdigit() or not match["d"].isdigit():
+        return None
+    c, d = int(match["c"]), int(match["d"])
+    if c == 14 and d == 7:
+        return "Hz"
+    if c == 91 and d == 7:
+        return "A"  # neutral current
+    base = c if c <= 20 else (c - 21) % 20 + 1 if c <= 80 else None
+    if base is None or base not in _QUANTITY_UNITS or d not in (7, 8):
+        return None
+    return _QUANTITY_UNITS[base][d - 7]
 
 
 def convert(quantity: Quantity, channel: str, assumed_unit: str | None = None) -> Decimal:
@@ -162,7 +202,8 @@ class ObisMap:
                 total = Decimal(0)
                 try:
                     for term in alternative:
-                        converted = convert(reading[term.code], channel, term.assumed_unit)
+                        assumed = term.assumed_unit or standard_unit(term.code)
+                        converted = convert(reading[term.code], channel, assumed)
                         total += term.sign * converted
                 except ValueError as exc:
                     problems.append(f"{channel} from {term.code}: {exc}")

@@ -128,6 +128,10 @@ class D0Meter:
     identification: bytes
     block: str
     address: str | None = None
+    #: Sent before the identification (an echo with line noise, as an ACE3000 answers).
+    preamble: bytes = b""
+    #: The data message exactly as a real meter sent it (instead of one built from `block`).
+    message: bytes | None = None
     #: Reaction time before each answer (the standard: 200 ms..1.5 s; kept short in tests).
     reaction_secs: float = 0.02
     echo: bool = False
@@ -170,7 +174,7 @@ class D0Meter:
             if self.silent or (requested and requested != self.address):
                 continue
             await asyncio.sleep(self.reaction_secs)
-            await self.device.write(self.identification)
+            await self.device.write(self.preamble + self.identification)
             if self.mode == "C":
                 ack = await self.device.read_until(line_end)
                 if self.echo:
@@ -180,7 +184,7 @@ class D0Meter:
                     continue
             await asyncio.sleep(self.reaction_secs)
             self._note_rate("data")
-            message = data_message(self.block, corrupt_bcc=self.corrupt_bcc)
+            message = self.message or data_message(self.block, corrupt_bcc=self.corrupt_bcc)
             if self.cut_after is not None:
                 message = message[: self.cut_after]
             if self.piece_pause_secs:

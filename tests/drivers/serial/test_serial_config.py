@@ -148,7 +148,8 @@ def test_units_are_converted_and_a_misfit_is_left_out_never_guessed() -> None:
             "1-0:1.8.0": Quantity(Decimal("1.25"), "MWh"),
             "6-0:1.0.0": Quantity(Decimal("3.6"), "GJ"),
             "1-0:32.7.0": Quantity(Decimal("230"), "kW"),  # nonsense unit for a voltage
-            "1-0:31.7.0": Quantity(Decimal("5")),  # no unit at all
+            "1-0:31.7.0": Quantity(Decimal("5")),  # no unit: a current by its code (A)
+            "7-0:3.0.0": Quantity(Decimal("12")),  # no unit, and the code names none
             "1-0:13.7.0": Quantity(Decimal("0.98")),  # power factor: no unit needed
         }
     )
@@ -156,13 +157,14 @@ def test_units_are_converted_and_a_misfit_is_left_out_never_guessed() -> None:
         "energy_active_import": 1_250_000.0,
         "heat_energy": 1_000_000.0,
         "power_factor": 0.98,
+        "current_l1": 5.0,
     }
     assert sorted(found) == [
-        "current_l1 from 1-0:31.7.0: no unit given, current_l1 needs A",
+        "gas_volume from 7-0:3.0.0: no unit given, gas_volume needs m3",
         "voltage_l1 from 1-0:32.7.0: unit kW does not fit voltage_l1 (V)",
     ]
-    assumed = obis.with_overrides({"1-0:31.7.0": Override("current_l1", "A")})
-    assert assumed.apply({"1-0:31.7.0": Quantity(Decimal("5"))})[0] == {"current_l1": 5.0}
+    assumed = obis.with_overrides({"1-0:31.7.0": Override("current_l1", "mA")})
+    assert assumed.apply({"1-0:31.7.0": Quantity(Decimal("5"))})[0] == {"current_l1": 0.005}
 
 
 def test_codes_are_normalised_and_map_files_checked() -> None:
