@@ -17,7 +17,8 @@ address). A map's `identity` registers (drivers/identity.py) answer, when read o
 with the first value the map lists for them (`set_identity` picks another), as a real device
 of that model does; `set_words` at such an address makes a device of another model.
 Faults for tests: `unresponsive` (requests are swallowed), `exception_code` (every
-request answers that exception), `garbage` (every register reads 0xFFFF, a float32 NaN).
+request answers that exception), `garbage` (every register reads 0xFFFF, a float32 NaN),
+`refused` (registers a variant lacks: any read touching one answers exception 2).
 
 Only the simulated unit ids answer. Any other unit id gets what a real installation gives
 (`absent_units`): over TCP by default what an RS-485-to-TCP gateway answers for an empty
@@ -71,6 +72,9 @@ class SimulatedMeter:
     exception_code: ExcCodes | None = None
     #: Answer every read with 0xFFFF words (NaN as float32).
     garbage: bool = False
+    #: (table, address) of registers this variant lacks: a read touching one answers
+    #: exception 2 (illegal data address), as an EM24 without kWh(-) does.
+    refused: set[tuple[str, int]] = field(default_factory=set)
     #: Valid read requests that reached this unit / that it answered with data.
     requests_seen: int = 0
     requests_served: int = 0
@@ -242,6 +246,8 @@ class SimulatedMeter:
             return ExcCodes.ILLEGAL_FUNCTION  # a meter's measurements are read-only
         if self.exception_code is not None:
             return self.exception_code
+        if any((table, address + offset) in self.refused for offset in range(count)):
+            return ExcCodes.ILLEGAL_ADDRESS
         image = self._image[table]
         identity = self._identity.get((table, address, count))
         for offset in range(count):
