@@ -150,6 +150,16 @@ class MqttConfig(Strict):
             return {**data, "port": 8883}
         return data
 
+    @field_validator("homeassistant_min_version", mode="before")
+    @classmethod
+    def _quoted_release(cls, value: object) -> object:
+        if isinstance(value, int | float):
+            raise ValueError(
+                f'write the release in quotes, e.g. "2024.9" (YAML reads {value} as a number, '
+                "and 2024.10 as 2024.1)"
+            )
+        return value
+
     @field_validator("homeassistant_min_version")
     @classmethod
     def _ha_release(cls, value: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -286,3 +287,21 @@ def test_a_minimum_release_that_is_not_one_is_a_config_error(bad: str) -> None:
 
     with pytest.raises(ValueError, match="not a Home Assistant release"):
         MqttConfig(host="localhost", homeassistant_min_version=bad)
+
+
+def test_a_release_written_as_a_number_is_refused_with_a_hint_to_quote_it(
+    tmp_path: Path,
+) -> None:
+    """YAML reads `2024.10` as the number 2024.1: never guess, ask for quotes."""
+    from core.config_errors import ConfigError
+    from gateway.config.loader import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "gateway: {id: s}\nmqtt:\n  host: localhost\n  homeassistant_min_version: 2024.10\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    assert f"{path}:4: mqtt.homeassistant_min_version: write the release in quotes" in str(
+        caught.value
+    )
