@@ -117,7 +117,7 @@ async def test_every_payload_we_publish_is_valid_for_the_oldest_supported_releas
     mosquitto: MosquittoBroker,
 ) -> None:
     messages = await published_by_a_gateway(mosquitto)
-    assert len(messages) == 188  # 12 meters: sensors and diagnostics; the gateway; 3 uplinks
+    assert len(messages) > 150  # 12 meters (188 today): sensors, diagnostics; gateway; uplinks
     release, results = validate(messages)
     assert release == "2023.8.0"
     problems = {topic: why for topic, why in results.items() if why is not None}
