@@ -2,6 +2,7 @@
 # meter-gateway from a source checkout, on a fresh Debian / Raspberry Pi OS machine.
 #   ./dev.sh demo [--seconds N]   simulated meters -> gateway -> local fake clouds, printed live
 #   ./dev.sh test [pytest args]   the whole test suite (lint, layers, types, pytest with real Mosquitto and socat)
+#   ./dev.sh test-ha              every HA discovery payload checked by Home Assistant's own code (in .venv-ha)
 #   ./dev.sh bench                the performance table
 #   ./dev.sh deb [--out DIR]      the Debian package (dist/meter-gateway_<version>_<arch>.deb)
 # It installs what it needs: python3-venv/mosquitto/socat/chromium with apt-get (as root or via sudo)
@@ -39,6 +40,17 @@ venv() {
   fi
 }
 
+# Home Assistant, pinned to the oldest release we support (tests/ha/requirements.txt), in a
+# venv of its own: its pinned dependencies must not meet the gateway's.
+ha_venv() {
+  local stamp=.venv-ha/.installed-$(sha256sum tests/ha/requirements.txt | cut -c1-16)
+  if [ ! -f "$stamp" ]; then
+    [ -x .venv-ha/bin/python ] || python3 -m venv .venv-ha
+    .venv-ha/bin/python -m pip install -q -r tests/ha/requirements.txt
+    rm -f .venv-ha/.installed-*; touch "$stamp"
+  fi
+}
+
 command=${1:-help}; shift || true
 case "$command" in
   demo)
@@ -55,6 +67,11 @@ case "$command" in
     .venv/bin/lint-imports --no-cache   # the layers (pyproject.toml [tool.importlinter])
     .venv/bin/mypy                      # types ([tool.mypy]; core and store --strict)
     exec .venv/bin/python -m pytest "$@" ;;
+  test-ha)
+    if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then apt_install mosquitto; fi
+    venv
+    ha_venv
+    MG_HA_PYTHON=.venv-ha/bin/python exec .venv/bin/python -m pytest tests/ha "$@" ;;
   bench)
     venv
     exec .venv/bin/python -m bench "$@" ;;

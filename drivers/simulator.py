@@ -17,11 +17,13 @@ address). A map's `identity` registers (drivers/identity.py) answer, when read o
 with the first value the map lists for them (`set_identity` picks another), as a real device
 of that model does; `set_words` at such an address makes a device of another model.
 Faults for tests: `unresponsive` (requests are swallowed), `exception_code` (every
-request answers that exception), `garbage` (every register reads 0xFFFF, a float32 NaN).
+request answers that exception), `garbage` (every register reads 0xFFFF, a float32 NaN),
+`refused` (registers a variant lacks: any read touching one answers exception 2).
 
 Only the simulated unit ids answer. Any other unit id gets what a real installation gives
 (`absent_units`): over TCP by default what an RS-485-to-TCP gateway answers for an empty
-address, exception 0x0B ("gateway target device failed to respond"); on a serial line, or with
+address, exception 0x0B ("gateway target device failed to respond"), or 0x0A ("gateway path
+unavailable") with `absent_units="gateway-path"`; on a serial line, or with
 `absent_units="silent"`, no answer at all. (pymodbus' own simulator answers exception 4 for
 every unit id it does not know, which `scan` would list as a device.)
 """
@@ -71,6 +73,9 @@ class SimulatedMeter:
     exception_code: ExcCodes | None = None
     #: Answer every read with 0xFFFF words (NaN as float32).
     garbage: bool = False
+    #: (table, address) of registers this variant lacks: a read touching one answers
+    #: exception 2 (illegal data address), as an EM24 without kWh(-) does.
+    refused: set[tuple[str, int]] = field(default_factory=set)
     #: Valid read requests that reached this unit / that it answered with data.
     requests_seen: int = 0
     requests_served: int = 0
@@ -242,6 +247,8 @@ class SimulatedMeter:
             return ExcCodes.ILLEGAL_FUNCTION  # a meter's measurements are read-only
         if self.exception_code is not None:
             return self.exception_code
+        if any((table, address + offset) in self.refused for offset in range(count)):
+            return ExcCodes.ILLEGAL_ADDRESS
         image = self._image[table]
         identity = self._identity.get((table, address, count))
         for offset in range(count):
@@ -327,22 +334,29 @@ _CATCH_ALL: Final = 0
 _WHOLE_TABLE: Final = 0x10000
 
 
-async def _absent(  # noqa: PLR0917 (pymodbus calls it positionally)
-    function_code: int,
-    start_address: int,
-    address: int,
-    count: int,
-    current_registers: list[int],
-    set_values: list[int] | list[bool] | None,
-) -> ExcCodes:
-    """A unit nobody simulates: the gateway's "target device failed to respond"."""
-    return ExcCodes.GATEWAY_NO_RESPONSE
+#: What a TCP gateway answers for a unit id nobody has: 0x0B "gateway target device failed to
+#: respond" (most), or 0x0A "gateway path unavailable" (some, e.g. when no route is set up).
+_ABSENT_ANSWER: Final = {
+    "gateway": ExcCodes.GATEWAY_NO_RESPONSE,
+    "gateway-path": ExcCodes.GATEWAY_PATH_UNAVIABLE,
+}
 
 
-def _catch_all_device() -> SimDevice:
+def _catch_all_device(answer: ExcCodes) -> SimDevice:
+    async def absent(  # noqa: PLR0917 (pymodbus calls it positionally)
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        current_registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes:
+        """A unit nobody simulates: the gateway's exception for "no such target"."""
+        return answer
+
     bits = [SimData(0, values=0, datatype=DataType.BITS)]
     table = [_zeros(0, _WHOLE_TABLE)]
-    return SimDevice(id=_CATCH_ALL, simdata=(bits, list(bits), table, list(table)), action=_absent)
+    return SimDevice(id=_CATCH_ALL, simdata=(bits, list(bits), table, list(table)), action=absent)
 
 
 class SimulatorServer:
@@ -356,7 +370,7 @@ class SimulatorServer:
         port: int = 0,
         serial_port: str | None = None,
         baudrate: int = 9600,
-        absent_units: Literal["gateway", "silent"] | None = None,
+        absent_units: Literal["gateway", "gateway-path", "silent"] | None = None,
     ) -> None:
         ids = [m.unit_id for m in meters]
         if len(set(ids)) != len(ids) or _CATCH_ALL in ids:
@@ -380,7 +394,9 @@ class SimulatorServer:
     async def start(self) -> None:
         if self._server is not None:
             return
-        devices = [m.sim_device() for m in self.meters.values()] + [_catch_all_device()]
+        devices = [m.sim_device() for m in self.meters.values()] + [
+            _catch_all_device(_ABSENT_ANSWER.get(self.absent_units, ExcCodes.GATEWAY_NO_RESPONSE))
+        ]
         server: ModbusBaseServer
         if self.serial_port is not None:
             server = ModbusSerialServer(

@@ -241,6 +241,9 @@ class AddressRange(_Strict):
 class RegisterMap(_Strict):
     model: str = Field(min_length=1)
     description: str = ""
+    #: Where the addresses come from: public sources someone can check ("owner/repo path",
+    #: a URL, a document title). Every built-in map names at least one (a test checks it).
+    source: tuple[str, ...] = ()
     max_registers_per_request: int = Field(default=PROTOCOL_MAX_REGISTERS, ge=1, le=125)
     #: Unneeded registers that may be read through to merge two blocks into one request.
     max_gap: int = Field(default=10, ge=0)
@@ -248,6 +251,11 @@ class RegisterMap(_Strict):
     registers: tuple[RegisterSpec, ...] = Field(min_length=1)
     #: Registers where the device names its model (drivers/identity.py); read by `scan` only.
     identity: tuple[IdentityCheck, ...] = ()
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> RegisterMap:

@@ -14,7 +14,8 @@ vendor YAML file. Discovery:
 4. The first model we can map (inverter 101-103 int+SF, 111-113 float; meter 201-204 int+SF)
    becomes a `RegisterMap` with scale-factor registers, so the planner and reader need nothing
    SunSpec-specific. "Not implemented" values (0xFFFF u16, 0x8000 s16 and scale factors, NaN)
-   leave the channel out when it is optional (phases B/C of a single-phase device, VA/var/PF).
+   leave the channel out when it is optional: whatever the model's definition does not make
+   mandatory (phases B/C of model 101, PhVphA of a 201 or a delta 204, AphA of a 202, VA/var/PF).
 
 Channel meaning: an inverter's lifetime AC energy (WH) is energy it delivered, so it feeds
 `energy_active_export`; a meter's TotWhImp/TotWhExp feed import/export as the meter counts them.
@@ -65,7 +66,6 @@ class Point:
     #: Fixed multiplier on top of the scale factor (Pct -> ratio: 0.01).
     scale: float = 1.0
     unit: str = ""
-    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,15 @@ class Family:
     length: int
     points: tuple[Point, ...]
     scale_factors: dict[str, int]
+    #: Per model id: the points and scale factors (of ours) its definition makes mandatory
+    #: (`"mandatory": "M"` in the SunSpec model JSON, as pysunspec2 ships it). Any other may
+    #: answer "not implemented" on a compliant device, and so does a value whose scale factor
+    #: is not mandatory: both are optional in the map (a test compares with pysunspec2).
+    mandatory: dict[int, frozenset[str]]
+
+    def optional(self, model_id: int, point: Point) -> bool:
+        must = self.mandatory[model_id]
+        return point.name not in must or (point.sf is not None and point.sf not in must)
 
 
 #: "Not implemented" per SunSpec type (acc32 uses 0, which is also a real count: not checked).
@@ -95,19 +104,19 @@ INVERTER_INT: Final = Family(
     points=_points(
         ("A", 0, "u16", "current", "A_SF", 1.0, "A"),
         ("AphA", 1, "u16", "current_l1", "A_SF", 1.0, "A"),
-        ("AphB", 2, "u16", "current_l2", "A_SF", 1.0, "A", True),
-        ("AphC", 3, "u16", "current_l3", "A_SF", 1.0, "A", True),
-        ("PPVphAB", 5, "u16", "voltage_l1_l2", "V_SF", 1.0, "V", True),
-        ("PPVphBC", 6, "u16", "voltage_l2_l3", "V_SF", 1.0, "V", True),
-        ("PPVphCA", 7, "u16", "voltage_l3_l1", "V_SF", 1.0, "V", True),
+        ("AphB", 2, "u16", "current_l2", "A_SF", 1.0, "A"),
+        ("AphC", 3, "u16", "current_l3", "A_SF", 1.0, "A"),
+        ("PPVphAB", 5, "u16", "voltage_l1_l2", "V_SF", 1.0, "V"),
+        ("PPVphBC", 6, "u16", "voltage_l2_l3", "V_SF", 1.0, "V"),
+        ("PPVphCA", 7, "u16", "voltage_l3_l1", "V_SF", 1.0, "V"),
         ("PhVphA", 8, "u16", "voltage_l1", "V_SF", 1.0, "V"),
-        ("PhVphB", 9, "u16", "voltage_l2", "V_SF", 1.0, "V", True),
-        ("PhVphC", 10, "u16", "voltage_l3", "V_SF", 1.0, "V", True),
+        ("PhVphB", 9, "u16", "voltage_l2", "V_SF", 1.0, "V"),
+        ("PhVphC", 10, "u16", "voltage_l3", "V_SF", 1.0, "V"),
         ("W", 12, "s16", "power_active", "W_SF", 1.0, "W"),
         ("Hz", 14, "u16", "frequency", "Hz_SF", 1.0, "Hz"),
-        ("VA", 16, "s16", "power_apparent", "VA_SF", 1.0, "VA", True),
-        ("VAr", 18, "s16", "power_reactive", "VAr_SF", 1.0, "var", True),
-        ("PF", 20, "s16", "power_factor", "PF_SF", 0.01, "%", True),
+        ("VA", 16, "s16", "power_apparent", "VA_SF", 1.0, "VA"),
+        ("VAr", 18, "s16", "power_reactive", "VAr_SF", 1.0, "var"),
+        ("PF", 20, "s16", "power_factor", "PF_SF", 0.01, "%"),
         ("WH", 22, "u32", "energy_active_export", "WH_SF", 1.0, "Wh"),
     ),
     scale_factors={
@@ -120,6 +129,47 @@ INVERTER_INT: Final = Family(
         "PF_SF": 21,
         "WH_SF": 24,
     },
+    mandatory={
+        101: frozenset(
+            {"A", "AphA", "PhVphA", "W", "Hz", "WH", "A_SF", "V_SF", "W_SF", "Hz_SF", "WH_SF"}
+        ),
+        102: frozenset(
+            {
+                "A",
+                "AphA",
+                "PhVphA",
+                "W",
+                "Hz",
+                "WH",
+                "A_SF",
+                "V_SF",
+                "W_SF",
+                "Hz_SF",
+                "WH_SF",
+                "AphB",
+                "PhVphB",
+            }
+        ),
+        103: frozenset(
+            {
+                "A",
+                "AphA",
+                "PhVphA",
+                "W",
+                "Hz",
+                "WH",
+                "A_SF",
+                "V_SF",
+                "W_SF",
+                "Hz_SF",
+                "WH_SF",
+                "AphB",
+                "AphC",
+                "PhVphB",
+                "PhVphC",
+            }
+        ),
+    },
 )
 
 INVERTER_FLOAT: Final = Family(
@@ -129,22 +179,29 @@ INVERTER_FLOAT: Final = Family(
     points=_points(
         ("A", 0, "f32", "current", None, 1.0, "A"),
         ("AphA", 2, "f32", "current_l1", None, 1.0, "A"),
-        ("AphB", 4, "f32", "current_l2", None, 1.0, "A", True),
-        ("AphC", 6, "f32", "current_l3", None, 1.0, "A", True),
-        ("PPVphAB", 8, "f32", "voltage_l1_l2", None, 1.0, "V", True),
-        ("PPVphBC", 10, "f32", "voltage_l2_l3", None, 1.0, "V", True),
-        ("PPVphCA", 12, "f32", "voltage_l3_l1", None, 1.0, "V", True),
+        ("AphB", 4, "f32", "current_l2", None, 1.0, "A"),
+        ("AphC", 6, "f32", "current_l3", None, 1.0, "A"),
+        ("PPVphAB", 8, "f32", "voltage_l1_l2", None, 1.0, "V"),
+        ("PPVphBC", 10, "f32", "voltage_l2_l3", None, 1.0, "V"),
+        ("PPVphCA", 12, "f32", "voltage_l3_l1", None, 1.0, "V"),
         ("PhVphA", 14, "f32", "voltage_l1", None, 1.0, "V"),
-        ("PhVphB", 16, "f32", "voltage_l2", None, 1.0, "V", True),
-        ("PhVphC", 18, "f32", "voltage_l3", None, 1.0, "V", True),
+        ("PhVphB", 16, "f32", "voltage_l2", None, 1.0, "V"),
+        ("PhVphC", 18, "f32", "voltage_l3", None, 1.0, "V"),
         ("W", 20, "f32", "power_active", None, 1.0, "W"),
         ("Hz", 22, "f32", "frequency", None, 1.0, "Hz"),
-        ("VA", 24, "f32", "power_apparent", None, 1.0, "VA", True),
-        ("VAr", 26, "f32", "power_reactive", None, 1.0, "var", True),
-        ("PF", 28, "f32", "power_factor", None, 0.01, "%", True),
+        ("VA", 24, "f32", "power_apparent", None, 1.0, "VA"),
+        ("VAr", 26, "f32", "power_reactive", None, 1.0, "var"),
+        ("PF", 28, "f32", "power_factor", None, 0.01, "%"),
         ("WH", 30, "f32", "energy_active_export", None, 1.0, "Wh"),
     ),
     scale_factors={},
+    mandatory={
+        111: frozenset({"A", "AphA", "PhVphA", "W", "Hz", "WH"}),
+        112: frozenset({"A", "AphA", "PhVphA", "W", "Hz", "WH", "AphB", "PhVphB"}),
+        113: frozenset(
+            {"A", "AphA", "PhVphA", "W", "Hz", "WH", "AphB", "AphC", "PhVphB", "PhVphC"}
+        ),
+    },
 )
 
 METER_INT: Final = Family(
@@ -154,40 +211,40 @@ METER_INT: Final = Family(
     points=_points(
         ("A", 0, "s16", "current", "A_SF", 1.0, "A"),
         ("AphA", 1, "s16", "current_l1", "A_SF", 1.0, "A"),
-        ("AphB", 2, "s16", "current_l2", "A_SF", 1.0, "A", True),
-        ("AphC", 3, "s16", "current_l3", "A_SF", 1.0, "A", True),
+        ("AphB", 2, "s16", "current_l2", "A_SF", 1.0, "A"),
+        ("AphC", 3, "s16", "current_l3", "A_SF", 1.0, "A"),
         ("PhVphA", 6, "s16", "voltage_l1", "V_SF", 1.0, "V"),
-        ("PhVphB", 7, "s16", "voltage_l2", "V_SF", 1.0, "V", True),
-        ("PhVphC", 8, "s16", "voltage_l3", "V_SF", 1.0, "V", True),
-        ("PhVphAB", 10, "s16", "voltage_l1_l2", "V_SF", 1.0, "V", True),
-        ("PhVphBC", 11, "s16", "voltage_l2_l3", "V_SF", 1.0, "V", True),
-        ("PhVphCA", 12, "s16", "voltage_l3_l1", "V_SF", 1.0, "V", True),
-        # Hz_SF is not mandatory in 20x: a meter without it loses only the frequency.
-        ("Hz", 14, "s16", "frequency", "Hz_SF", 1.0, "Hz", True),
+        ("PhVphB", 7, "s16", "voltage_l2", "V_SF", 1.0, "V"),
+        ("PhVphC", 8, "s16", "voltage_l3", "V_SF", 1.0, "V"),
+        ("PhVphAB", 10, "s16", "voltage_l1_l2", "V_SF", 1.0, "V"),
+        ("PhVphBC", 11, "s16", "voltage_l2_l3", "V_SF", 1.0, "V"),
+        ("PhVphCA", 12, "s16", "voltage_l3_l1", "V_SF", 1.0, "V"),
+        # Hz is mandatory in 20x but Hz_SF is not: a meter without it loses the frequency.
+        ("Hz", 14, "s16", "frequency", "Hz_SF", 1.0, "Hz"),
         ("W", 16, "s16", "power_active", "W_SF", 1.0, "W"),
-        ("WphA", 17, "s16", "power_active_l1", "W_SF", 1.0, "W", True),
-        ("WphB", 18, "s16", "power_active_l2", "W_SF", 1.0, "W", True),
-        ("WphC", 19, "s16", "power_active_l3", "W_SF", 1.0, "W", True),
-        ("VA", 21, "s16", "power_apparent", "VA_SF", 1.0, "VA", True),
-        ("VAphA", 22, "s16", "power_apparent_l1", "VA_SF", 1.0, "VA", True),
-        ("VAphB", 23, "s16", "power_apparent_l2", "VA_SF", 1.0, "VA", True),
-        ("VAphC", 24, "s16", "power_apparent_l3", "VA_SF", 1.0, "VA", True),
-        ("VAR", 26, "s16", "power_reactive", "VAR_SF", 1.0, "var", True),
-        ("VARphA", 27, "s16", "power_reactive_l1", "VAR_SF", 1.0, "var", True),
-        ("VARphB", 28, "s16", "power_reactive_l2", "VAR_SF", 1.0, "var", True),
-        ("VARphC", 29, "s16", "power_reactive_l3", "VAR_SF", 1.0, "var", True),
-        ("PF", 31, "s16", "power_factor", "PF_SF", 0.01, "%", True),
-        ("PFphA", 32, "s16", "power_factor_l1", "PF_SF", 0.01, "%", True),
-        ("PFphB", 33, "s16", "power_factor_l2", "PF_SF", 0.01, "%", True),
-        ("PFphC", 34, "s16", "power_factor_l3", "PF_SF", 0.01, "%", True),
+        ("WphA", 17, "s16", "power_active_l1", "W_SF", 1.0, "W"),
+        ("WphB", 18, "s16", "power_active_l2", "W_SF", 1.0, "W"),
+        ("WphC", 19, "s16", "power_active_l3", "W_SF", 1.0, "W"),
+        ("VA", 21, "s16", "power_apparent", "VA_SF", 1.0, "VA"),
+        ("VAphA", 22, "s16", "power_apparent_l1", "VA_SF", 1.0, "VA"),
+        ("VAphB", 23, "s16", "power_apparent_l2", "VA_SF", 1.0, "VA"),
+        ("VAphC", 24, "s16", "power_apparent_l3", "VA_SF", 1.0, "VA"),
+        ("VAR", 26, "s16", "power_reactive", "VAR_SF", 1.0, "var"),
+        ("VARphA", 27, "s16", "power_reactive_l1", "VAR_SF", 1.0, "var"),
+        ("VARphB", 28, "s16", "power_reactive_l2", "VAR_SF", 1.0, "var"),
+        ("VARphC", 29, "s16", "power_reactive_l3", "VAR_SF", 1.0, "var"),
+        ("PF", 31, "s16", "power_factor", "PF_SF", 0.01, "%"),
+        ("PFphA", 32, "s16", "power_factor_l1", "PF_SF", 0.01, "%"),
+        ("PFphB", 33, "s16", "power_factor_l2", "PF_SF", 0.01, "%"),
+        ("PFphC", 34, "s16", "power_factor_l3", "PF_SF", 0.01, "%"),
         ("TotWhExp", 36, "u32", "energy_active_export", "TotWh_SF", 1.0, "Wh"),
-        ("TotWhExpPhA", 38, "u32", "energy_active_export_l1", "TotWh_SF", 1.0, "Wh", True),
-        ("TotWhExpPhB", 40, "u32", "energy_active_export_l2", "TotWh_SF", 1.0, "Wh", True),
-        ("TotWhExpPhC", 42, "u32", "energy_active_export_l3", "TotWh_SF", 1.0, "Wh", True),
+        ("TotWhExpPhA", 38, "u32", "energy_active_export_l1", "TotWh_SF", 1.0, "Wh"),
+        ("TotWhExpPhB", 40, "u32", "energy_active_export_l2", "TotWh_SF", 1.0, "Wh"),
+        ("TotWhExpPhC", 42, "u32", "energy_active_export_l3", "TotWh_SF", 1.0, "Wh"),
         ("TotWhImp", 44, "u32", "energy_active_import", "TotWh_SF", 1.0, "Wh"),
-        ("TotWhImpPhA", 46, "u32", "energy_active_import_l1", "TotWh_SF", 1.0, "Wh", True),
-        ("TotWhImpPhB", 48, "u32", "energy_active_import_l2", "TotWh_SF", 1.0, "Wh", True),
-        ("TotWhImpPhC", 50, "u32", "energy_active_import_l3", "TotWh_SF", 1.0, "Wh", True),
+        ("TotWhImpPhA", 46, "u32", "energy_active_import_l1", "TotWh_SF", 1.0, "Wh"),
+        ("TotWhImpPhB", 48, "u32", "energy_active_import_l2", "TotWh_SF", 1.0, "Wh"),
+        ("TotWhImpPhC", 50, "u32", "energy_active_import_l3", "TotWh_SF", 1.0, "Wh"),
     ),
     scale_factors={
         "A_SF": 4,
@@ -198,6 +255,70 @@ METER_INT: Final = Family(
         "VAR_SF": 30,
         "PF_SF": 35,
         "TotWh_SF": 52,
+    },
+    mandatory={
+        201: frozenset(
+            {"A", "A_SF", "V_SF", "Hz", "W", "W_SF", "TotWhExp", "TotWhImp", "TotWh_SF", "AphA"}
+        ),
+        202: frozenset(
+            {
+                "A",
+                "A_SF",
+                "V_SF",
+                "Hz",
+                "W",
+                "W_SF",
+                "TotWhExp",
+                "TotWhImp",
+                "TotWh_SF",
+                "AphB",
+                "AphC",
+                "PhVphA",
+                "PhVphB",
+                "PhVphAB",
+            }
+        ),
+        203: frozenset(
+            {
+                "A",
+                "A_SF",
+                "V_SF",
+                "Hz",
+                "W",
+                "W_SF",
+                "TotWhExp",
+                "TotWhImp",
+                "TotWh_SF",
+                "AphA",
+                "AphB",
+                "AphC",
+                "PhVphA",
+                "PhVphB",
+                "PhVphC",
+                "PhVphAB",
+                "PhVphBC",
+                "PhVphCA",
+            }
+        ),
+        204: frozenset(
+            {
+                "A",
+                "A_SF",
+                "V_SF",
+                "Hz",
+                "W",
+                "W_SF",
+                "TotWhExp",
+                "TotWhImp",
+                "TotWh_SF",
+                "AphA",
+                "AphB",
+                "AphC",
+                "PhVphAB",
+                "PhVphBC",
+                "PhVphCA",
+            }
+        ),
     },
 )
 
@@ -316,12 +437,12 @@ def register_map_for(instance: ModelInstance, *, description: str = "") -> Regis
             "description": description or f"SunSpec model {instance.id} at {instance.address}",
             "max_registers_per_request": MAX_REGISTERS,
             "max_gap": 10,
-            "registers": list(_register_entries(family, instance.data)),
+            "registers": list(_register_entries(family, instance.id, instance.data)),
         }
     )
 
 
-def _register_entries(family: Family, data: int) -> Iterable[dict[str, Any]]:
+def _register_entries(family: Family, model_id: int, data: int) -> Iterable[dict[str, Any]]:
     for point in family.points:
         entry: dict[str, Any] = {
             "channel": point.channel,
@@ -339,7 +460,7 @@ def _register_entries(family: Family, data: int) -> Iterable[dict[str, Any]]:
             }
         if point.type in _NOT_IMPLEMENTED:
             entry["unavailable"] = _NOT_IMPLEMENTED[point.type]
-        if point.optional:
+        if family.optional(model_id, point):
             entry["optional"] = True
         yield entry
 

@@ -7,8 +7,9 @@ this module only says what a valid config is.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -75,6 +76,20 @@ def _topic_prefix(value: str) -> str:
     return value
 
 
+#: The oldest Home Assistant release discovery payloads are made for (docs/mqtt.md): the
+#: oldest our HA validation test runs (./dev.sh test-ha, tests/ha/requirements.txt).
+HA_MIN_VERSION_DEFAULT: Final = "2023.8"
+_HA_RELEASE = re.compile(r"^(20\d\d)\.(1[0-2]|[1-9])(?:\.\d+)?$")
+
+
+def ha_release(text: str) -> tuple[int, int]:
+    """A Home Assistant release "YYYY.M" (or "YYYY.M.P") as (year, month)."""
+    match = _HA_RELEASE.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a Home Assistant release (YYYY.M, e.g. 2024.9)")
+    return int(match.group(1)), int(match.group(2))
+
+
 class MqttTlsConfig(Strict):
     """TLS to the broker. The server certificate is always verified (chain and host name)."""
 
@@ -118,6 +133,9 @@ class MqttConfig(Strict):
     reconnect_max_secs: Seconds = 30.0
     homeassistant_discovery: bool = False
     discovery_prefix: str = "homeassistant"
+    #: The oldest Home Assistant release the discovery payloads must suit: keys newer
+    #: releases added (device.model_id, 2024.9) are sent only when this allows them.
+    homeassistant_min_version: str = HA_MIN_VERSION_DEFAULT
     #: Publish every stored sample on `meters/<id>/values` (not retained) for local consumers.
     publish_values: bool = False
     values_qos: Literal[0, 1] = 0
@@ -131,6 +149,22 @@ class MqttConfig(Strict):
         if isinstance(data, dict) and data.get("tls") is not None and "port" not in data:
             return {**data, "port": 8883}
         return data
+
+    @field_validator("homeassistant_min_version", mode="before")
+    @classmethod
+    def _quoted_release(cls, value: object) -> object:
+        if isinstance(value, int | float):
+            raise ValueError(
+                f'write the release in quotes, e.g. "2024.9" (YAML reads {value} as a number, '
+                "and 2024.10 as 2024.1)"
+            )
+        return value
+
+    @field_validator("homeassistant_min_version")
+    @classmethod
+    def _ha_release(cls, value: str) -> str:
+        ha_release(value)
+        return value.strip()
 
     @field_validator("topic_prefix", "discovery_prefix")
     @classmethod

@@ -33,6 +33,7 @@ from typing import Any, Final, Protocol
 
 from core.channels import CHANNEL_UNITS, PHASES
 from drivers.config import BusConfig, MeterConfig
+from gateway.config.schema import HA_MIN_VERSION_DEFAULT, ha_release
 from gateway.store.async_store import AsyncStore
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,13 @@ ORIGIN_NAME: Final = "meter-gateway"
 #: Store state (uplink_state table) where the published discovery topics are remembered.
 LEDGER_OWNER: Final = "monitor"
 LEDGER_KEY: Final = "discovery_topics"
+#: Device keys Home Assistant's MQTT discovery accepts only from a release on; older ones
+#: refuse the whole payload ("extra keys not allowed @ data['device']['model_id']").
+NEWER_DEVICE_KEYS: Final = {"model_id": (2024, 9)}
+#: Payload keys older releases silently drop: `origin` (shown in HA's discovery log lines)
+#: came with 2023.9, an MQTT sensor's `options` (an enum's states) with 2024.9 (checked in
+#: the released wheels' homeassistant/components/mqtt/). Sent only where they mean something.
+NEWER_KEYS: Final = {"origin": (2023, 9), "options": (2024, 9)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +159,20 @@ def _field_template(key: str) -> str:
 
 class _Renderer:
     def __init__(
-        self, inventory: Inventory, *, base_topic: str, discovery_prefix: str, version: str
+        self,
+        inventory: Inventory,
+        *,
+        base_topic: str,
+        discovery_prefix: str,
+        version: str,
+        ha_min_version: str,
     ) -> None:
         self.inventory = inventory
+        oldest = ha_release(ha_min_version)
+        self.device_keys = {"model", "manufacturer"} | {
+            key for key, since in NEWER_DEVICE_KEYS.items() if oldest >= since
+        }
+        self.payload_keys = {key for key, since in NEWER_KEYS.items() if oldest >= since}
         self.base = base_topic
         self.prefix = discovery_prefix
         self.node = node_id(inventory.gateway_id)
@@ -186,7 +205,10 @@ class _Renderer:
             log.warning("HA discovery: two entities map to %s; keeping the first", topic)
             return
         payload["unique_id"] = f"{self.node}_{object_id}"
-        payload["origin"] = {"name": ORIGIN_NAME, "sw_version": self.version}
+        if "options" not in self.payload_keys:
+            payload.pop("options", None)  # an enum without its list still shows its state
+        if "origin" in self.payload_keys:
+            payload["origin"] = {"name": ORIGIN_NAME, "sw_version": self.version}
         self.messages[topic] = payload
 
     def _meter(self, meter: MeterDescription) -> None:
@@ -196,12 +218,14 @@ class _Renderer:
             "name": meter.id,
             "via_device": self.node,
         }
+        # Without model_id (older HA), a meter without a model name shows its model key.
+        model = meter.model or (None if "model_id" in self.device_keys else meter.model_id)
         for key, value in (
-            ("model", meter.model),
+            ("model", model),
             ("model_id", meter.model_id),
             ("manufacturer", meter.manufacturer),
         ):
-            if value:
+            if value and key in self.device_keys:
                 device[key] = value
         measuring = [
             self.status_availability,
@@ -384,11 +408,21 @@ class _Renderer:
 
 
 def discovery_messages(
-    inventory: Inventory, *, base_topic: str, discovery_prefix: str, version: str
+    inventory: Inventory,
+    *,
+    base_topic: str,
+    discovery_prefix: str,
+    version: str,
+    ha_min_version: str = HA_MIN_VERSION_DEFAULT,
 ) -> dict[str, dict[str, Any]]:
-    """Discovery topic -> config payload for every entity of this gateway."""
+    """Discovery topic -> config payload for every entity of this gateway, with only keys
+    every Home Assistant release from `ha_min_version` on accepts."""
     renderer = _Renderer(
-        inventory, base_topic=base_topic, discovery_prefix=discovery_prefix, version=version
+        inventory,
+        base_topic=base_topic,
+        discovery_prefix=discovery_prefix,
+        version=version,
+        ha_min_version=ha_min_version,
     )
     return renderer.render()
 

@@ -122,6 +122,7 @@ class Monitor:
                 base_topic=self.base_topic,
                 discovery_prefix=config.discovery_prefix,
                 version=version,
+                ha_min_version=config.homeassistant_min_version,
             )
             self.discovery = {topic: _encode(payload) for topic, payload in rendered.items()}
         #: Messages refused because a buffer was full (the oldest goes first).

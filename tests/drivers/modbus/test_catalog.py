@@ -194,10 +194,11 @@ GOLDEN: dict[str, list[tuple[dict[int, list[int]], dict[str, float]]]] = {
     "umg96rm": [({19068: [0x449A, 0x5000]}, {"energy_active_import": 1234.5})],
     # Siemens: float64 energies in Wh.
     "pac2200": [({801: [0x4093, 0x4A00, 0x0000, 0x0000]}, {"energy_active_import": 1234.5})],
-    # Chint: floats in 0.1 V: 2305.0 is 230.5 V.
-    "dtsu666": [({0x2000: [0x4510, 0x1000]}, {"voltage_l1": 230.5})],
-    # Finder: energies UINT32 in Wh.
-    "finder7m": [({2752: [0x0001, 0x86A0]}, {"energy_active_import": 100_000.0})],
+    # DTSU666: phase voltage Ua at 0x2006 (Uab at 0x2000 is line-to-line), float32 in 0.1 V.
+    "dtsu666": [({0x2006: [0x4510, 0x1000], 0x2000: [0x457A, 0x0000]},
+                 {"voltage_l1": 230.5, "voltage_l1_l2": 400.0})],
+    # Finder: energies float32 in Wh (100000.0 is 0x47C35000).
+    "finder7m": [({2752: [0x47C3, 0x5000]}, {"energy_active_import": 100_000.0})],
     # SunSpec 103: A = 1234 with A_SF = -2 is 12.34 A; W = -100 with W_SF = 1 is -1000 W;
     # PF = -90 % with PF_SF = 0 is -0.9; WH = 100000 with WH_SF = 0.
     "sunspec": [({40071: [1234], 40075: [0xFFFE], 40083: [0xFF9C], 40084: [0x0001],

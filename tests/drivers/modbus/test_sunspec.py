@@ -242,7 +242,8 @@ async def test_a_broken_scale_factor_of_a_required_value_fails_the_read(
 
 
 async def test_a_float_inverter_needs_no_scale_factors() -> None:
-    meter = sunspec_meter([113], unit_id=UNIT)
+    # 111: single phase, so phases B and C may be unimplemented (mandatory in 113)
+    meter = sunspec_meter([111], unit_id=UNIT)
     values_set = {"current": 30.5, "current_l1": 10.25, "voltage_l1": 230.5, "power_active": 7000.0}
     values_set |= {"frequency": 50.0, "energy_active_export": 123_456.0, "power_factor": 0.5}
     meter.set_values(values_set)

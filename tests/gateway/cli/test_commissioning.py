@@ -10,10 +10,11 @@ import struct
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import yaml
+from pymodbus.constants import ExcCodes
 
 from drivers.modbus.register_map import RegisterMap, builtin_models, load_builtin
 from drivers.simulator import sunspec_meter
@@ -397,3 +398,28 @@ async def test_scan_tells_eastron_models_of_one_layout_apart_by_their_meter_code
     # no answer at the identity register rules nothing out: the layouts that fit are listed
     assert rows["4"][1] == "likely"
     assert "also fits sdm72" in " ".join(rows["4"]) and "not sdm" not in " ".join(rows["4"])
+
+
+@pytest.mark.parametrize("absent", ["gateway", "gateway-path"])
+async def test_scan_through_a_tcp_gateway_counts_no_target_exceptions_as_absent(
+    tmp_path: Path, absent: Literal["gateway", "gateway-path"]
+) -> None:
+    """A serial-to-Ethernet gateway answers exception 0x0B ("target device failed to respond")
+    or 0x0A ("gateway path unavailable") for every unit nobody has: those are absent units,
+    not a line full of devices. A unit answering any other exception is there."""
+    present = SimulatedMeter(SDM630, unit_id=2)
+    present.set_values(SDM630_VALUES)
+    failing = SimulatedMeter(SDM630, unit_id=4, exception_code=ExcCodes.DEVICE_FAILURE)
+    server = SimulatorServer([present, failing], absent_units=absent)
+    await server.start()
+    try:
+        config = write_config(
+            tmp_path, {"gw": {"type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}}, []
+        )
+        out = io.StringIO()
+        await scan_bus(parse_config(config), "gw", parse_units("1-6"), timeout_secs=0.3, out=out)
+    finally:
+        await server.stop()
+    rows = table_rows(out.getvalue().split("\n", 1)[1])
+    assert {"2", "4"} <= set(rows) and not {"1", "3", "5", "6"} & set(rows)
+    assert "answered: 2 of 6 unit(s)" in out.getvalue()

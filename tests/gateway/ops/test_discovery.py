@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,7 +74,6 @@ METER_DEVICE = {
     "identifiers": ["meter-gateway_site-42_incomer"],
     "name": "incomer",
     "model": "Eastron SDM630 three-phase energy meter",
-    "model_id": "sdm630",
     "manufacturer": "Eastron",
     "via_device": "meter-gateway_site-42",
 }
@@ -111,7 +111,6 @@ def test_energy_sensor_is_what_the_energy_dashboard_accepts() -> None:
         ],
         "availability_mode": "all",
         "device": METER_DEVICE,
-        "origin": {"name": "meter-gateway", "sw_version": "1.2.3"},
     }
 
 
@@ -173,8 +172,7 @@ def test_meter_diagnostics_stay_available_while_the_meter_is_offline() -> None:
     assert state == {
         "name": "State",
         "unique_id": "meter-gateway_site-42_meter_incomer_state",
-        "device_class": "enum",
-        "options": ["unknown", "ok", "degraded", "offline"],
+        "device_class": "enum",  # its `options` list only from HA 2024.9 (older drop it)
         "value_template": "{{ value_json.state }}",
         "state_topic": f"{BASE}/meters/incomer/state",
         "entity_category": "diagnostic",
@@ -182,7 +180,6 @@ def test_meter_diagnostics_stay_available_while_the_meter_is_offline() -> None:
         "payload_available": "online",
         "payload_not_available": "offline",
         "device": METER_DEVICE,
-        "origin": {"name": "meter-gateway", "sw_version": "1.2.3"},
     }
     errors = rendered[config_topic("meter_incomer_read_errors")]
     assert errors["value_template"] == "{{ value_json.get('errors_total') }}"
@@ -247,3 +244,64 @@ def test_described_meters_take_channels_and_model_from_the_register_map() -> Non
     rendered = render(meters=described)
     assert config_topic("meter_odd_state") in rendered  # diagnostics even without channels
     assert not any(t.startswith(config_topic("meter_odd_power")[:-7]) for t in rendered)
+
+
+def _devices(rendered: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [payload["device"] for payload in rendered.values()]
+
+
+def test_no_device_key_the_oldest_supported_home_assistant_refuses() -> None:
+    """HA before 2024.9 refuses device.model_id ("extra keys not allowed @
+    data['device']['model_id']"); by default every supported release must accept every
+    payload (docs/mqtt.md lists the releases)."""
+    rendered = render()
+    assert all("model_id" not in device for device in _devices(rendered))
+    incomer = rendered[config_topic("meter_incomer_power_active")]["device"]
+    assert incomer["model"] == "Eastron SDM630 three-phase energy meter"
+
+
+def test_model_id_is_sent_when_the_configured_minimum_release_accepts_it() -> None:
+    rendered = discovery_messages(
+        Inventory("site-42", meters=(MeterDescription("m", SDM630_CHANNELS, model_id="sdm630"),)),
+        base_topic=BASE,
+        discovery_prefix="homeassistant",
+        version="1.2.3",
+        ha_min_version="2024.9",
+    )
+    payload = rendered[config_topic("meter_m_power_active")]
+    assert payload["device"]["model_id"] == "sdm630"
+    assert payload["origin"] == {"name": "meter-gateway", "sw_version": "1.2.3"}  # 2023.9 on
+    assert "origin" not in render()[config_topic("meter_incomer_power_active")]
+    state = rendered[config_topic("meter_m_state")]
+    assert state["options"] == ["unknown", "ok", "degraded", "offline"]
+
+
+def test_a_meter_without_a_model_name_shows_its_model_key_as_the_model() -> None:
+    rendered = render(meters=(MeterDescription("m", SDM630_CHANNELS, model_id="sunspec"),))
+    assert rendered[config_topic("meter_m_power_active")]["device"]["model"] == "sunspec"
+
+
+@pytest.mark.parametrize("bad", ["2024", "24.9", "2024.13", "latest", "2024.9.x"])
+def test_a_minimum_release_that_is_not_one_is_a_config_error(bad: str) -> None:
+    from gateway.config.schema import MqttConfig
+
+    with pytest.raises(ValueError, match="not a Home Assistant release"):
+        MqttConfig(host="localhost", homeassistant_min_version=bad)
+
+
+def test_a_release_written_as_a_number_is_refused_with_a_hint_to_quote_it(
+    tmp_path: Path,
+) -> None:
+    """YAML reads `2024.10` as the number 2024.1: never guess, ask for quotes."""
+    from core.config_errors import ConfigError
+    from gateway.config.loader import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "gateway: {id: s}\nmqtt:\n  host: localhost\n  homeassistant_min_version: 2024.10\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    assert f"{path}:4: mqtt.homeassistant_min_version: write the release in quotes" in str(
+        caught.value
+    )

@@ -87,10 +87,8 @@ def test_a_gas_meter_behind_a_p1_meter_is_what_the_energy_dashboards_gas_takes()
             "identifiers": ["meter-gateway_home_gas"],
             "name": "gas",
             "model": "gas meter on M-Bus channel 1",
-            "model_id": "dsmr-p1",
             "via_device": "meter-gateway_home",
         },
-        "origin": {"name": "meter-gateway", "sw_version": "1.2.3"},
     }
 
 
