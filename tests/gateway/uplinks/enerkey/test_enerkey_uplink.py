@@ -294,26 +294,36 @@ async def test_a_restart_after_a_completed_push_never_pushes_that_hour_again(
 
 
 @pytest.mark.parametrize("mode", ["cumulative", "consumption"])
-async def test_a_lost_answer_resends_the_message_which_double_counts_consumption_only(
+async def test_a_lost_answer_is_never_sent_again_but_held_for_a_human(
     fake_enerkey: FakeEnerKey, astore: AsyncStore, mode: str
 ) -> None:
-    """The documented duplicate window: EnerKey took a message but the answer never came."""
+    """EnerKey took a message but the answer never came. EnerKey SUMS values of one hour
+    (cumulative readings too), so sending it again would double those hours: the message is
+    held as "outcome unknown" in the dead-letter table, alerted, counted, and the stream goes
+    on with the hours after it."""
     health = Health()
     await append(astore, samples("incomer", T0, hour(3) + MIN))
     fake_enerkey.process_then_drop(1)
     meters = {"incomer": {"meter_id": 4711, "mode": mode}}
     async with running(uplink_for(fake_enerkey, astore, health, meters)):
+        await eventually(lambda: health.uplink("enerkey").facts.get("unknown_outcomes") == 1)
+        await append(astore, samples("incomer", hour(3) + MIN, hour(5) + MIN))
         await eventually(lambda: len(fake_enerkey.pushes) == 2)
         await asyncio.sleep(0.05)
 
-    assert len(fake_enerkey.pushes) == 2  # the same message, sent again once
-    assert fake_enerkey.pushes[0] == fake_enerkey.pushes[1]
-    assert health.uplink("enerkey").facts["ambiguous_retries"] == 1
-    if mode == "cumulative":  # idempotent: the readings are simply replaced
-        assert fake_enerkey.hours(4711) == pytest.approx(expected(range(1, 4)), abs=1e-6)
-    else:  # summed twice: why cumulative readings are the default
+    assert len(fake_enerkey.pushes) == 2  # the held message, then the next hours: never again
+    assert fake_enerkey.duplicates() == []
+    first = {ts for ts, _ in fake_enerkey.pushes[0].values}
+    assert not first & {ts for ts, _ in fake_enerkey.pushes[1].values}
+    (letter,) = await astore.run(lambda store: store.dead_letters("enerkey"))
+    assert letter.status is None and "outcome unknown" in letter.body
+    assert json.loads(letter.payload)["meterId"] == 4711
+    assert any("outcome unknown" in text and "not sent again" in text for text in alerts(health))
+    if mode == "cumulative":
+        assert fake_enerkey.hours(4711) == pytest.approx(expected(range(1, 6)), abs=1e-6)
+    else:
         assert fake_enerkey.hours(4711, mode) == pytest.approx(
-            {hour(1): 14.4, hour(2): 14.4}, abs=1e-9
+            {hour(n): 7.2 for n in range(1, 5)}, abs=1e-9
         )
 
 
