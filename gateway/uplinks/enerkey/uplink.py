@@ -30,12 +30,12 @@ Invariants (every change must keep them):
 2. A stream's cursor, its state (next hour, last reading) and the `delivered_hours` rows of a
    message move in ONE store transaction, only after EnerKey answered 2xx (or the message was
    parked). After a restart the stream resumes at the next undelivered hour.
-3. Duplicate window (matters for consumption, which EnerKey SUMS per hour): a message is sent
-   again only if (a) the process dies between EnerKey's 2xx and that commit (milliseconds), or
-   (b) a request's answer is lost (timeout, dropped connection) after EnerKey processed it:
-   that message is retried. Both are counted in health (`ambiguous_retries`). Before sending a
-   consumption message, hours already recorded as delivered are dropped (an alert says so).
-   Cumulative readings are idempotent, hence the default.
+3. No hour is sent twice unless EnerKey said it did not take it (EnerKey SUMS values of one
+   hour, consumption and cumulative alike): a message is recorded in flight before it is sent
+   (gateway.uplinks.enerkey.inflight); an answer lost after the request may have arrived, a
+   502/504, or an in-flight record found at start is an unknown outcome: the message is held
+   in the dead-letter table for a human, alerted and counted (`unknown_outcomes`), never
+   re-sent by itself. Hours already recorded as delivered are dropped before a message goes.
 4. Nothing is dropped for a transient failure or refused keys: 5xx/timeouts retry the SAME
    message with jittered backoff; 401/403 switch to the other key at once (alert naming the key
    by its label A/B); both refused pause every stream (alert) and probe every auth_probe_secs;
@@ -45,8 +45,8 @@ Invariants (every change must keep them):
    meters; X-Rate-Limit narrows it; a 429 stops every stream until its Retry-After.
 6. A key is never logged, put into health, an alert or a dead letter.
 7. On cancellation, waiting streams stop at once; a request in flight, and the commit of a
-   message EnerKey took, may finish within shutdown_grace_secs (else the message is sent again
-   next start: window (a) of invariant 3).
+   message EnerKey took, may finish within shutdown_grace_secs (else the next start finds it
+   in flight: invariant 3).
 """
 
 from __future__ import annotations
@@ -63,12 +63,13 @@ import yarl
 
 from core.config_base import UplinkConfig
 from core.health import Health
-from gateway.net.policy import Verdict, is_misdirected, rate_limit_remaining
+from gateway.net.policy import Outcome, Verdict, is_misdirected, rate_limit_remaining
 from gateway.store.async_store import AsyncStore
 from gateway.timefmt import HOUR_MS, utc_iso8601
 from gateway.uplinks.delivery import Attempt, DeliveryOptions, Refused, StreamProgress, StreamUplink
 from gateway.uplinks.enerkey import config as ekc
 from gateway.uplinks.enerkey import delivered as hours_table
+from gateway.uplinks.enerkey import inflight
 from gateway.uplinks.enerkey.hourly import Event, Gap, HourlyReadings, HourReading
 from gateway.uplinks.enerkey.keys import ApiKey, KeyRing
 from gateway.uplinks.enerkey.messages import build_body, convert, push_url, state_key
@@ -105,6 +106,14 @@ class _Message:
         return self.cursor is None
 
 
+class _OutcomeUnknown(Exception):
+    """EnerKey may have taken the message though no 2xx came (inflight, invariant 3)."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.detail)
+        self.verdict = verdict
+
+
 @dataclass(kw_only=True)
 class _Stream(StreamProgress):
     target: ekc.EnerKeyMeterConfig
@@ -119,8 +128,6 @@ class _Stream(StreamProgress):
     hours_missing: int = 0
     #: The key the next request goes with (chosen by _before_attempt).
     key: ApiKey | None = None
-    #: Hours in the message being sent (for the log line of an ambiguous retry).
-    sending_hours: int = 0
 
     @property
     def kind(self) -> str:
@@ -157,8 +164,8 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         self._keep_ms = config.keep_delivered_days * DAY_MS
         self._streams = {str(t.meter_id): meter for meter, t in config.meters.items()}
         self._outside_dates_warned: set[str] = set()
-        #: Requests whose answer was lost after they may have been processed, then retried.
-        self.ambiguous_retries = 0
+        #: Messages whose outcome is unknown, held for a human (inflight, invariant 3).
+        self.unknown_outcomes = 0
 
     def streams(self) -> dict[str, str]:
         return dict(self._streams)
@@ -190,6 +197,11 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         position = await self._astore.register_stream(self.name, st.stream, st.meter)
         saved = await self._astore.state(self.name, state_key(st.stream))
         state = json.loads(saved) if saved else {}
+        flight = await self._astore.run(inflight.pending, self.name, st.stream)
+        if flight is not None:
+            why = "the gateway stopped while this message was in flight (a power cut?)"
+            position = await self._hold(st, flight, why)
+            state = json.loads(flight.state.get(state_key(st.stream), "{}"))
         st.readings = HourlyReadings(st.target.channel, self._max_gap_ms, state.get("next_hour_ms"))
         st.last_hour_ms = state.get("last_hour_ms")
         st.last_value = state.get("last_value")
@@ -200,7 +212,7 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             if message.empty:
                 await self._wait_for_samples(st)
                 continue
-            if message.items and st.kind == "consumption":
+            if message.items:
                 await self._drop_delivered(st, message)
             if not message.items:
                 await self._commit(st, message, delivered=False)
@@ -304,21 +316,7 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
     def _report_gap(self, st: _Stream, gap: Gap) -> None:
         st.hours_missing += gap.hours
         self._uplink_health.facts.setdefault("hours_missing", {})[st.meter] = st.hours_missing
-        before = "the first sample" if gap.before_ms is None else utc_iso8601(gap.before_ms)
-        why = (
-            f"samples {before} and {utc_iso8601(gap.after_ms)} are more than "
-            f"{self.config.max_interpolation_gap_secs:g} s apart"
-            if gap.reason == "no samples"
-            else f"the counter went down between {before} and {utc_iso8601(gap.after_ms)}"
-            if gap.reason == "counter decreased"
-            else f"a {gap.reason} flagged at {utc_iso8601(gap.after_ms)}: no interpolation "
-            "across two counter series"
-        )
-        text = (
-            f"meter {st.meter}: no reading for {gap.hours} hour(s) "
-            f"{utc_iso8601(gap.first_hour_ms)} .. {utc_iso8601(gap.last_hour_ms)} ({why}); "
-            "left out, not invented"
-        )
+        text = gap.describe(st.meter, self.config.max_interpolation_gap_secs)
         self._uplink_health.facts["last_gap"] = text
         self._health.alert(self.name, text)
 
@@ -336,7 +334,7 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             waiter.cancel()
 
     async def _drop_delivered(self, st: _Stream, message: _Message) -> None:
-        """The duplicate guard: consumption hours already recorded as delivered are not sent."""
+        """The duplicate guard: hours already recorded as delivered are not sent (summed)."""
         first, last = message.items[0][0], message.items[-1][0]
         done = await self._astore.run(
             hours_table.delivered_hours, self.name, st.stream, st.kind, start_ms=first, end_ms=last
@@ -347,7 +345,7 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         message.items = [item for item in message.items if item[0] not in hours]
         self._health.alert(
             self.name,
-            f"meter {st.meter}: {len(hours)} consumption hour(s) from "
+            f"meter {st.meter}: {len(hours)} {st.kind} hour(s) from "
             f"{utc_iso8601(min(hours))} were already delivered; not sent again",
         )
 
@@ -384,7 +382,8 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
     # -- sending --------------------------------------------------------------------------------
 
     async def _send(self, st: _Stream, message: _Message) -> bool:
-        """Send one message until EnerKey takes it (True) or it is parked (False).
+        """Send one message until EnerKey takes it (True), or park it (False): refused for
+        good, or its outcome unknown (invariant 3).
 
         On True the stream stays `in_request` until `_run_stream` has committed the hours
         (the shutdown grace covers the commit of a message EnerKey took).
@@ -395,13 +394,54 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             [(self._stamp(st, hour), value) for hour, value in message.items],
             self._tz,
         )
-        st.sending_hours = len(message.items)
+        assert message.cursor is not None
+        flight = inflight.InFlight(
+            message.cursor,
+            len(message.items),
+            message.items[0][0],
+            message.items[-1][0],
+            body.decode(),
+            self._state(st, message),
+            self._now_ms(),
+        )
         try:
-            await self._settle(st, lambda: self._post_with_key(st, body))
+            await self._settle(st, lambda: self._attempt(st, body, flight))
         except Refused as refused:
             await self._park_message(st, message, body=body, refused=refused)
+            await self._astore.run(inflight.clear, self.name, st.stream)
+            return False
+        except _OutcomeUnknown as unknown:
+            await self._hold(st, flight, f"no answer that says ({unknown.verdict.detail})")
             return False
         return True
+
+    async def _attempt(self, st: _Stream, body: bytes, flight: inflight.InFlight) -> Attempt:
+        """One request, recorded in flight first; a lost answer ends the retries."""
+        await self._astore.run(inflight.record, self.name, st.stream, flight)
+        attempt = await self._post_with_key(st, body)
+        if inflight.outcome_unknown(attempt.verdict):
+            raise _OutcomeUnknown(attempt.verdict)
+        if attempt.verdict.outcome is not Outcome.OK:
+            await self._astore.run(inflight.clear, self.name, st.stream)
+        return attempt
+
+    async def _hold(self, st: _Stream, flight: inflight.InFlight, why: str) -> int:
+        """An unknown outcome: park the message for a human, alert, count; the new cursor."""
+        await self._astore.run(
+            inflight.hold, self.name, st.stream, flight, why=why, now_ms=self._now_ms()
+        )
+        self.unknown_outcomes += 1
+        self._uplink_health.facts["unknown_outcomes"] = self.unknown_outcomes
+        self._uplink_health.parked += 1
+        self._health.alert(
+            self.name,
+            f"meter {st.meter}: message with {flight.hours} hour(s) "
+            f"{utc_iso8601(flight.first_hour_ms)} .. {utc_iso8601(flight.last_hour_ms)}: "
+            f"{inflight.UNKNOWN}, {why}; not sent again (EnerKey sums values of one hour). "
+            "Check those hours in EnerKey; the message is kept: meter-gateway deadletters "
+            "--uplink enerkey",
+        )
+        return await self._astore.run(lambda store: store.cursor(self.name, st.stream))
 
     def _stamp(self, st: _Stream, hour_ms: int) -> int:
         if st.kind == "consumption" and self.config.consumption_timestamp == "hour_start":
@@ -479,19 +519,6 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             )
         await self._clock.sleep(self.config.auth_probe_secs)
         return True
-
-    def _ambiguous(self, st: _Stream, attempt: Attempt) -> None:
-        self.ambiguous_retries += 1
-        self._uplink_health.facts["ambiguous_retries"] = self.ambiguous_retries
-        log.warning(
-            "%s/%s: no answer to a message of %d hour(s) (%s): EnerKey may have "
-            "taken it; sending it again%s",
-            self.name,
-            st.stream,
-            st.sending_hours,
-            attempt.verdict.detail,
-            " (consumption: may double-count)" if st.kind == "consumption" else "",
-        )
 
     async def _wait_to_retry(self, st: _Stream, delay: float, verdict: Verdict) -> None:
         if verdict.status == 429:
