@@ -71,11 +71,23 @@ class EnerKeyMeterConfig(Strict):
     mode: Literal["cumulative", "consumption"] = "cumulative"
     #: The stored energy channel (a counter in Wh or varh, core.channels).
     channel: str = "energy_active_import"
-    #: The unit of the meter in EnerKey; values are divided from Wh (or varh) into it.
-    unit: Literal["Wh", "kWh", "MWh", "varh", "kvarh", "Mvarh"] = "kWh"
+    #: The unit of the meter in EnerKey ("Unit of data is meter default in EnerKey"); values
+    #: are divided from Wh (or varh) into it. Required: a guess is a silent x1000 error.
+    unit: Literal["Wh", "kWh", "MWh", "varh", "kvarh", "Mvarh"]
     #: Values are rounded to this many decimals (in `unit`); consumption is the difference
     #: of the rounded readings, so the hours add up exactly to the readings.
     decimals: int = Field(default=6, ge=0, le=9)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unit_stated(cls, data: object) -> object:
+        if isinstance(data, dict) and "unit" not in data:
+            raise ValueError(
+                "unit is required: the meter's unit in EnerKey (Wh, kWh, MWh, varh, kvarh or "
+                "Mvarh; EnerKey takes values in the meter's default unit, see its meter "
+                "settings), so a wrong guess is not a silent x1000 error"
+            )
+        return data
 
     @field_validator("channel")
     @classmethod

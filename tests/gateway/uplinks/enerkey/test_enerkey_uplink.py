@@ -81,7 +81,9 @@ def make_config(fake: FakeEnerKey, meters: dict[str, Any], **overrides: Any) -> 
         "base_url": fake.url,
         "api_keys": [KEY_A, KEY_B],
         "meters": {
-            meter: target if isinstance(target, dict) else {"meter_id": target}
+            meter: {"unit": "kWh", **target}
+            if isinstance(target, dict)
+            else {"meter_id": target, "unit": "kWh"}
             for meter, target in meters.items()
         },
         "timeout_secs": 2.0,
