@@ -198,3 +198,27 @@ def test_a_meter_without_its_unit_is_a_config_error_naming_file_line_and_key(
     assert len(found) == 1
     assert "site.yaml:12: uplinks.enerkey.meters.pv: unit is required" in found[0]
     assert "EnerKey" in found[0]
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "Australia/Lord_Howe", "Asia/Kathmandu"])
+def test_offset_timestamps_in_a_zone_off_the_whole_hour_are_refused(
+    tmp_path: Path, zone: str
+) -> None:
+    """A UTC hour is hh:30 (or hh:45) local there: `...T05:30:00+05:30` is not on the hour as
+    written, which the fake (and by the hourly resolution, EnerKey) refuses (issue 14 #12).
+    Lord Howe is +10:30 in winter only: every offset the zone has counts."""
+    path = tmp_path / "site.yaml"
+    text = (BASE + "    api_keys: [a]\n    timestamp_format: offset\n" + ONE_METER).replace(
+        "Europe/Helsinki", zone
+    )
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, SECRETS)
+    (problem,) = [str(p) for p in info.value.problems]
+    assert "site.yaml:10: uplinks.enerkey.timestamp_format" in problem
+    assert zone in problem and "utc" in problem
+
+
+def test_offset_timestamps_in_whole_hour_zones_are_fine(tmp_path: Path) -> None:
+    config = load(tmp_path, "    api_keys: [a]\n    timestamp_format: offset\n" + ONE_METER)
+    assert config.uplinks.enerkey.timestamp_format == "offset"  # type: ignore[attr-defined]
