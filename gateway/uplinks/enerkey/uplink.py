@@ -42,7 +42,8 @@ Invariants (every change must keep them):
    404/405 (wrong path or meter id) pause that stream (alert) and probe. Only a message refused
    (another 4xx) max_attempts_rejected times is parked as a dead letter, and the stream moves on.
 5. Calls go through one RateBudget: never more than rate_limit_per_day in any 24 h across all
-   meters; X-Rate-Limit narrows it; a 429 stops every stream until its Retry-After.
+   meters; X-Rate-Limit narrows it; a 429 stops every stream until its Retry-After. The
+   budget is kept in the store after each call and restored at start (budget_store).
 6. A key is never logged, put into health, an alert or a dead letter.
 7. On cancellation, waiting streams stop at once; a request in flight, and the commit of a
    message EnerKey took, may finish within shutdown_grace_secs (else the next start finds it
@@ -67,12 +68,12 @@ from gateway.net.policy import Outcome, Verdict, is_misdirected, rate_limit_rema
 from gateway.store.async_store import AsyncStore
 from gateway.timefmt import HOUR_MS, utc_iso8601
 from gateway.uplinks.delivery import Attempt, DeliveryOptions, Refused, StreamProgress, StreamUplink
+from gateway.uplinks.enerkey import budget_store, inflight
 from gateway.uplinks.enerkey import config as ekc
 from gateway.uplinks.enerkey import delivered as hours_table
-from gateway.uplinks.enerkey import inflight
 from gateway.uplinks.enerkey.hourly import Event, Gap, HourlyReadings, HourReading
 from gateway.uplinks.enerkey.keys import ApiKey, KeyRing
-from gateway.uplinks.enerkey.messages import build_body, convert, push_url, state_key
+from gateway.uplinks.enerkey.messages import build_body, hour_value, push_url, state_key
 from gateway.uplinks.enerkey.rate_budget import RateBudget
 from gateway.uplinks.registry import UplinkContext
 
@@ -180,6 +181,13 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         base = yarl.URL(self.config.base_url).with_user(None).with_query(None)
         return f"{len(self._streams)} meter(s) to {base}"
 
+    async def run(self) -> None:
+        """Restore the daily budget an earlier run left (invariant 5), then deliver."""
+        saved = await self._astore.run(budget_store.load, self.name)
+        if saved is not None:
+            self._budget.restore(saved)
+        await super().run()
+
     def _new_streams(self) -> dict[str, _Stream]:
         return {stream: self._new_stream(stream, meter) for stream, meter in self._streams.items()}
 
@@ -268,42 +276,12 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
 
     def _value(self, st: _Stream, reading: HourReading) -> float | None:
         """What is sent for this boundary, or None (consumption without the hour before)."""
-        target = st.target
-        value = convert(reading.value, target)
-        previous = None
-        if st.last_value is not None and st.last_hour_ms is not None:
-            previous = convert(st.last_value, target)
-        if target.mode == "cumulative":
-            if reading.series_break is not None:
-                before = "none" if previous is None else f"{previous:g}"
-                self._health.alert(
-                    self.name,
-                    f"meter {st.meter}: {reading.series_break} in the hour ending "
-                    f"{utc_iso8601(reading.hour_ms)} ({before} -> {value:g} {target.unit}): a "
-                    "new counter series starts; sent as read (record the meter change in "
-                    "EnerKey)",
-                )
-                return value
-            if previous is not None and value < previous:
-                self._health.alert(
-                    self.name,
-                    f"meter {st.meter}: counter went down at {utc_iso8601(reading.hour_ms)} "
-                    f"({previous:g} -> {value:g} {target.unit}); sent as read",
-                )
-            return value
-        if previous is None or st.last_hour_ms != reading.hour_ms - HOUR_MS:
-            return None  # the hour before was a gap (reported) or this is the first reading
-        change = f"({previous:g} -> {value:g} {target.unit}"
-        if reading.series_break is not None:
-            why = f"{reading.series_break} in the hour ending {utc_iso8601(reading.hour_ms)}"
-            self._left_out(st, f"{why} {change}, flagged by the gateway)")
-            return None
-        consumption = round(value - previous, target.decimals)
-        if consumption < 0:
-            why = f"counter went down in the hour ending {utc_iso8601(reading.hour_ms)}"
-            self._left_out(st, f"{why} {change})")
-            return None
-        return consumption
+        decided = hour_value(st.target, reading, st.last_hour_ms, st.last_value)
+        if decided.left_out is not None:
+            self._left_out(st, decided.left_out)
+        elif decided.alert is not None:
+            self._health.alert(self.name, f"meter {st.meter}: {decided.alert}")
+        return decided.value
 
     def _left_out(self, st: _Stream, why: str) -> None:
         """An hour whose consumption cannot be told: alerted, counted, not sent."""
@@ -487,6 +465,9 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         self._use_key(key)
         st.key = key
         await self._budget.acquire()
+        await self._astore.run(
+            budget_store.save, self.name, self._budget.snapshot(), window_secs=DAY_MS / 1000
+        )
 
     async def _credentials_refused(self, st: _Stream, attempt: Attempt) -> None:
         """401/403 with this key: the next attempt uses the other key (alerted once per key)."""

@@ -570,3 +570,20 @@ async def test_the_flush_command_cuts_a_long_retry_backoff_short(
         outcome = await handler.handle("uplinks/enerkey/flush", b"")
         assert outcome["ok"] is True, outcome
         await fake_enerkey.wait_hours(4711, 2, timeout=2)
+
+
+async def test_the_daily_budget_survives_a_restart(
+    fake_enerkey: FakeEnerKey, astore: AsyncStore
+) -> None:
+    """40 000 calls per 24 h per key: a gateway restarted (a crash loop, a power cut) must not
+    get a fresh budget each start (issue 14 #14). Kept in the store, restored at start."""
+    await append(astore, samples("incomer", T0, hour(2) + MIN))
+    await append(astore, samples("pv", T0, hour(2) + MIN, offset=23_000))
+    limits = {"rate_limit_per_day": 20, "rate_limit_burst": 2}
+    meters = {"incomer": 4711, "pv": 4712}
+    async with running(uplink_for(fake_enerkey, astore, Health(), meters, **limits)):
+        await eventually(lambda: len(fake_enerkey.pushes) == 2)
+    later = uplink_for(fake_enerkey, astore, Health(), meters, **limits)
+    async with running(later):
+        await eventually(lambda: later.budget.calls_in_window() == 2)
+        assert later.budget.available() < 1.0  # the burst was spent before the restart
