@@ -188,6 +188,31 @@ def retry_after_from_json(body: bytes | str | object, key: str = "retryAfter") -
     return None
 
 
+# -- answer shapes ------------------------------------------------------------------------------
+
+#: Content types that no API answers with: a captive portal's or a proxy's page.
+PAGE_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def is_web_page(content_type: str, body: bytes) -> bool:
+    """A 2xx that is a web page (a captive portal, a proxy's login or error page), not an API's
+    answer: the request did not reach the service, so it is retried (counted)."""
+    head = body.lstrip()[:64].lower()
+    return content_type.lower() in PAGE_TYPES or head.startswith((b"<!doctype", b"<html"))
+
+
+def not_json(content_type: str, body: bytes) -> str | None:
+    """Why a 2xx is not a JSON API answer (None: it is one)."""
+    kind = content_type.lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        return f"answer is {kind or 'without a content type'}, not JSON"
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return "answer is not valid JSON"
+    return None
+
+
 def rate_limit_remaining(headers: Mapping[str, str], name: str = "X-Rate-Limit") -> int | None:
     """Requests left according to a rate-limit header (EnerKey's X-Rate-Limit), if it says."""
     value = headers.get(name)

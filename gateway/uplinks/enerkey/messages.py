@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import yarl
 
+from gateway.net.policy import Outcome, Verdict, is_web_page, not_json
 from gateway.timefmt import HOUR_MS, local_iso8601, utc_iso8601
 from gateway.uplinks.enerkey import config as ekc
 from gateway.uplinks.enerkey.hourly import HourReading
@@ -103,3 +104,18 @@ def push_url(config: ekc.EnerKeyConfig, meter: ekc.EnerKeyMeterConfig) -> yarl.U
     template = config.consumption_path if meter.mode == "consumption" else config.cumulative_path
     path = template.format(meter_id=quote(str(meter.meter_id), safe=""))
     return yarl.URL(config.base_url + path, encoded=True)
+
+
+def check_answer(verdict: Verdict, content_type: str, body: bytes) -> Verdict | None:
+    """None when a 2xx is shaped as EnerKey's answer (JSON: "JSON format" is all the document
+    says), else the verdict to act on: a web page (a captive portal, a proxy) never reached
+    EnerKey, a RETRY; any other shape may be EnerKey's own, so the message may have been
+    taken: a RETRY that `maybe_arrived` (an unknown outcome, gateway.uplinks.enerkey.inflight)."""
+    if verdict.outcome is not Outcome.OK:
+        return None
+    page = is_web_page(content_type, body)
+    problem = "answer is a web page, not EnerKey" if page else not_json(content_type, body)
+    if problem is None:
+        return None
+    detail = f"HTTP {verdict.status}: {problem}"
+    return Verdict(Outcome.RETRY, verdict.status, None, detail, maybe_arrived=not page)

@@ -73,7 +73,13 @@ from gateway.uplinks.enerkey import config as ekc
 from gateway.uplinks.enerkey import delivered as hours_table
 from gateway.uplinks.enerkey.hourly import Event, Gap, HourlyReadings, HourReading
 from gateway.uplinks.enerkey.keys import ApiKey, KeyRing
-from gateway.uplinks.enerkey.messages import build_body, hour_value, push_url, state_key
+from gateway.uplinks.enerkey.messages import (
+    build_body,
+    check_answer,
+    hour_value,
+    push_url,
+    state_key,
+)
 from gateway.uplinks.enerkey.rate_budget import RateBudget
 from gateway.uplinks.registry import UplinkContext
 
@@ -434,14 +440,26 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             "Authorization": self.config.authorization_prefix + key.secret.get_secret_value(),
         }
 
+        seen: list[str] = []
+
         def observe(response: aiohttp.ClientResponse) -> None:
+            seen.append(response.content_type)
             remaining = rate_limit_remaining(response.headers)
             if remaining is not None:
                 self._budget.observe(key.label, remaining)
 
         attempt = await self._post(st.url, body, headers, observe=observe)
         self._facts()
-        return attempt
+        return self._checked(attempt, seen[0] if seen else "")
+
+    def _checked(self, attempt: Attempt, content_type: str) -> Attempt:
+        """A 2xx not shaped as EnerKey's answer is counted and made a RETRY (messages)."""
+        checked = check_answer(attempt.verdict, content_type, attempt.answer)
+        if checked is None:
+            return attempt
+        facts = self._uplink_health.facts
+        facts["unexpected_answers"] = int(facts.get("unexpected_answers", 0)) + 1
+        return Attempt(checked)
 
     # -- the delivery core's hooks ------------------------------------------------------------
 

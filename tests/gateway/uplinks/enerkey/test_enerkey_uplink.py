@@ -587,3 +587,34 @@ async def test_the_daily_budget_survives_a_restart(
     async with running(later):
         await eventually(lambda: later.budget.calls_in_window() == 2)
         assert later.budget.available() < 1.0  # the burst was spent before the restart
+
+
+async def test_a_web_page_answered_200_is_not_a_delivery(
+    fake_enerkey: FakeEnerKey, astore: AsyncStore
+) -> None:
+    """A captive portal's or proxy's HTML page with 200 never reached EnerKey: retried and
+    counted, the cursor stays (issue 16 #8)."""
+    health = Health()
+    await append(astore, samples("incomer", T0, hour(3) + MIN))
+    fake_enerkey.answer_with(200, b"<!DOCTYPE html><html>Welcome to the hotel wifi</html>")
+    async with running(uplink_for(fake_enerkey, astore, health, {"incomer": 4711})):
+        await fake_enerkey.wait_hours(4711, 3)
+    assert fake_enerkey.hours(4711) == pytest.approx(expected(range(1, 4)), abs=1e-6)
+    assert health.uplink("enerkey").facts["unexpected_answers"] == 1
+    assert fake_enerkey.duplicates() == []
+
+
+async def test_a_2xx_that_is_not_json_is_held_not_resent(
+    fake_enerkey: FakeEnerKey, astore: AsyncStore
+) -> None:
+    """Not a page, not JSON: it may be EnerKey's (the document only says "JSON format"), so
+    the message may have been taken: resending could double its hours. Held for a human."""
+    health = Health()
+    await append(astore, samples("incomer", T0, hour(3) + MIN))
+    fake_enerkey.answer_with(200, b"OK", content_type="text/plain")
+    async with running(uplink_for(fake_enerkey, astore, health, {"incomer": 4711})):
+        await eventually(lambda: health.uplink("enerkey").facts.get("unknown_outcomes") == 1)
+    assert fake_enerkey.pushes == []
+    assert health.uplink("enerkey").facts["unexpected_answers"] == 1
+    (letter,) = await astore.run(lambda store: store.dead_letters("enerkey"))
+    assert "not JSON" in letter.body
