@@ -182,6 +182,9 @@ class MtsConfig(SourceConfig):
     #: Backoff for network errors, timeouts, 5xx and unreadable answers (429: MTS's retryAfter).
     retry_initial_secs: Seconds = 5.0
     retry_max_secs: Seconds = 900.0
+    #: The longest wait a 429's `retryAfter` (or a Retry-After) may impose; a longer one is
+    #: waited this long, logged and shown (a broken or hostile server cannot stop polling).
+    retry_after_max_secs: Seconds = Field(default=3600.0, gt=0)
     #: While MTS refuses the token (401/403), ask again this often.
     auth_probe_secs: Seconds = 3600.0
     #: test-search page size (`limit`) when looking for a test requested before a crash.

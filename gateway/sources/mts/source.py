@@ -102,6 +102,8 @@ class MtsRuntime:
             max_concurrency=config.max_concurrency,
             clock=self._clock,
             session_factory=session_factory,
+            retry_after_max_secs=config.retry_after_max_secs,
+            on_pause=self._rate_paused,
         )
         self.state = MtsState(store)
         self._gate = AuthGate()
@@ -146,7 +148,7 @@ class MtsRuntime:
     # -- one meter ----------------------------------------------------------------------------
 
     async def _meter_loop(self, meter_id: str) -> None:
-        backoff = Backoff(self.config.retry_initial_secs, self.config.retry_max_secs, rng=self._rng)
+        backoff = self._retry_backoff()
         health = self._health.meter(meter_id)
         while True:
             await self._gate.wait_turn(meter_id, self.config.auth_probe_secs, self._clock)
@@ -176,7 +178,7 @@ class MtsRuntime:
             await self._find(meter_id, pending)
         else:
             await self._poll(meter_id, pending)
-        self._answered()
+        self._answered(meter_id)
 
     def _now_ms(self) -> int:
         return int(self._clock.time() * 1000)
@@ -488,8 +490,28 @@ class MtsRuntime:
             health.last_error = str(exc)
         return backoff.next_delay(exc.verdict.retry_after_secs)
 
-    def _answered(self) -> None:
+    def _retry_backoff(self) -> Backoff:
+        config = self.config
+        return Backoff(
+            config.retry_initial_secs,
+            config.retry_max_secs,
+            max_retry_after_secs=config.retry_after_max_secs,
+            rng=self._rng,
+        )
+
+    def _rate_paused(self, asked: float | None, waited: float) -> None:
+        """A 429 holds every meter (the limit is per token): shown in each meter's state."""
+        until = utc_iso8601(self._now_ms() + round(waited * 1000))
+        for meter_id in self.config.meters:
+            facts = self._health.meter(meter_id).facts
+            facts["rate_limited_until"] = until
+            facts["rate_limited_for_secs"] = round(waited, 3)
+            facts["rate_limit_asked_secs"] = asked
+
+    def _answered(self, meter_id: str | None = None) -> None:
         """A call went through: credentials work again if they were refused."""
+        if meter_id is not None:
+            self._health.meter(meter_id).facts.pop("rate_limited_until", None)
         if self._gate.reopen():
             log.warning("mts: MTS accepts the token again; meters resume")
 
@@ -497,7 +519,7 @@ class MtsRuntime:
 
     async def _cancel_removed(self, meters: list[str]) -> None:
         """Cancel the tests of meters no longer configured, then forget them (retried)."""
-        backoff = Backoff(self.config.retry_initial_secs, self.config.retry_max_secs, rng=self._rng)
+        backoff = self._retry_backoff()
         left = list(meters)
         while left:
             meter_id = left[0]

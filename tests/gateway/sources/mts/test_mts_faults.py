@@ -120,3 +120,24 @@ async def test_a_refused_request_reports_mts_details_and_is_not_repeated_before_
     assert health.meter(METER).last_error == message
     assert [a.message for a in health.alerts] == [message]
     assert pending == "{}"
+
+
+async def test_a_huge_retry_after_is_capped_logged_and_shown(
+    tmp_path: Path, fake_mts: FakeMts, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    """A 429 with retryAfter 10^9 (here on the first call, service-status) once stopped MTS
+    polling silently until restart (issue 16 #15). Every retryAfter goes through the one
+    backoff policy and its cap (`retry_after_max_secs`); a wait over the cap is logged, and
+    shown in the state of every meter (MTS's limit is per token)."""
+    fake_mts.fail_next(1, 429, retry_after=1_000_000_000)
+    health = Health()
+    config = section(fake_mts, retry_after_max_secs=0.3)
+    async with opened_store(tmp_path) as astore, running(config, astore, health):
+        facts = health.meter(METER).facts
+        await eventually(lambda: "rate_limited_until" in facts, what="the pause shown")
+        assert facts["rate_limited_for_secs"] == 0.3
+        assert facts["rate_limit_asked_secs"] == 1_000_000_000
+        assert "rate_limited_until" in facts
+        await eventually(lambda: astore.store.count(METER) == 48, timeout=8, what="the survey")
+    assert "asked to wait 1000000000 s" in caplog.text and "the cap" in caplog.text
+    assert "rate_limited_until" not in health.meter(METER).facts  # cleared once through
