@@ -81,6 +81,7 @@ class MtsClient:
         clock: Clock | None = None,
         session_factory: SessionFactory | None = None,
         retry_after_max_secs: float = 3600.0,
+        status_query_key: str = "testid",
         on_pause: PauseListener | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
@@ -96,6 +97,7 @@ class MtsClient:
             1.0, retry_after_max_secs, max_retry_after_secs=retry_after_max_secs, rng=lambda: 0.0
         )
         self._on_pause = on_pause
+        self._status_key = status_query_key
         #: Calls made, by operation (and "429" for rate-limited answers).
         self.calls: Counter[str] = Counter()
 
@@ -120,7 +122,7 @@ class MtsClient:
         return test_id
 
     async def test_status(self, test_id: int) -> Mapping[str, Any]:
-        body = await self._call("test-status", "GET", query={"testId": str(test_id)})
+        body = await self._call("test-status", "GET", query={self._status_key: str(test_id)})
         return _object("test-status", body)
 
     async def search(self, query: Mapping[str, str]) -> Mapping[str, Any]:

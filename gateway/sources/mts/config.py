@@ -182,6 +182,9 @@ class MtsConfig(SourceConfig):
     #: Backoff for network errors, timeouts, 5xx and unreadable answers (429: MTS's retryAfter).
     retry_initial_secs: Seconds = 5.0
     retry_max_secs: Seconds = 900.0
+    #: The query parameter of test-status: the document's examples write `testid`
+    #: (`test-status?testid=1234`), its parameter table `testId`.
+    test_status_query_key: Literal["testid", "testId"] = "testid"
     #: The longest wait a 429's `retryAfter` (or a Retry-After) may impose; a longer one is
     #: waited this long, logged and shown (a broken or hostile server cannot stop polling).
     retry_after_max_secs: Seconds = Field(default=3600.0, gt=0)

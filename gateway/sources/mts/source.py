@@ -103,6 +103,7 @@ class MtsRuntime:
             clock=self._clock,
             session_factory=session_factory,
             retry_after_max_secs=config.retry_after_max_secs,
+            status_query_key=config.test_status_query_key,
             on_pause=self._rate_paused,
         )
         self.state = MtsState(store)

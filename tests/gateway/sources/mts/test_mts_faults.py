@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from core.health import Health
-from tests.fakes.mts import FakeMts
-from tests.fixtures.mts import TOKEN
+from tests.fakes.mts import FakeMeter, FakeMts
+from tests.fixtures.mts import METER_PASSWORD, REMOTE_ADDRESS, SERIAL, TOKEN
 from tests.gateway.sources.mts.mts_helpers import METER, opened_store, running, section
 from tests.helpers.eventually import eventually
 
@@ -141,3 +143,17 @@ async def test_a_huge_retry_after_is_capped_logged_and_shown(
         await eventually(lambda: astore.store.count(METER) == 48, timeout=8, what="the survey")
     assert "asked to wait 1000000000 s" in caplog.text and "the cap" in caplog.text
     assert "rate_limited_until" not in health.meter(METER).facts  # cleared once through
+
+
+@pytest.mark.parametrize("spelling", ["testid", "testId"])
+async def test_test_status_asks_with_the_configured_spelling(tmp_path: Path, spelling: str) -> None:
+    """The document's examples write `test-status?testid=1234`, its table `testId` (issue 14
+    #16): the default follows the examples; `test_status_query_key` picks the other. The fake
+    takes exactly one spelling, as a case-sensitive server would."""
+    overrides = {} if spelling == "testid" else {"test_status_query_key": spelling}
+    async with FakeMts(TOKEN, status_query_key=spelling) as fake:
+        fake.add_meter(FakeMeter(REMOTE_ADDRESS, serial=SERIAL, password=METER_PASSWORD))
+        async with opened_store(tmp_path) as astore, running(section(fake, **overrides), astore):
+            await eventually(lambda: astore.store.count(METER) == 48, what="the survey")
+        assert fake.calls["test-status"] >= 1
+        assert not fake.refused
