@@ -129,8 +129,10 @@ class MtsClient:
         return _object("test-search", await self._call("test-search", "GET", query=query))
 
     async def cancel(self, test_id: int) -> None:
-        """test-cancel: DELETE with a JSON body (MTS answers positively for a finished test)."""
-        await self._call("test-cancel", "DELETE", body={"testId": test_id}, need_json=False)
+        """test-cancel: DELETE with a JSON body (MTS answers positively for a finished test).
+        Its answer is `{"testId": ...}`: anything but a JSON object (a proxy's page) is not a
+        yes, and is retried."""
+        _object("test-cancel", await self._call("test-cancel", "DELETE", body={"testId": test_id}))
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -142,7 +144,6 @@ class MtsClient:
         query: Mapping[str, str] | None = None,
         body: Mapping[str, object] | None = None,
         auth: bool = True,
-        need_json: bool = True,
     ) -> object:
         url = yarl.URL(f"{self._base}/{operation}")
         if query:
@@ -178,8 +179,6 @@ class MtsClient:
         self._rate_backoff.reset()
         parsed = _json(raw)
         if parsed is _NOT_JSON:
-            if not need_json:
-                return None
             raise _unreadable(operation, "answer is not JSON", status)
         return parsed
 

@@ -6,8 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from core.health import Health
+from gateway.net.policy import Outcome
+from gateway.sources.mts.client import MtsClient, MtsError
 from tests.fakes.mts import FakeMeter, FakeMts
 from tests.fixtures.mts import METER_PASSWORD, REMOTE_ADDRESS, SERIAL, TOKEN
 from tests.gateway.sources.mts.mts_helpers import METER, opened_store, running, section
@@ -157,3 +160,17 @@ async def test_test_status_asks_with_the_configured_spelling(tmp_path: Path, spe
             await eventually(lambda: astore.store.count(METER) == 48, what="the survey")
         assert fake.calls["test-status"] >= 1
         assert not fake.refused
+
+
+async def test_a_web_page_is_not_a_cancelled_test(fake_mts: FakeMts) -> None:
+    """test-cancel answers `{"testId": ...}` (the document's sample); a 200 page from a proxy
+    or captive portal is not MTS saying yes: an error (retried by the caller), not success
+    (issue 16 #8)."""
+    client = MtsClient(fake_mts.url, SecretStr(TOKEN))
+    try:
+        fake_mts.garbage_next(1)  # <html>maintenance</html>
+        with pytest.raises(MtsError) as info:
+            await client.cancel(1234)
+        assert info.value.garbage and info.value.outcome is Outcome.RETRY
+    finally:
+        await client.aclose()
