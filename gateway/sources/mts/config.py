@@ -197,6 +197,9 @@ class MtsConfig(SourceConfig):
     #: After an outage longer than survey_days, the next test reads back to the newest stored
     #: period, at most this many days.
     max_catchup_days: int = Field(default=31, ge=1, le=366)
+    #: A catch-up reads at most this many days per test (halved while MTS refuses; the
+    #: document leaves its per-test limit "to be decided"); the next chunk follows at once.
+    catchup_chunk_days: int = Field(default=7, ge=1, le=366)
     #: A meter clock further off than this (MTS's meterTime offset) is alerted.
     clock_offset_alert_secs: Seconds = 60.0
     #: Length of a survey period (interval values are divided by it into a rate).

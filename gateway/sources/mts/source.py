@@ -51,11 +51,12 @@ from gateway.sources.base import (
     SourceCounters,
     store_new_samples,
 )
+from gateway.sources.mts.catchup import CatchUp
 from gateway.sources.mts.client import MtsClient, MtsError
 from gateway.sources.mts.config import MtsConfig
 from gateway.sources.mts.ingest import ingest
 from gateway.sources.mts.parse import TestState, TestStatus, TestSummary, parse_search, parse_status
-from gateway.sources.mts.schedule import last_slot_ms, next_slot_ms, survey_window
+from gateway.sources.mts.schedule import last_slot_ms, next_slot_ms
 from gateway.sources.mts.state import MtsState, PendingTest
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import StoreFull
@@ -109,6 +110,7 @@ class MtsRuntime:
         self.state = MtsState(store)
         self._gate = AuthGate()
         self._polls: dict[str, Backoff] = {}
+        self._catchup = CatchUp(config.catchup_chunk_days, config.max_catchup_days)
         #: The last service-status answer (serviceVersion, status), or None if it failed.
         self.service: dict[str, str] | None = None
 
@@ -191,6 +193,8 @@ class MtsRuntime:
             last = self.state.last_request.get(meter_id)
             if last is None or last < last_slot_ms(now, schedule, self._tz):
                 return
+            if self._catchup.due_now(meter_id):
+                return  # the next catch-up chunk goes at once
             await self._clock.sleep((next_slot_ms(now, schedule, self._tz) - now) / 1000)
 
     # -- request ------------------------------------------------------------------------------
@@ -201,12 +205,8 @@ class MtsRuntime:
 
     def _params(self, meter_id: str, reference: str, now_ms: int) -> dict[str, object]:
         meter = self.config.meters[meter_id]
-        survey_date, survey_days = survey_window(
-            now_ms,
-            self._store.store.last_ts(meter_id),
-            meter.survey_days,
-            self.config.max_catchup_days,
-        )
+        newest = self._store.store.last_ts(meter_id)
+        survey_date, survey_days = self._catchup.window(meter_id, now_ms, newest, meter.survey_days)
         params: dict[str, object] = {
             "requestReference": reference,
             "immediate": meter.immediate,
@@ -229,15 +229,23 @@ class MtsRuntime:
         if intent is None:
             intent = PendingTest(self._reference(meter_id, now), now)
             await self.state.set_pending(meter_id, intent)  # before sending: invariant 1
+        params = self._params(meter_id, intent.reference, now)
         try:
-            test_id = await self.client.request_test(self._params(meter_id, intent.reference, now))
+            test_id = await self.client.request_test(params)
         except MtsError as exc:
             if exc.outcome is not Outcome.REJECT:
                 raise  # the request may have arrived: test-search decides (invariant 2)
             await self.state.set_pending(meter_id, None)
-            await self.state.mark_requested(meter_id, now)
             self._answered()
-            self._report(meter_id, "rejected", f"test-request refused: {_why(exc)}", alert=True)
+            shrunk = self._catchup.refused(meter_id)
+            if shrunk is not None:  # catchup invariant 3: a smaller test, at once
+                log.warning("mts: %s: %s (%s)", meter_id, shrunk, _why(exc))
+                return
+            await self.state.mark_requested(meter_id, now)
+            why = f"test-request refused: {_why(exc)}"
+            if "surveyDate" in params and params["surveyDays"] == 1:
+                why += f" (even one survey day, from {params['surveyDate']}: catch-up stopped)"
+            self._report(meter_id, "rejected", why, alert=True)
             return
         await self.state.requested(meter_id, replace(intent, test_id=test_id), now)
         self._polls[meter_id] = self._poll_backoff()
@@ -340,6 +348,7 @@ class MtsRuntime:
         elif status.state in (TestState.SUCCESS, TestState.PARTIAL):
             await self._ingest(meter_id, pending.test_id, status)
             await self._done(meter_id)
+            self._catchup.completed(meter_id)
 
     async def _done(self, meter_id: str) -> None:
         self._polls.pop(meter_id, None)
