@@ -140,3 +140,24 @@ async def test_a_refused_data_call_is_alerted_not_repeated_quietly(
     (alert,) = [a for a in health.alerts if "pv-roof" in a.source]
     assert "400" in alert.message
     assert refused == 1
+
+
+async def test_a_web_page_answered_200_moves_nothing(
+    tmp_path: Path,
+    astore: AsyncStore,  # noqa: F811
+    fake_locus: FakeLocus,
+    locus_clock: ManualClock,
+) -> None:
+    """A 200 that is not Locus's JSON object (a captive portal's page) is a counted, retried
+    error; the position stays, and the series has no hole (issue 16 #8)."""
+    now_ms = int(locus_clock.time() * 1000)
+    seeded = now_ms - now_ms % STEP_MS - HOUR_MS
+    seed(astore, "pv-roof", seeded, 0.0)
+    health = Health()
+    fake_locus.page_next(3)
+    async with running(config_for(tmp_path, fake_locus, ROOF), astore, health, locus_clock):
+        await eventually(
+            lambda: (astore.store.last_ts("pv-roof") or 0) >= seeded + 12 * STEP_MS, timeout=8.0
+        )
+    assert health.meter("pv-roof").errors["garbage"] == 3
+    assert_complete_series(stored(astore, "pv-roof")[1:], 1, 0.0)
