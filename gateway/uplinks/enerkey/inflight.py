@@ -51,6 +51,14 @@ UNKNOWN_STATUSES: Final = frozenset({502, 504})
 UNKNOWN: Final = "outcome unknown"
 
 
+class OutcomeUnknown(Exception):
+    """EnerKey may have taken the message though no 2xx came (invariant 3)."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.detail)
+        self.verdict = verdict
+
+
 @dataclass(frozen=True, slots=True)
 class InFlight:
     """One message sent (or about to be) whose answer is not recorded."""

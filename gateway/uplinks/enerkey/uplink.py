@@ -81,6 +81,7 @@ from gateway.uplinks.enerkey.messages import (
     state_key,
 )
 from gateway.uplinks.enerkey.rate_budget import RateBudget
+from gateway.uplinks.enerkey.requeue import send_requeued
 from gateway.uplinks.registry import UplinkContext
 
 log = logging.getLogger(__name__)
@@ -111,14 +112,6 @@ class _Message:
     @property
     def empty(self) -> bool:
         return self.cursor is None
-
-
-class _OutcomeUnknown(Exception):
-    """EnerKey may have taken the message though no 2xx came (inflight, invariant 3)."""
-
-    def __init__(self, verdict: Verdict) -> None:
-        super().__init__(verdict.detail)
-        self.verdict = verdict
 
 
 @dataclass(kw_only=True)
@@ -222,6 +215,7 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         st.read_after = position
         st.overflow.clear()
         while not self._stopping:
+            await self._send_requeued(st)
             message = await self._collect(st)
             if message.empty:
                 await self._wait_for_samples(st)
@@ -394,20 +388,41 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             await self._park_message(st, message, body=body, refused=refused)
             await self._astore.run(inflight.clear, self.name, st.stream)
             return False
-        except _OutcomeUnknown as unknown:
+        except inflight.OutcomeUnknown as unknown:
             await self._hold(st, flight, f"no answer that says ({unknown.verdict.detail})")
             return False
         return True
 
-    async def _attempt(self, st: _Stream, body: bytes, flight: inflight.InFlight) -> Attempt:
-        """One request, recorded in flight first; a lost answer ends the retries."""
-        await self._astore.run(inflight.record, self.name, st.stream, flight)
+    async def _attempt(self, st: _Stream, body: bytes, flight: inflight.InFlight | None) -> Attempt:
+        """One request, recorded in flight first (a re-queued one is held by its letter); a
+        lost answer ends the retries."""
+        if flight is not None:
+            await self._astore.run(inflight.record, self.name, st.stream, flight)
         attempt = await self._post_with_key(st, body)
         if inflight.outcome_unknown(attempt.verdict):
-            raise _OutcomeUnknown(attempt.verdict)
-        if attempt.verdict.outcome is not Outcome.OK:
+            raise inflight.OutcomeUnknown(attempt.verdict)
+        if attempt.verdict.outcome is not Outcome.OK and flight is not None:
             await self._astore.run(inflight.clear, self.name, st.stream)
         return attempt
+
+    async def _send_requeued(self, st: _Stream) -> None:
+        """Messages an operator re-queued go first (gateway.uplinks.enerkey.requeue)."""
+
+        async def settle(body: bytes) -> None:
+            try:
+                await self._settle(st, lambda: self._attempt(st, body, None))
+            finally:
+                st.in_request = False
+
+        await send_requeued(
+            self._astore,
+            name=self.name,
+            stream=st.stream,
+            meter=st.meter,
+            health=self._health,
+            settle=settle,
+            now_ms=self._now_ms,
+        )
 
     async def _hold(self, st: _Stream, flight: inflight.InFlight, why: str) -> int:
         """An unknown outcome: park the message for a human, alert, count; the new cursor."""
