@@ -36,11 +36,12 @@ Invariants (every change must keep them):
    502/504, or an in-flight record found at start is an unknown outcome: the message is held
    in the dead-letter table for a human, alerted and counted (`unknown_outcomes`), never
    re-sent by itself. Hours already recorded as delivered are dropped before a message goes.
-4. Nothing is dropped for a transient failure or refused keys: 5xx/timeouts retry the SAME
-   message with jittered backoff; 401/403 switch to the other key at once (alert naming the key
-   by its label A/B); both refused pause every stream (alert) and probe every auth_probe_secs;
-   404/405 (wrong path or meter id) pause that stream (alert) and probe. Only a message refused
-   (another 4xx) max_attempts_rejected times is parked as a dead letter, and the stream moves on.
+4. Nothing is dropped for a transient failure or refused keys: an answer that EnerKey did
+   not take it (500, 503, no connection) retries the SAME message with jittered backoff;
+   401/403 switch to the other key at once (alert naming the key by its label A/B); both
+   refused pause every stream (alert) and probe every auth_probe_secs; 404/405 (wrong path
+   or meter id) pause that stream (alert) and probe. Only a message refused (another 4xx)
+   max_attempts_rejected times is parked as a dead letter, and the stream moves on.
 5. Calls go through one RateBudget: never more than rate_limit_per_day in any 24 h across all
    meters; X-Rate-Limit narrows it; a 429 stops every stream until its Retry-After. The
    budget is kept in the store after each call and restored at start (budget_store).
