@@ -123,6 +123,14 @@ class RateBudget:
         until = self._clock.monotonic() + max(0.0, seconds)
         self._blocked_until = max(self._blocked_until, until)
 
+    def facts(self, label: str | None) -> dict[str, object]:
+        """For health: calls left (of key `label`, and per key) and calls in the window."""
+        facts: dict[str, object] = {"calls_left_by_key": dict(self.remaining)}
+        if label in self.remaining:
+            facts["calls_left"] = self.remaining[label]
+        facts["calls_24h"] = self.calls_in_window()
+        return facts
+
     def available(self) -> float:
         """Tokens now (a call may start at once when >= 1)."""
         self._refill(self._clock.monotonic())

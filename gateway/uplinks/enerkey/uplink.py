@@ -580,13 +580,7 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         )
 
     def _facts(self) -> None:
-        facts = self._uplink_health.facts
-        budget = self._budget
-        facts["key"] = self._key_label
-        if self._key_label in budget.remaining:
-            facts["calls_left"] = budget.remaining[self._key_label]
-        facts["calls_left_by_key"] = dict(budget.remaining)
-        facts["calls_24h"] = budget.calls_in_window()
+        self._uplink_health.facts.update(key=self._key_label, **self._budget.facts(self._key_label))
 
 
 def build_uplink(section: UplinkConfig, context: UplinkContext) -> EnerKeyUplink:
