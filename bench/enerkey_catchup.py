@@ -63,7 +63,11 @@ async def _catchup(path: Path, hours: int) -> float:
     try:
         async with FakeEnerKey({"A": KEY}, {4711}) as fake:
             config = EnerKeyConfig.model_validate(
-                {"base_url": fake.url, "api_keys": [KEY], "meters": {"m1": {"meter_id": 4711}}}
+                {
+                    "base_url": fake.url,
+                    "api_keys": [KEY],
+                    "meters": {"m1": {"meter_id": 4711, "unit": "kWh"}},
+                }
             )
             uplink = EnerKeyUplink(config, store=astore, health=Health())
             began = time.perf_counter()

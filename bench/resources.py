@@ -186,7 +186,7 @@ def site_config(data_dir: Path, ports: list[int], interval: str, urls: dict[str,
             f'    base_url: "{urls["enerkey"]}"',
             '    api_keys: ["${BENCH_ENERKEY_A}", "${BENCH_ENERKEY_B}"]',
             "    meters:",
-            *(f"      m{i}: {{meter_id: {1000 + i}}}" for i in range(len(ports))),
+            *(f"      m{i}: {{meter_id: {1000 + i}, unit: kWh}}" for i in range(len(ports))),
         ]
     if "pts" in urls:
         lines += [

@@ -101,6 +101,11 @@ class UplinkConfig(Strict):
         """(key path relative to this section, meter id) for every meter the section names."""
         return iter(())
 
+    def site_problems(self, gateway: GatewayFacts) -> Iterator[tuple[KeyPath, str]]:
+        """(key path relative to this section, why) for settings that do not fit the site
+        (its time zone, say): the loader reports each at its line."""
+        return iter(())
+
 
 class GatewayFacts(Protocol):
     """What plugins may know of the `gateway:` section (gateway.config.schema.GatewayConfig)."""

@@ -21,8 +21,9 @@ from gateway.store.database import DeadLetter, Store
 from gateway.timefmt import local_iso8601_ms
 from gateway.uplinks.wattics.stream import accepted_key, packet_time_ms
 
-#: Uplinks whose running instance sends re-queued items.
-REQUEUE_SUPPORTED = frozenset({"wattics"})
+#: Uplinks whose running instance sends re-queued items (EnerKey: gateway.uplinks.enerkey.
+#: requeue; re-queue a message held as "outcome unknown" only when EnerKey lacks its hours).
+REQUEUE_SUPPORTED = frozenset({"wattics", "enerkey"})
 
 
 def _describe(letter: DeadLetter) -> str:
@@ -61,7 +62,12 @@ def requeue(
         for letter in store.dead_letters(name)
         if (stream is None or letter.stream == stream) and (not ids or letter.id in ids)
     ]
-    refused = {letter.id: why for letter in wanted if (why := _out_of_order(store, letter))}
+    order_matters = name == "wattics"  # Wattics discards packets not sent chronologically
+    refused = {
+        letter.id: why
+        for letter in wanted
+        if order_matters and (why := _out_of_order(store, letter))
+    }
     for letter in wanted:
         if letter.id in refused:
             print(f"NOT re-queued {_describe(letter)}")

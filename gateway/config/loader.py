@@ -184,6 +184,8 @@ def cross_check(config: Config) -> Iterator[tuple[KeyPath, str]]:
             for path, meter_id in section.meter_references():
                 if meter_id not in seen:
                     yield ("uplinks", name, *path), f"no meter with id {meter_id!r}"
+            for path, why in section.site_problems(config.gateway):
+                yield ("uplinks", name, *path), why
 
 
 def _legacy_warnings(document: YamlDocument, used: list[tuple[str, str]]) -> list[ConfigProblem]:

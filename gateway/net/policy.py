@@ -3,8 +3,9 @@
 Outcomes (Vector's retry logic, Home Assistant's error split):
 - OK      2xx: delivered, the cursor may move past the item.
 - RETRY   network errors, timeouts, 408, 425, 429, 5xx, and anything we do not understand (1xx,
-          3xx): "try later". The SAME item is sent again after a capped, jittered backoff that
-          honours Retry-After; data is never dropped for a transient or unclear failure.
+          3xx: a redirect is never followed, its detail names the target): "try later". The
+          SAME item is sent again after a capped, jittered backoff that honours Retry-After;
+          data is never dropped for a transient or unclear failure.
 - AUTH    401, 403: "a human must act". The uplink pauses as a whole, alerts once, keeps all
           data and probes on a slow schedule.
 - REJECT  any other 4xx: "failed for good" for this one item. Retried a bounded number of times
@@ -23,6 +24,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 import aiohttp
+import yarl
 
 
 class Outcome(StrEnum):
@@ -88,7 +90,27 @@ def classify_response(
         retry_after = parse_retry_after(headers.get("Retry-After"), now=now)
         if retry_after is None and json_retry_after_key:
             retry_after = retry_after_from_json(body, json_retry_after_key)
+    target = redirect_target(status, headers)
+    if target is not None:
+        return Verdict(outcome, status, retry_after, f"HTTP {status}: {target}")
     return Verdict(outcome, status, retry_after, f"HTTP {status}{_snippet(body)}")
+
+
+def redirect_target(status: int, headers: Mapping[str, str]) -> str | None:
+    """For a 3xx: "redirect to <where> not followed", where is the Location without its query
+    or user part (they may hold a secret); None for any other answer. No client follows a
+    redirect: credentials would go to whatever host it names (gateway.net.session)."""
+    if not 300 <= status < 400:
+        return None
+    location = headers.get("Location")
+    if not location:
+        return "redirect without a Location, not followed"
+    try:
+        url = yarl.URL(location)
+        where = str(url.with_user(None).with_password(None).with_query(None).with_fragment(None))
+    except (ValueError, TypeError):
+        where = "an unreadable Location"
+    return f"redirect to {where[:200]} not followed"
 
 
 #: REJECT answers that mean "nothing by that name here": a wrong path or object id, which a
@@ -185,6 +207,31 @@ def retry_after_from_json(body: bytes | str | object, key: str = "retryAfter") -
                 continue
             if math.isfinite(seconds):
                 return max(0.0, seconds)
+    return None
+
+
+# -- answer shapes ------------------------------------------------------------------------------
+
+#: Content types that no API answers with: a captive portal's or a proxy's page.
+PAGE_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def is_web_page(content_type: str, body: bytes) -> bool:
+    """A 2xx that is a web page (a captive portal, a proxy's login or error page), not an API's
+    answer: the request did not reach the service, so it is retried (counted)."""
+    head = body.lstrip()[:64].lower()
+    return content_type.lower() in PAGE_TYPES or head.startswith((b"<!doctype", b"<html"))
+
+
+def not_json(content_type: str, body: bytes) -> str | None:
+    """Why a 2xx is not a JSON API answer (None: it is one)."""
+    kind = content_type.lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        return f"answer is {kind or 'without a content type'}, not JSON"
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return "answer is not valid JSON"
     return None
 
 

@@ -1,7 +1,10 @@
 """The HTTP session every cloud client keeps, and a bounded answer reader.
 
 One kept-alive aiohttp session per client (Wattics, EnerKey, PTS, MTS, Locus): opened on
-first use and again after a close; closing twice is harmless. An answer body is read only up
+first use and again after a close; closing twice is harmless. Every request of every client
+passes `allow_redirects=False` (tests/security/test_redirects.py checks the source): a
+redirect would hand our credentials to whatever host it names, so it is an error that names
+its target (gateway.net.policy.redirect_target), never followed. An answer body is read only up
 to a limit, so a garbage answer cannot eat the Pi's memory.
 """
 

@@ -15,12 +15,18 @@ serves the gateway's documented defaults, which tests may override):
 - values: a non-empty list of exactly {timestamp, value}; value a finite number; timestamp
   `YYYY-MM-DDThh:mm:ss[.fff]` with `Z` or `±hh:mm`, on the hour as written (minutes, seconds
   and fraction zero), else 400. The hours of one message span less than 365 days (400).
-- Effect, as the real service: cumulative readings are kept per meter and hour (a repeated
-  reading replaces the old one); consumption values for the same hour are SUMMED.
+- Effect, as the document says for push ("Multiple values for same hour are summed."): every
+  value of one meter and hour is SUMMED, consumption and cumulative readings alike (the reading
+  that hurts a client most: a cumulative reading sent twice doubles that hour's reading).
+- A success answer is `200 application/json` `{"status": "ok"}` (the document names no body;
+  "JSON format" is all it says).
 
 Failure injection happens before any check (as a load balancer would): fail_next;
 process_then_drop(n) handles the next n valid pushes and then closes the connection without an
-answer (the "was it received?" case). Importable without pytest.
+answer (the "was it received?" case); process_then_hang(n) handles them and never answers (a
+power cut while the request is in flight); answer_with(status, body, content_type) answers the
+next request with a page of its own after a check-free accept (a captive portal, a proxy).
+Importable without pytest.
 """
 
 from __future__ import annotations
@@ -186,7 +192,7 @@ class FakeEnerKey(LoopbackServer):
         self._calls: dict[str, deque[float]] = {}
         #: Accepted messages in arrival order.
         self.pushes: list[Push] = []
-        #: meter -> hour (epoch ms) -> reading (a repeated reading replaces the old one).
+        #: meter -> hour (epoch ms) -> reading, SUMMED over every push of that hour.
         self.cumulative: dict[int | str, dict[int, float]] = {}
         #: meter -> hour -> consumption, SUMMED over every push of that hour (as EnerKey does).
         self.consumption: dict[int | str, dict[int, float]] = {}
@@ -198,6 +204,9 @@ class FakeEnerKey(LoopbackServer):
         self.history: list[tuple[str | None, int]] = []
         self._fail_next: list[tuple[int, float | None]] = []
         self._drop_after = 0
+        self._hang_after = 0
+        self._release = asyncio.Event()
+        self._pages: list[tuple[int, bytes, str]] = []
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -206,6 +215,10 @@ class FakeEnerKey(LoopbackServer):
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        self._release.set()  # held answers go before the server does
+        await super().stop()
 
     # -- control --------------------------------------------------------------------------------
 
@@ -228,6 +241,18 @@ class FakeEnerKey(LoopbackServer):
     def process_then_drop(self, n: int) -> None:
         """Take the next `n` valid pushes, then close the connection without answering."""
         self._drop_after += n
+
+    def process_then_hang(self, n: int) -> None:
+        """Take the next `n` valid pushes and hold their answers until `release()`."""
+        self._hang_after += n
+
+    def release(self) -> None:
+        """Let held answers go (they answer 200)."""
+        self._release.set()
+
+    def answer_with(self, status: int, body: bytes, content_type: str = "text/html") -> None:
+        """The next request is answered with this page, before any check (nothing is taken)."""
+        self._pages.append((status, body, content_type))
 
     def remaining(self, name: str) -> int:
         return self.limit - len(self._window(name))
@@ -274,7 +299,13 @@ class FakeEnerKey(LoopbackServer):
         body = await request.read()
         key_name: str | None = None
         headers: dict[str, str] = {}
-        drop = False
+        drop = hang = False
+        if self._pages:
+            status, page, content_type = self._pages.pop(0)
+            self.history.append((None, status))
+            self.statuses[status] += 1
+            self._notify()
+            return web.Response(status=status, body=page, content_type=content_type)
         try:
             if self._fail_next:
                 status, retry_after = self._fail_next.pop(0)
@@ -303,6 +334,9 @@ class FakeEnerKey(LoopbackServer):
             if self._drop_after:
                 self._drop_after -= 1
                 drop = True
+            elif self._hang_after:
+                self._hang_after -= 1
+                hang = True
             response = web.json_response({"status": "ok"}, headers=headers)
         except _Invalid as exc:
             if exc.status not in (401, 429) and not exc.reason.startswith("injected"):
@@ -313,6 +347,8 @@ class FakeEnerKey(LoopbackServer):
         self._notify()
         if drop and request.transport is not None:
             request.transport.close()
+        if hang:
+            await self._release.wait()
         return response
 
     def _key(self, header: str | None) -> str:
@@ -325,8 +361,6 @@ class FakeEnerKey(LoopbackServer):
         self.pushes.append(push)
         for hour, value in push.values:
             self.received[(push.operation, push.meter_id, hour)] += 1
-            if push.operation == "cumulative":
-                self.cumulative.setdefault(push.meter_id, {})[hour] = value
-            else:
-                table = self.consumption.setdefault(push.meter_id, {})
-                table[hour] = table.get(hour, 0.0) + value
+            tables = self.cumulative if push.operation == "cumulative" else self.consumption
+            table = tables.setdefault(push.meter_id, {})
+            table[hour] = table.get(hour, 0.0) + value

@@ -172,6 +172,7 @@ class FakeLocus(LoopbackServer):
         self.statuses: Counter[int] = Counter()
         self.grants: Counter[str] = Counter()
         self._fail_next: list[int] = []
+        self._pages = 0
         self._outage: int | None = None
         self._delay = 0.0
         self._runner: web.AppRunner | None = None
@@ -186,6 +187,10 @@ class FakeLocus(LoopbackServer):
 
     def fail_next(self, n: int, status: int = 503) -> None:
         self._fail_next.extend([status] * n)
+
+    def page_next(self, n: int) -> None:
+        """Answer the next `n` data calls 200 with a web page (a captive portal, a proxy)."""
+        self._pages += n
 
     def outage(self, status: int = 503) -> None:
         """Answer every request with `status` until restore()."""
@@ -226,6 +231,11 @@ class FakeLocus(LoopbackServer):
                 raise _error(status, "injected failure")
             if self._outage is not None:
                 raise _error(self._outage, "service unavailable")
+            if self._pages and request.path.endswith("/data"):
+                self._pages -= 1
+                return web.Response(
+                    text="<html>Sign in to the WiFi</html>", content_type="text/html"
+                )
             if request.path == "/oauth/token":
                 grant, payload = self._token(request, body)
             else:

@@ -13,7 +13,9 @@ Strict means: whatever the real service documents as refused, this refuses too. 
 - test-request: meterType and remoteAddress required strings, remoteAddress a phone number or
   host:port (the document's "abc" is refused with its sample message), immediate a bool,
   surveyDays an integer 0..max_survey_days, surveyDate yyyy-MM-dd; answers `{"testId": n}`.
-- test-status `?testId=` (or `testid=`, the document uses both): an unknown id is 400, not 404.
+- test-status `?testid=` as in the document's examples (its table says `testId`): exactly one
+  spelling is accepted, `status_query_key` (default the examples' `testid`; query names are
+  case-sensitive), the other is 400. An unknown id is 400, not 404.
   A test is PENDING until it was polled `polls_until_done` times (or `release()` after
   `hold()`); then it is run against the simulated meter and its result is fixed.
 - test-search: fromTime required (`YYYY-MM-DDTHH:mm:ssZ`), limit at most `max_page` (400
@@ -159,7 +161,9 @@ class FakeMts(LoopbackServer):
         rate_limit: int | None = None,
         rate_window_secs: float = 1.0,
         now: Callable[[], float] = time.time,
+        status_query_key: str = "testid",
     ) -> None:
+        self.status_query_key = status_query_key
         self.host = host
         self.port = port
         self.prefix = prefix.rstrip("/")
@@ -412,11 +416,12 @@ class FakeMts(LoopbackServer):
     # -- queries ------------------------------------------------------------------------------
 
     def _test_status(self, request: web.Request, body: bytes) -> dict[str, Any]:
-        query = {k.lower(): v for k, v in request.query.items()}
-        if set(query) != {"testid"}:
-            raise _Invalid(400, ["testId is the only parameter"])
+        query = dict(request.query)
+        name = self.status_query_key
+        if set(query) != {name}:
+            raise _Invalid(400, [f"{name} is the only parameter"])
         try:
-            test_id = int(query["testid"])
+            test_id = int(query[name])
         except ValueError as exc:
             raise _Invalid(400, ["testId must be a number"]) from exc
         test = self.tests.get(test_id)

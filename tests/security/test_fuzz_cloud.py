@@ -194,7 +194,7 @@ def _config(tmp_path: Path, uplink: str, url: str, **overrides: object) -> Confi
             "base_url": url,
             "api_keys": ["fuzz-key-a", "fuzz-key-b"],
             "max_attempts_rejected": 1,
-            "meters": {"m1": {"meter_id": 4711}},
+            "meters": {"m1": {"meter_id": 4711, "unit": "kWh"}},
         },
         "pts": {
             "subscription_key": "fuzz-pts-key",

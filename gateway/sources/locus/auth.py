@@ -17,7 +17,13 @@ from dataclasses import dataclass
 import aiohttp
 
 from gateway.clock.clocks import Clock
-from gateway.net.policy import Outcome, Verdict, classify_exception, classify_status
+from gateway.net.policy import (
+    Outcome,
+    Verdict,
+    classify_exception,
+    classify_status,
+    redirect_target,
+)
 from gateway.net.session import read_limited
 from gateway.sources.locus.config import LocusConfig
 
@@ -110,10 +116,11 @@ class TokenManager:
         url = self.section.base_url + TOKEN_PATH
         try:
             async with session.post(
-                url, data=form, headers={"Accept": "application/json"}
+                url, data=form, headers={"Accept": "application/json"}, allow_redirects=False
             ) as response:
                 status = response.status
                 body = await read_limited(response)
+                target = redirect_target(status, response.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             verdict = classify_exception(exc)
             raise LocusApiError("network", f"token ({grant}): {verdict.detail}", verdict) from exc
@@ -123,7 +130,7 @@ class TokenManager:
             kind = "auth" if status in (400, 401, 403) else error_kind(status)
             verdict = Verdict(Outcome.AUTH if kind == "auth" else outcome, status)
             # The body of a refusal names the OAuth error; it holds no secret of ours.
-            detail = " ".join(body.decode("utf-8", "replace").split())[:200]
+            detail = target or " ".join(body.decode("utf-8", "replace").split())[:200]
             raise LocusApiError(kind, f"token ({grant}) refused: HTTP {status} {detail}", verdict)
         self._token = self._parse(body, grant)
 

@@ -128,7 +128,7 @@ class LocusClient:
         }
         try:
             async with session.get(
-                self.section.base_url + path, params=params, headers=headers
+                self.section.base_url + path, params=params, headers=headers, allow_redirects=False
             ) as response:
                 body = await response.content.read(MAX_BODY_BYTES)
                 return response.status, dict(response.headers), body

@@ -148,6 +148,9 @@ class LocusConfig(SourceConfig):
     backfill_window_secs: Seconds | None = Field(
         default=None, validation_alias=renamed("backfill_window_secs", "backfill_window")
     )
+    #: An interval without data this recent may still be uploaded (a logger that is late):
+    #: reading holds there and asks again; an older one is passed, counted and alerted (0: none).
+    settle_secs: SecondsOrZero = 86_400.0
     #: At first start (nothing stored for the meter), `interval` counters start from the
     #: component's lifetime energy (yearly, monthly, daily and interval sums since
     #: `lifetime_since`), or from zero.

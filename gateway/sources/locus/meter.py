@@ -4,10 +4,17 @@ Invariants:
 - Samples reach the store in time order, window after window; the position (`next_start`,
   where the next interval begins) and the interval counters move only after a window is
   stored, so a failure anywhere repeats the same window, never skips it.
-- Each poll asks `gran=latest`. When that point is exactly the next interval and complete it
-  is stored as it is; when Locus is further ahead (after an outage, or at start with older
-  data in the store) the gap is fetched at the meter's granularity in windows inside the span
-  limit. An interval still in progress is never stored (its values would change).
+- A component whose fields all offer `gran=latest` (dataavailable) is polled with it: when
+  that point is exactly the next interval and complete it is stored as it is; when Locus is
+  further ahead (after an outage, or at start with older data in the store) the gap is
+  fetched at the meter's granularity in windows inside the span limit. A component without
+  `latest` (the document's own example has none) is polled by interval: from the position to
+  now, in such windows. An interval still in progress is never stored (its values would change).
+- The position never moves over an interval without data that may still be uploaded (one
+  that began within `settle_secs`): reading holds at it and asks again each poll, and nothing
+  after it is stored meanwhile (the store keeps time order; a late upload then lands in place
+  and the interval counter stays whole). An older empty interval is passed, counted
+  (`facts.intervals_missing`) and alerted: its energy is missing from the counter.
 - A remote fault is counted in this meter's health (ok / degraded / offline like a polled
   meter) and retried with backoff; a configuration fault (no such component or field) is
   alerted and checked again every `config_recheck_secs`. Nothing here ends the daemon.
@@ -32,7 +39,6 @@ from gateway.sources.locus.plan import (
     floor_to,
     lifetime_segments,
     locus_time,
-    parse_ts,
     windows,
 )
 from gateway.sources.locus.samples import (
@@ -40,14 +46,18 @@ from gateway.sources.locus.samples import (
     FieldProblem,
     build_samples,
     interval_sums,
+    offers_latest,
     plan_fields,
+    present_intervals,
 )
 from gateway.store.async_store import AsyncStore
 
 log = logging.getLogger(__name__)
 
-#: Errors that a human must fix in the config (or in Locus): not retried quickly.
-CONFIG_KINDS = frozenset({"config", "not_found", "forbidden"})
+#: Errors that a human must fix in the config (or in Locus): alerted, not retried quickly.
+#: "rejected" (a 400 on a data call: a granularity or field Locus will not give for this
+#: component) is one: asked again after each `config_recheck_secs` with dataavailable first.
+CONFIG_KINDS = frozenset({"config", "not_found", "forbidden", "rejected"})
 
 
 class ConfigProblem(Exception):
@@ -82,6 +92,9 @@ class LocusMeterWorker:
         self.window_ms = section.window_secs(meter) * 1000
         self.component_id: int | None = meter.component_id
         self.plans: list[FieldPlan] | None = None
+        self.use_latest = True
+        self.settle_ms = round(section.settle_secs * 1000)
+        self.intervals_missing = 0
         self.next_start: int | None = None
         self.counters: dict[str, float] = {}
         self._alerted: str | None = None
@@ -147,6 +160,14 @@ class LocusMeterWorker:
             self.plans = plan_fields(self.meter, available)
         except FieldProblem as exc:
             raise ConfigProblem(f"component {self.component_id}: {exc}") from exc
+        self.use_latest = offers_latest(self.plans, available)
+        if not self.use_latest:
+            log.info(
+                "locus meter %s: component %s offers no `latest`: polled by %s interval",
+                self.meter_id,
+                self.component_id,
+                self.meter.granularity,
+            )
         if self._alerted is not None:
             log.info("locus meter %s: configuration problem resolved", self.meter_id)
             self._alerted = None
@@ -253,31 +274,28 @@ class LocusMeterWorker:
         now_ms = int(self.clock.time() * 1000)
         if self.next_start is None:
             await self._position(now_ms)
-        assert self.next_start is not None
-        latest = await self._data({"gran": "latest"})
-        stamps = []
-        for item in latest:
-            try:
-                stamps.append(parse_ts(item.get("ts") if isinstance(item, dict) else None))
-            except ValueError:
-                continue
-        if not stamps:
-            return  # the component has no data (yet)
-        newest = max(stamps)
-        target = min(floor_to(now_ms, self.step_ms), floor_to(newest, self.step_ms) + self.step_ms)
+        assert self.next_start is not None and self.plans is not None
         start = self.next_start
-        if target <= start:
-            return
-        if newest == start and start + self.step_ms == target:
-            await self._ingest(latest, start, target)
-            return
-        log.info(
-            "locus meter %s: backfilling %s to %s UTC (%s)",
-            self.meter_id,
-            locus_time(start),
-            locus_time(target),
-            self.meter.granularity,
-        )
+        target = floor_to(now_ms, self.step_ms)
+        if self.use_latest:
+            latest = await self._data({"gran": "latest"})
+            stamps = present_intervals(latest, self.plans)
+            if not stamps:
+                return  # the component has no data (yet)
+            newest = max(stamps)
+            target = min(target, floor_to(newest, self.step_ms) + self.step_ms)
+            if target <= start:
+                return
+            if newest == start and start + self.step_ms == target:
+                await self._ingest(latest, start, target, now_ms)
+                return
+            log.info(
+                "locus meter %s: backfilling %s to %s UTC (%s)",
+                self.meter_id,
+                locus_time(start),
+                locus_time(target),
+                self.meter.granularity,
+            )
         for window_start, window_end in windows(start, target, self.window_ms):
             objects = await self._data(
                 {
@@ -286,10 +304,18 @@ class LocusMeterWorker:
                     "end": locus_time(window_end),
                 }
             )
-            await self._ingest(objects, window_start, window_end)
+            if not await self._ingest(objects, window_start, window_end, now_ms):
+                return  # held at an interval that may still be uploaded
 
-    async def _ingest(self, objects: list[Any], start_ms: int, end_ms: int) -> None:
+    async def _ingest(self, objects: list[Any], start_ms: int, end_ms: int, now_ms: int) -> bool:
+        """Store the window's intervals up to the first one without data that may still come
+        (module invariants); False when held there."""
         assert self.plans is not None
+        present = present_intervals(objects, self.plans)
+        missing = [ts for ts in range(start_ms, end_ms - self.step_ms + 1, self.step_ms)]
+        missing = [ts for ts in missing if ts not in present]
+        hold = next((ts for ts in missing if ts >= now_ms - self.settle_ms), None)
+        cut = end_ms if hold is None else hold
         built = build_samples(
             self.meter_id,
             objects,
@@ -297,19 +323,39 @@ class LocusMeterWorker:
             counters=self.counters,
             step_ms=self.step_ms,
             start_ms=start_ms,
-            end_ms=end_ms,
+            end_ms=cut,
         )
         stored = await store_new_samples(self.store, built.samples, self.counter_check)
         if self.health.store_full:
             log.warning("store accepts samples again")
             self.health.store_full = False
-        self.counters, self.next_start = built.counters, end_ms
+        self.counters, self.next_start = built.counters, cut
+        self._missing([ts for ts in missing if ts < cut], hold)
         health = self.health.meter(self.meter_id)
         if built.negative:
             health.errors["negative_energy"] += built.negative
         if stored:
             health.last_values = dict(stored[-1].values)
             health.last_read_ts_ms = stored[-1].ts_ms
+        return hold is None
+
+    def _missing(self, passed: list[int], hold: int | None) -> None:
+        """Intervals passed without data (counted, alerted) and where reading holds."""
+        facts = self.health.meter(self.meter_id).facts
+        if hold is None:
+            facts.pop("waiting_for_interval", None)
+        else:
+            facts["waiting_for_interval"] = locus_time(hold)
+        if not passed:
+            return
+        self.intervals_missing += len(passed)
+        facts["intervals_missing"] = self.intervals_missing
+        self.health.alert(
+            f"locus meter {self.meter_id}",
+            f"no data for {len(passed)} interval(s) {locus_time(passed[0])} .. "
+            f"{locus_time(passed[-1])} UTC, older than settle_secs: passed; the counter lacks "
+            "their energy",
+        )
 
     # -- health ---------------------------------------------------------------------------------
 

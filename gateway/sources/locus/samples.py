@@ -95,6 +95,33 @@ def plan_fields(meter: LocusMeterConfig, available: Mapping[str, Any]) -> list[F
     return plans
 
 
+def offers_latest(plans: list[FieldPlan], available: Mapping[str, Any]) -> bool:
+    """Does every planned field offer `gran=latest`? (The document's own dataavailable
+    example lists no `latest`: then the meter is polled by interval.)"""
+    grans: dict[str, list[object]] = {}
+    for base in available.get("baseFields") or []:
+        if not isinstance(base, dict):
+            continue
+        for aggregation in base.get("aggregations") or []:
+            if isinstance(aggregation, dict) and isinstance(aggregation.get("shortName"), str):
+                grans[aggregation["shortName"]] = list(base.get("granularities") or [])
+    return all("latest" in grans.get(plan.short_name, []) for plan in plans)
+
+
+def present_intervals(objects: Iterable[object], plans: list[FieldPlan]) -> set[int]:
+    """Interval starts (epoch ms) that an answer has data for: an object with a number in
+    one of the planned fields (Locus also lists intervals without data: `{"ts": ...}` only)."""
+    found: set[int] = set()
+    for item in objects:
+        if not isinstance(item, dict) or not any(_number(item.get(p.short_name)) for p in plans):
+            continue
+        try:
+            found.add(parse_ts(item.get("ts")))
+        except ValueError:
+            continue
+    return found
+
+
 def _number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -4,7 +4,10 @@ Every failure becomes an MtsError carrying gateway.net.policy's Verdict (the one
 what to do): RETRY (network, timeout, 429 with `retryAfter`, 5xx, an unreadable 200), AUTH
 (401/403: a human must act), REJECT (400 and other 4xx; `details` is kept for the report).
 A 429 holds back every later call of this client until its `retryAfter` has passed, since MTS's
-limit is per token, not per meter. The token is sent as a Bearer header only; it is never put
+limit is per token, not per meter. That wait goes through the one backoff policy (core.backoff)
+and its cap (`retry_after_max_secs`): a server cannot stop polling for longer; a wait longer
+than a minute, or a retryAfter cut to the cap, is logged and reported to `on_pause`.
+The token is sent as a Bearer header only; it is never put
 into an error, a log line or health. `service-status` goes without it, as documented.
 """
 
@@ -14,13 +17,14 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import aiohttp
 import yarl
 from pydantic import SecretStr
 
+from core.backoff import Backoff
 from gateway.clock.clocks import Clock, SystemClock
 from gateway.net.policy import (
     TRANSPORT_ERRORS,
@@ -37,6 +41,11 @@ log = logging.getLogger(__name__)
 
 #: A test-status answer with a long survey is larger than an uplink's error body.
 MAX_ANSWER_BYTES: Final = 16 * 1024 * 1024
+#: A rate-limit pause at least this long is logged (shorter ones are routine).
+LONG_PAUSE_SECS: Final = 60.0
+
+#: Told of every rate-limit pause: (seconds MTS asked for or None, seconds waited).
+PauseListener = Callable[[float | None, float], None]
 
 
 class MtsError(Exception):
@@ -71,6 +80,9 @@ class MtsClient:
         max_concurrency: int = 2,
         clock: Clock | None = None,
         session_factory: SessionFactory | None = None,
+        retry_after_max_secs: float = 3600.0,
+        status_query_key: str = "testid",
+        on_pause: PauseListener | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._token = token
@@ -79,6 +91,13 @@ class MtsClient:
         self._slots = asyncio.Semaphore(max_concurrency)
         #: clock.monotonic() before which no call is made (a 429's retryAfter).
         self._not_before = 0.0
+        #: The one policy for 429 waits: retryAfter as a minimum, capped (no jitter needed
+        #: above it: MTS names the wait).
+        self._rate_backoff = Backoff(
+            1.0, retry_after_max_secs, max_retry_after_secs=retry_after_max_secs, rng=lambda: 0.0
+        )
+        self._on_pause = on_pause
+        self._status_key = status_query_key
         #: Calls made, by operation (and "429" for rate-limited answers).
         self.calls: Counter[str] = Counter()
 
@@ -103,15 +122,17 @@ class MtsClient:
         return test_id
 
     async def test_status(self, test_id: int) -> Mapping[str, Any]:
-        body = await self._call("test-status", "GET", query={"testId": str(test_id)})
+        body = await self._call("test-status", "GET", query={self._status_key: str(test_id)})
         return _object("test-status", body)
 
     async def search(self, query: Mapping[str, str]) -> Mapping[str, Any]:
         return _object("test-search", await self._call("test-search", "GET", query=query))
 
     async def cancel(self, test_id: int) -> None:
-        """test-cancel: DELETE with a JSON body (MTS answers positively for a finished test)."""
-        await self._call("test-cancel", "DELETE", body={"testId": test_id}, need_json=False)
+        """test-cancel: DELETE with a JSON body (MTS answers positively for a finished test).
+        Its answer is `{"testId": ...}`: anything but a JSON object (a proxy's page) is not a
+        yes, and is retried."""
+        _object("test-cancel", await self._call("test-cancel", "DELETE", body={"testId": test_id}))
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -123,7 +144,6 @@ class MtsClient:
         query: Mapping[str, str] | None = None,
         body: Mapping[str, object] | None = None,
         auth: bool = True,
-        need_json: bool = True,
     ) -> object:
         url = yarl.URL(f"{self._base}/{operation}")
         if query:
@@ -154,16 +174,32 @@ class MtsClient:
         )
         if verdict.outcome is not Outcome.OK:
             if status == 429:
-                self.calls["429"] += 1
-                pause = verdict.retry_after_secs if verdict.retry_after_secs is not None else 1.0
-                self._not_before = max(self._not_before, self._clock.monotonic() + pause)
+                self._rate_limited(operation, verdict.retry_after_secs)
             raise MtsError(operation, verdict, mts_parse.details(_json(raw)))
+        self._rate_backoff.reset()
         parsed = _json(raw)
         if parsed is _NOT_JSON:
-            if not need_json:
-                return None
             raise _unreadable(operation, "answer is not JSON", status)
         return parsed
+
+    def _rate_limited(self, operation: str, asked: float | None) -> None:
+        """Every later call waits: MTS's retryAfter (1 s without one), never over the cap."""
+        self.calls["429"] += 1
+        backoff = self._rate_backoff
+        pause = backoff.next_delay(1.0 if asked is None else asked)
+        self._not_before = max(self._not_before, self._clock.monotonic() + pause)
+        if asked is not None and asked > backoff.max_retry_after_secs:
+            log.warning(
+                "mts: %s: rate limited; MTS asked to wait %.0f s (retryAfter), waiting %.0f s, "
+                "the cap (retry_after_max_secs), then trying again",
+                operation,
+                asked,
+                pause,
+            )
+        elif pause >= LONG_PAUSE_SECS:
+            log.warning("mts: %s: rate limited; every call waits %.0f s", operation, pause)
+        if self._on_pause is not None:
+            self._on_pause(asked, pause)
 
 
 _NOT_JSON: Final = object()

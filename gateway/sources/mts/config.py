@@ -182,6 +182,12 @@ class MtsConfig(SourceConfig):
     #: Backoff for network errors, timeouts, 5xx and unreadable answers (429: MTS's retryAfter).
     retry_initial_secs: Seconds = 5.0
     retry_max_secs: Seconds = 900.0
+    #: The query parameter of test-status: the document's examples write `testid`
+    #: (`test-status?testid=1234`), its parameter table `testId`.
+    test_status_query_key: Literal["testid", "testId"] = "testid"
+    #: The longest wait a 429's `retryAfter` (or a Retry-After) may impose; a longer one is
+    #: waited this long, logged and shown (a broken or hostile server cannot stop polling).
+    retry_after_max_secs: Seconds = Field(default=3600.0, gt=0)
     #: While MTS refuses the token (401/403), ask again this often.
     auth_probe_secs: Seconds = 3600.0
     #: test-search page size (`limit`) when looking for a test requested before a crash.
@@ -191,6 +197,9 @@ class MtsConfig(SourceConfig):
     #: After an outage longer than survey_days, the next test reads back to the newest stored
     #: period, at most this many days.
     max_catchup_days: int = Field(default=31, ge=1, le=366)
+    #: A catch-up reads at most this many days per test (halved while MTS refuses; the
+    #: document leaves its per-test limit "to be decided"); the next chunk follows at once.
+    catchup_chunk_days: int = Field(default=7, ge=1, le=366)
     #: A meter clock further off than this (MTS's meterTime offset) is alerted.
     clock_offset_alert_secs: Seconds = 60.0
     #: Length of a survey period (interval values are divided by it into a rate).

@@ -51,11 +51,12 @@ from gateway.sources.base import (
     SourceCounters,
     store_new_samples,
 )
+from gateway.sources.mts.catchup import CatchUp
 from gateway.sources.mts.client import MtsClient, MtsError
 from gateway.sources.mts.config import MtsConfig
 from gateway.sources.mts.ingest import ingest
 from gateway.sources.mts.parse import TestState, TestStatus, TestSummary, parse_search, parse_status
-from gateway.sources.mts.schedule import last_slot_ms, next_slot_ms, survey_window
+from gateway.sources.mts.schedule import last_slot_ms, next_slot_ms
 from gateway.sources.mts.state import MtsState, PendingTest
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import StoreFull
@@ -102,10 +103,14 @@ class MtsRuntime:
             max_concurrency=config.max_concurrency,
             clock=self._clock,
             session_factory=session_factory,
+            retry_after_max_secs=config.retry_after_max_secs,
+            status_query_key=config.test_status_query_key,
+            on_pause=self._rate_paused,
         )
         self.state = MtsState(store)
         self._gate = AuthGate()
         self._polls: dict[str, Backoff] = {}
+        self._catchup = CatchUp(config.catchup_chunk_days, config.max_catchup_days)
         #: The last service-status answer (serviceVersion, status), or None if it failed.
         self.service: dict[str, str] | None = None
 
@@ -146,7 +151,7 @@ class MtsRuntime:
     # -- one meter ----------------------------------------------------------------------------
 
     async def _meter_loop(self, meter_id: str) -> None:
-        backoff = Backoff(self.config.retry_initial_secs, self.config.retry_max_secs, rng=self._rng)
+        backoff = self._retry_backoff()
         health = self._health.meter(meter_id)
         while True:
             await self._gate.wait_turn(meter_id, self.config.auth_probe_secs, self._clock)
@@ -176,7 +181,7 @@ class MtsRuntime:
             await self._find(meter_id, pending)
         else:
             await self._poll(meter_id, pending)
-        self._answered()
+        self._answered(meter_id)
 
     def _now_ms(self) -> int:
         return int(self._clock.time() * 1000)
@@ -188,6 +193,8 @@ class MtsRuntime:
             last = self.state.last_request.get(meter_id)
             if last is None or last < last_slot_ms(now, schedule, self._tz):
                 return
+            if self._catchup.due_now(meter_id):
+                return  # the next catch-up chunk goes at once
             await self._clock.sleep((next_slot_ms(now, schedule, self._tz) - now) / 1000)
 
     # -- request ------------------------------------------------------------------------------
@@ -198,12 +205,8 @@ class MtsRuntime:
 
     def _params(self, meter_id: str, reference: str, now_ms: int) -> dict[str, object]:
         meter = self.config.meters[meter_id]
-        survey_date, survey_days = survey_window(
-            now_ms,
-            self._store.store.last_ts(meter_id),
-            meter.survey_days,
-            self.config.max_catchup_days,
-        )
+        newest = self._store.store.last_ts(meter_id)
+        survey_date, survey_days = self._catchup.window(meter_id, now_ms, newest, meter.survey_days)
         params: dict[str, object] = {
             "requestReference": reference,
             "immediate": meter.immediate,
@@ -226,15 +229,23 @@ class MtsRuntime:
         if intent is None:
             intent = PendingTest(self._reference(meter_id, now), now)
             await self.state.set_pending(meter_id, intent)  # before sending: invariant 1
+        params = self._params(meter_id, intent.reference, now)
         try:
-            test_id = await self.client.request_test(self._params(meter_id, intent.reference, now))
+            test_id = await self.client.request_test(params)
         except MtsError as exc:
             if exc.outcome is not Outcome.REJECT:
                 raise  # the request may have arrived: test-search decides (invariant 2)
             await self.state.set_pending(meter_id, None)
-            await self.state.mark_requested(meter_id, now)
             self._answered()
-            self._report(meter_id, "rejected", f"test-request refused: {_why(exc)}", alert=True)
+            shrunk = self._catchup.refused(meter_id)
+            if shrunk is not None:  # catchup invariant 3: a smaller test, at once
+                log.warning("mts: %s: %s (%s)", meter_id, shrunk, _why(exc))
+                return
+            await self.state.mark_requested(meter_id, now)
+            why = f"test-request refused: {_why(exc)}"
+            if "surveyDate" in params and params["surveyDays"] == 1:
+                why += f" (even one survey day, from {params['surveyDate']}: catch-up stopped)"
+            self._report(meter_id, "rejected", why, alert=True)
             return
         await self.state.requested(meter_id, replace(intent, test_id=test_id), now)
         self._polls[meter_id] = self._poll_backoff()
@@ -337,6 +348,7 @@ class MtsRuntime:
         elif status.state in (TestState.SUCCESS, TestState.PARTIAL):
             await self._ingest(meter_id, pending.test_id, status)
             await self._done(meter_id)
+            self._catchup.completed(meter_id)
 
     async def _done(self, meter_id: str) -> None:
         self._polls.pop(meter_id, None)
@@ -488,8 +500,28 @@ class MtsRuntime:
             health.last_error = str(exc)
         return backoff.next_delay(exc.verdict.retry_after_secs)
 
-    def _answered(self) -> None:
+    def _retry_backoff(self) -> Backoff:
+        config = self.config
+        return Backoff(
+            config.retry_initial_secs,
+            config.retry_max_secs,
+            max_retry_after_secs=config.retry_after_max_secs,
+            rng=self._rng,
+        )
+
+    def _rate_paused(self, asked: float | None, waited: float) -> None:
+        """A 429 holds every meter (the limit is per token): shown in each meter's state."""
+        until = utc_iso8601(self._now_ms() + round(waited * 1000))
+        for meter_id in self.config.meters:
+            facts = self._health.meter(meter_id).facts
+            facts["rate_limited_until"] = until
+            facts["rate_limited_for_secs"] = round(waited, 3)
+            facts["rate_limit_asked_secs"] = asked
+
+    def _answered(self, meter_id: str | None = None) -> None:
         """A call went through: credentials work again if they were refused."""
+        if meter_id is not None:
+            self._health.meter(meter_id).facts.pop("rate_limited_until", None)
         if self._gate.reopen():
             log.warning("mts: MTS accepts the token again; meters resume")
 
@@ -497,7 +529,7 @@ class MtsRuntime:
 
     async def _cancel_removed(self, meters: list[str]) -> None:
         """Cancel the tests of meters no longer configured, then forget them (retried)."""
-        backoff = Backoff(self.config.retry_initial_secs, self.config.retry_max_secs, rng=self._rng)
+        backoff = self._retry_backoff()
         left = list(meters)
         while left:
             meter_id = left[0]

@@ -6,16 +6,18 @@ defaults below are documented guesses, and every path and body field name can be
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.channels import ENERGY_CHANNELS, unit_of
-from core.config_base import KeyPath, ServiceBaseUrl, Strict, renamed
+from core.config_base import GatewayFacts, KeyPath, ServiceBaseUrl, Strict, renamed
 from core.durations import Seconds
+from gateway.timefmt import zone
 from gateway.uplinks.base import StreamUplinkConfig
 from gateway.uplinks.registry import UPLINKS
 
@@ -71,11 +73,23 @@ class EnerKeyMeterConfig(Strict):
     mode: Literal["cumulative", "consumption"] = "cumulative"
     #: The stored energy channel (a counter in Wh or varh, core.channels).
     channel: str = "energy_active_import"
-    #: The unit of the meter in EnerKey; values are divided from Wh (or varh) into it.
-    unit: Literal["Wh", "kWh", "MWh", "varh", "kvarh", "Mvarh"] = "kWh"
+    #: The unit of the meter in EnerKey ("Unit of data is meter default in EnerKey"); values
+    #: are divided from Wh (or varh) into it. Required: a guess is a silent x1000 error.
+    unit: Literal["Wh", "kWh", "MWh", "varh", "kvarh", "Mvarh"]
     #: Values are rounded to this many decimals (in `unit`); consumption is the difference
     #: of the rounded readings, so the hours add up exactly to the readings.
     decimals: int = Field(default=6, ge=0, le=9)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unit_stated(cls, data: object) -> object:
+        if isinstance(data, dict) and "unit" not in data:
+            raise ValueError(
+                "unit is required: the meter's unit in EnerKey (Wh, kWh, MWh, varh, kvarh or "
+                "Mvarh; EnerKey takes values in the meter's default unit, see its meter "
+                "settings), so a wrong guess is not a silent x1000 error"
+            )
+        return data
 
     @field_validator("channel")
     @classmethod
@@ -197,6 +211,39 @@ class EnerKeyConfig(StreamUplinkConfig):
     def meter_references(self) -> Iterator[tuple[KeyPath, str]]:
         for meter_id in self.meters:
             yield ("meters", meter_id), meter_id
+
+    def site_problems(self, gateway: GatewayFacts) -> Iterator[tuple[KeyPath, str]]:
+        """`offset` stamps need a zone whose offsets are whole hours: elsewhere a UTC hour is
+        hh:30 or hh:45 local, not on the hour as written (EnerKey's resolution is hourly)."""
+        if self.timestamp_format == "offset":
+            odd = odd_offsets(gateway.timezone)
+            if odd:
+                yield (
+                    ("timestamp_format",),
+                    f"offset: the site's time zone {gateway.timezone} has offsets that are not "
+                    f"whole hours ({', '.join(odd)}), where an hour boundary is not on the hour "
+                    "in local time; use timestamp_format: utc",
+                )
+
+
+@functools.cache
+def odd_offsets(name: str) -> tuple[str, ...]:
+    """UTC offsets (+hh:mm) of zone `name`, 2000..2040, that are not whole hours (sampled
+    daily: no zone changes its offset for less than a day)."""
+    tz = zone(name)
+    start = datetime(2000, 1, 1, tzinfo=UTC)
+    found: set[timedelta] = set()
+    for day in range(0, 41 * 366):
+        offset = (start + timedelta(days=day)).astimezone(tz).utcoffset()
+        if offset is not None and offset % timedelta(hours=1):
+            found.add(offset)
+    return tuple(_hhmm(offset) for offset in sorted(found))
+
+
+def _hhmm(offset: timedelta) -> str:
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 UPLINKS.register("enerkey", "gateway.uplinks.enerkey.uplink:build_uplink")

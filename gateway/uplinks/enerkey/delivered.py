@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from gateway.store.database import Store, Transaction
+from gateway.uplinks.enerkey import inflight
 
 TABLE = """
 CREATE TABLE IF NOT EXISTS delivered_hours (
@@ -42,7 +43,8 @@ def record_delivery(
     keep_ms: int | None = None,
 ) -> None:
     """Advance a cursor, record the (hour_ms, value) pairs just delivered and the uplink's
-    state, in ONE transaction; rows of this stream delivered more than `keep_ms` ago go.
+    state, in ONE transaction, which also removes the stream's in-flight record
+    (gateway.uplinks.enerkey.inflight); rows of this stream delivered more than `keep_ms` ago go.
 
     An hour recorded again (an idempotent re-push) keeps one row with the newest value.
     """
@@ -61,8 +63,10 @@ def record_delivery(
                 "WHERE uplink = ? AND stream = ? AND delivered_at_ms < ?",
                 (uplink, stream, now_ms - keep_ms),
             )
+        inflight.clear_in(txn, uplink, stream)
 
     ensure_table(store)
+    store.ensure_tables(inflight.TABLE)
     store.advance(uplink, stream, position, state, write=write)
 
 

@@ -28,7 +28,7 @@ from typing import Final
 
 from core.flags import CLOCK_UNSYNCED, COUNTER_JUMP, COUNTER_RESET
 from core.sample import StoredSample
-from gateway.timefmt import HOUR_MS, ceil_hour_ms, floor_hour_ms
+from gateway.timefmt import HOUR_MS, ceil_hour_ms, floor_hour_ms, utc_iso8601
 
 #: Samples with these flags are not used (their time or value is not trustworthy).
 UNTRUSTED_FLAGS: Final = frozenset({CLOCK_UNSYNCED})
@@ -71,6 +71,23 @@ class Gap:
     @property
     def hours(self) -> int:
         return (self.last_hour_ms - self.first_hour_ms) // HOUR_MS + 1
+
+    def describe(self, meter: str, max_gap_secs: float) -> str:
+        """The alert text: which hours have no reading, and why."""
+        before = "the first sample" if self.before_ms is None else utc_iso8601(self.before_ms)
+        after = utc_iso8601(self.after_ms)
+        why = (
+            f"samples {before} and {after} are more than {max_gap_secs:g} s apart"
+            if self.reason == "no samples"
+            else f"the counter went down between {before} and {after}"
+            if self.reason == "counter decreased"
+            else f"a {self.reason} flagged at {after}: no interpolation across two counter series"
+        )
+        return (
+            f"meter {meter}: no reading for {self.hours} hour(s) "
+            f"{utc_iso8601(self.first_hour_ms)} .. {utc_iso8601(self.last_hour_ms)} ({why}); "
+            "left out, not invented"
+        )
 
 
 Event = HourReading | Gap

@@ -9,17 +9,34 @@ Invariants:
    `low_water`, the burst is withdrawn and calls go at the steady rate only; at 0 nobody
    calls for one steady interval; after a 429 nobody calls until its Retry-After (or the
    caller's backoff) has passed.
+3. The budget outlives the process: `snapshot()` (wall-clock times) is kept in the store after
+   every call (gateway.uplinks.enerkey.budget_store) and `restore()`d at start, so a restart
+   refills only by the time that passed, never to a fresh burst; a clock set back refills
+   nothing (never more calls than the limit, whatever the clock did).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from dataclasses import dataclass, field
 
 from gateway.clock.clocks import Clock
 
 #: Float slack on a token: a refill that lands a hair under 1.0 must not wait for nothing.
 _EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class BudgetSnapshot:
+    """What a restart must know, in wall-clock epoch seconds (invariant 3)."""
+
+    at: float
+    tokens: float
+    blocked_until: float
+    #: Start times of the calls in the last window (for `calls_in_window`).
+    calls: tuple[float, ...] = ()
+    remaining: dict[str, int] = field(default_factory=dict)
 
 
 class RateBudget:
@@ -46,6 +63,8 @@ class RateBudget:
         self._blocked_until = 0.0
         self._lock = asyncio.Lock()
         self._recent: deque[float] = deque()
+        #: The same calls' wall-clock times (what a snapshot keeps).
+        self._recent_wall: deque[float] = deque()
         #: Calls left per key label, as the server last said (X-Rate-Limit).
         self.remaining: dict[str, int] = {}
         #: Calls that waited for the budget, and the seconds they waited in all.
@@ -80,6 +99,7 @@ class RateBudget:
                 await self._clock.sleep(wait)
             self._tokens -= 1.0
             self._recent.append(now)
+            self._recent_wall.append(self._clock.time())
             self.calls_in_window()  # keeps the deque to one window
             if waited:
                 self.waits += 1
@@ -103,10 +123,52 @@ class RateBudget:
         until = self._clock.monotonic() + max(0.0, seconds)
         self._blocked_until = max(self._blocked_until, until)
 
+    def facts(self, label: str | None) -> dict[str, object]:
+        """For health: calls left (of key `label`, and per key) and calls in the window."""
+        facts: dict[str, object] = {"calls_left_by_key": dict(self.remaining)}
+        if label in self.remaining:
+            facts["calls_left"] = self.remaining[label]
+        facts["calls_24h"] = self.calls_in_window()
+        return facts
+
+    def available(self) -> float:
+        """Tokens now (a call may start at once when >= 1)."""
+        self._refill(self._clock.monotonic())
+        return self._tokens
+
+    def snapshot(self) -> BudgetSnapshot:
+        now = self._clock.monotonic()
+        self._refill(now)
+        self.calls_in_window()
+        wall = self._clock.time()
+        return BudgetSnapshot(
+            at=wall,
+            tokens=self._tokens,
+            blocked_until=wall + max(0.0, self._blocked_until - now),
+            calls=tuple(self._recent_wall),
+            remaining=dict(self.remaining),
+        )
+
+    def restore(self, saved: BudgetSnapshot) -> None:
+        """Go on from a snapshot of an earlier run (invariant 3)."""
+        now, wall = self._clock.monotonic(), self._clock.time()
+        for label, left in saved.remaining.items():
+            self.observe(label, left)
+        elapsed = max(0.0, wall - saved.at)
+        self._tokens = min(self._capacity, max(0.0, saved.tokens) + elapsed * self._rate)
+        self._updated = now
+        if saved.blocked_until > wall:
+            self.block(saved.blocked_until - wall)
+        calls = sorted(start for start in saved.calls if start <= wall)
+        self._recent = deque(now - (wall - start) for start in calls)
+        self._recent_wall = deque(calls)
+        self.calls_in_window()
+
     def calls_in_window(self) -> int:
-        """Calls this process started in the last window."""
+        """Calls started in the last window (by this run, or restored from an earlier one)."""
         horizon = self._clock.monotonic() - self.window_secs
         recent = self._recent
         while recent and recent[0] <= horizon:
             recent.popleft()
+            self._recent_wall.popleft()
         return len(recent)

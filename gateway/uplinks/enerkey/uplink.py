@@ -30,23 +30,25 @@ Invariants (every change must keep them):
 2. A stream's cursor, its state (next hour, last reading) and the `delivered_hours` rows of a
    message move in ONE store transaction, only after EnerKey answered 2xx (or the message was
    parked). After a restart the stream resumes at the next undelivered hour.
-3. Duplicate window (matters for consumption, which EnerKey SUMS per hour): a message is sent
-   again only if (a) the process dies between EnerKey's 2xx and that commit (milliseconds), or
-   (b) a request's answer is lost (timeout, dropped connection) after EnerKey processed it:
-   that message is retried. Both are counted in health (`ambiguous_retries`). Before sending a
-   consumption message, hours already recorded as delivered are dropped (an alert says so).
-   Cumulative readings are idempotent, hence the default.
-4. Nothing is dropped for a transient failure or refused keys: 5xx/timeouts retry the SAME
-   message with jittered backoff; 401/403 switch to the other key at once (alert naming the key
-   by its label A/B); both refused pause every stream (alert) and probe every auth_probe_secs;
-   404/405 (wrong path or meter id) pause that stream (alert) and probe. Only a message refused
-   (another 4xx) max_attempts_rejected times is parked as a dead letter, and the stream moves on.
+3. No hour is sent twice unless EnerKey said it did not take it (EnerKey SUMS values of one
+   hour, consumption and cumulative alike): a message is recorded in flight before it is sent
+   (gateway.uplinks.enerkey.inflight); an answer lost after the request may have arrived, a
+   502/504, or an in-flight record found at start is an unknown outcome: the message is held
+   in the dead-letter table for a human, alerted and counted (`unknown_outcomes`), never
+   re-sent by itself. Hours already recorded as delivered are dropped before a message goes.
+4. Nothing is dropped for a transient failure or refused keys: an answer that EnerKey did
+   not take it (500, 503, no connection) retries the SAME message with jittered backoff;
+   401/403 switch to the other key at once (alert naming the key by its label A/B); both
+   refused pause every stream (alert) and probe every auth_probe_secs; 404/405 (wrong path
+   or meter id) pause that stream (alert) and probe. Only a message refused (another 4xx)
+   max_attempts_rejected times is parked as a dead letter, and the stream moves on.
 5. Calls go through one RateBudget: never more than rate_limit_per_day in any 24 h across all
-   meters; X-Rate-Limit narrows it; a 429 stops every stream until its Retry-After.
+   meters; X-Rate-Limit narrows it; a 429 stops every stream until its Retry-After. The
+   budget is kept in the store after each call and restored at start (budget_store).
 6. A key is never logged, put into health, an alert or a dead letter.
 7. On cancellation, waiting streams stop at once; a request in flight, and the commit of a
-   message EnerKey took, may finish within shutdown_grace_secs (else the message is sent again
-   next start: window (a) of invariant 3).
+   message EnerKey took, may finish within shutdown_grace_secs (else the next start finds it
+   in flight: invariant 3).
 """
 
 from __future__ import annotations
@@ -63,16 +65,24 @@ import yarl
 
 from core.config_base import UplinkConfig
 from core.health import Health
-from gateway.net.policy import Verdict, is_misdirected, rate_limit_remaining
+from gateway.net.policy import Outcome, Verdict, is_misdirected, rate_limit_remaining
 from gateway.store.async_store import AsyncStore
 from gateway.timefmt import HOUR_MS, utc_iso8601
 from gateway.uplinks.delivery import Attempt, DeliveryOptions, Refused, StreamProgress, StreamUplink
+from gateway.uplinks.enerkey import budget_store, inflight
 from gateway.uplinks.enerkey import config as ekc
 from gateway.uplinks.enerkey import delivered as hours_table
 from gateway.uplinks.enerkey.hourly import Event, Gap, HourlyReadings, HourReading
 from gateway.uplinks.enerkey.keys import ApiKey, KeyRing
-from gateway.uplinks.enerkey.messages import build_body, convert, push_url, state_key
+from gateway.uplinks.enerkey.messages import (
+    build_body,
+    check_answer,
+    hour_value,
+    push_url,
+    state_key,
+)
 from gateway.uplinks.enerkey.rate_budget import RateBudget
+from gateway.uplinks.enerkey.requeue import send_requeued
 from gateway.uplinks.registry import UplinkContext
 
 log = logging.getLogger(__name__)
@@ -119,8 +129,6 @@ class _Stream(StreamProgress):
     hours_missing: int = 0
     #: The key the next request goes with (chosen by _before_attempt).
     key: ApiKey | None = None
-    #: Hours in the message being sent (for the log line of an ambiguous retry).
-    sending_hours: int = 0
 
     @property
     def kind(self) -> str:
@@ -157,8 +165,8 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         self._keep_ms = config.keep_delivered_days * DAY_MS
         self._streams = {str(t.meter_id): meter for meter, t in config.meters.items()}
         self._outside_dates_warned: set[str] = set()
-        #: Requests whose answer was lost after they may have been processed, then retried.
-        self.ambiguous_retries = 0
+        #: Messages whose outcome is unknown, held for a human (inflight, invariant 3).
+        self.unknown_outcomes = 0
 
     def streams(self) -> dict[str, str]:
         return dict(self._streams)
@@ -172,6 +180,13 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
     def _describe_target(self) -> str:
         base = yarl.URL(self.config.base_url).with_user(None).with_query(None)
         return f"{len(self._streams)} meter(s) to {base}"
+
+    async def run(self) -> None:
+        """Restore the daily budget an earlier run left (invariant 5), then deliver."""
+        saved = await self._astore.run(budget_store.load, self.name)
+        if saved is not None:
+            self._budget.restore(saved)
+        await super().run()
 
     def _new_streams(self) -> dict[str, _Stream]:
         return {stream: self._new_stream(stream, meter) for stream, meter in self._streams.items()}
@@ -190,17 +205,23 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         position = await self._astore.register_stream(self.name, st.stream, st.meter)
         saved = await self._astore.state(self.name, state_key(st.stream))
         state = json.loads(saved) if saved else {}
+        flight = await self._astore.run(inflight.pending, self.name, st.stream)
+        if flight is not None:
+            why = "the gateway stopped while this message was in flight (a power cut?)"
+            position = await self._hold(st, flight, why)
+            state = json.loads(flight.state.get(state_key(st.stream), "{}"))
         st.readings = HourlyReadings(st.target.channel, self._max_gap_ms, state.get("next_hour_ms"))
         st.last_hour_ms = state.get("last_hour_ms")
         st.last_value = state.get("last_value")
         st.read_after = position
         st.overflow.clear()
         while not self._stopping:
+            await self._send_requeued(st)
             message = await self._collect(st)
             if message.empty:
                 await self._wait_for_samples(st)
                 continue
-            if message.items and st.kind == "consumption":
+            if message.items:
                 await self._drop_delivered(st, message)
             if not message.items:
                 await self._commit(st, message, delivered=False)
@@ -256,42 +277,12 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
 
     def _value(self, st: _Stream, reading: HourReading) -> float | None:
         """What is sent for this boundary, or None (consumption without the hour before)."""
-        target = st.target
-        value = convert(reading.value, target)
-        previous = None
-        if st.last_value is not None and st.last_hour_ms is not None:
-            previous = convert(st.last_value, target)
-        if target.mode == "cumulative":
-            if reading.series_break is not None:
-                before = "none" if previous is None else f"{previous:g}"
-                self._health.alert(
-                    self.name,
-                    f"meter {st.meter}: {reading.series_break} in the hour ending "
-                    f"{utc_iso8601(reading.hour_ms)} ({before} -> {value:g} {target.unit}): a "
-                    "new counter series starts; sent as read (record the meter change in "
-                    "EnerKey)",
-                )
-                return value
-            if previous is not None and value < previous:
-                self._health.alert(
-                    self.name,
-                    f"meter {st.meter}: counter went down at {utc_iso8601(reading.hour_ms)} "
-                    f"({previous:g} -> {value:g} {target.unit}); sent as read",
-                )
-            return value
-        if previous is None or st.last_hour_ms != reading.hour_ms - HOUR_MS:
-            return None  # the hour before was a gap (reported) or this is the first reading
-        change = f"({previous:g} -> {value:g} {target.unit}"
-        if reading.series_break is not None:
-            why = f"{reading.series_break} in the hour ending {utc_iso8601(reading.hour_ms)}"
-            self._left_out(st, f"{why} {change}, flagged by the gateway)")
-            return None
-        consumption = round(value - previous, target.decimals)
-        if consumption < 0:
-            why = f"counter went down in the hour ending {utc_iso8601(reading.hour_ms)}"
-            self._left_out(st, f"{why} {change})")
-            return None
-        return consumption
+        decided = hour_value(st.target, reading, st.last_hour_ms, st.last_value)
+        if decided.left_out is not None:
+            self._left_out(st, decided.left_out)
+        elif decided.alert is not None:
+            self._health.alert(self.name, f"meter {st.meter}: {decided.alert}")
+        return decided.value
 
     def _left_out(self, st: _Stream, why: str) -> None:
         """An hour whose consumption cannot be told: alerted, counted, not sent."""
@@ -304,21 +295,7 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
     def _report_gap(self, st: _Stream, gap: Gap) -> None:
         st.hours_missing += gap.hours
         self._uplink_health.facts.setdefault("hours_missing", {})[st.meter] = st.hours_missing
-        before = "the first sample" if gap.before_ms is None else utc_iso8601(gap.before_ms)
-        why = (
-            f"samples {before} and {utc_iso8601(gap.after_ms)} are more than "
-            f"{self.config.max_interpolation_gap_secs:g} s apart"
-            if gap.reason == "no samples"
-            else f"the counter went down between {before} and {utc_iso8601(gap.after_ms)}"
-            if gap.reason == "counter decreased"
-            else f"a {gap.reason} flagged at {utc_iso8601(gap.after_ms)}: no interpolation "
-            "across two counter series"
-        )
-        text = (
-            f"meter {st.meter}: no reading for {gap.hours} hour(s) "
-            f"{utc_iso8601(gap.first_hour_ms)} .. {utc_iso8601(gap.last_hour_ms)} ({why}); "
-            "left out, not invented"
-        )
+        text = gap.describe(st.meter, self.config.max_interpolation_gap_secs)
         self._uplink_health.facts["last_gap"] = text
         self._health.alert(self.name, text)
 
@@ -336,7 +313,7 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             waiter.cancel()
 
     async def _drop_delivered(self, st: _Stream, message: _Message) -> None:
-        """The duplicate guard: consumption hours already recorded as delivered are not sent."""
+        """The duplicate guard: hours already recorded as delivered are not sent (summed)."""
         first, last = message.items[0][0], message.items[-1][0]
         done = await self._astore.run(
             hours_table.delivered_hours, self.name, st.stream, st.kind, start_ms=first, end_ms=last
@@ -347,7 +324,7 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         message.items = [item for item in message.items if item[0] not in hours]
         self._health.alert(
             self.name,
-            f"meter {st.meter}: {len(hours)} consumption hour(s) from "
+            f"meter {st.meter}: {len(hours)} {st.kind} hour(s) from "
             f"{utc_iso8601(min(hours))} were already delivered; not sent again",
         )
 
@@ -384,7 +361,8 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
     # -- sending --------------------------------------------------------------------------------
 
     async def _send(self, st: _Stream, message: _Message) -> bool:
-        """Send one message until EnerKey takes it (True) or it is parked (False).
+        """Send one message until EnerKey takes it (True), or park it (False): refused for
+        good, or its outcome unknown (invariant 3).
 
         On True the stream stays `in_request` until `_run_stream` has committed the hours
         (the shutdown grace covers the commit of a message EnerKey took).
@@ -395,13 +373,75 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             [(self._stamp(st, hour), value) for hour, value in message.items],
             self._tz,
         )
-        st.sending_hours = len(message.items)
+        assert message.cursor is not None
+        flight = inflight.InFlight(
+            message.cursor,
+            len(message.items),
+            message.items[0][0],
+            message.items[-1][0],
+            body.decode(),
+            self._state(st, message),
+            self._now_ms(),
+        )
         try:
-            await self._settle(st, lambda: self._post_with_key(st, body))
+            await self._settle(st, lambda: self._attempt(st, body, flight))
         except Refused as refused:
             await self._park_message(st, message, body=body, refused=refused)
+            await self._astore.run(inflight.clear, self.name, st.stream)
+            return False
+        except inflight.OutcomeUnknown as unknown:
+            await self._hold(st, flight, f"no answer that says ({unknown.verdict.detail})")
             return False
         return True
+
+    async def _attempt(self, st: _Stream, body: bytes, flight: inflight.InFlight | None) -> Attempt:
+        """One request, recorded in flight first (a re-queued one is held by its letter); a
+        lost answer ends the retries."""
+        if flight is not None:
+            await self._astore.run(inflight.record, self.name, st.stream, flight)
+        attempt = await self._post_with_key(st, body)
+        if inflight.outcome_unknown(attempt.verdict):
+            raise inflight.OutcomeUnknown(attempt.verdict)
+        if attempt.verdict.outcome is not Outcome.OK and flight is not None:
+            await self._astore.run(inflight.clear, self.name, st.stream)
+        return attempt
+
+    async def _send_requeued(self, st: _Stream) -> None:
+        """Messages an operator re-queued go first (gateway.uplinks.enerkey.requeue)."""
+
+        async def settle(body: bytes) -> None:
+            try:
+                await self._settle(st, lambda: self._attempt(st, body, None))
+            finally:
+                st.in_request = False
+
+        await send_requeued(
+            self._astore,
+            name=self.name,
+            stream=st.stream,
+            meter=st.meter,
+            health=self._health,
+            settle=settle,
+            now_ms=self._now_ms,
+        )
+
+    async def _hold(self, st: _Stream, flight: inflight.InFlight, why: str) -> int:
+        """An unknown outcome: park the message for a human, alert, count; the new cursor."""
+        await self._astore.run(
+            inflight.hold, self.name, st.stream, flight, why=why, now_ms=self._now_ms()
+        )
+        self.unknown_outcomes += 1
+        self._uplink_health.facts["unknown_outcomes"] = self.unknown_outcomes
+        self._uplink_health.parked += 1
+        self._health.alert(
+            self.name,
+            f"meter {st.meter}: message with {flight.hours} hour(s) "
+            f"{utc_iso8601(flight.first_hour_ms)} .. {utc_iso8601(flight.last_hour_ms)}: "
+            f"{inflight.UNKNOWN}, {why}; not sent again (EnerKey sums values of one hour). "
+            "Check those hours in EnerKey; the message is kept: meter-gateway deadletters "
+            "--uplink enerkey",
+        )
+        return await self._astore.run(lambda store: store.cursor(self.name, st.stream))
 
     def _stamp(self, st: _Stream, hour_ms: int) -> int:
         if st.kind == "consumption" and self.config.consumption_timestamp == "hour_start":
@@ -416,14 +456,26 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             "Authorization": self.config.authorization_prefix + key.secret.get_secret_value(),
         }
 
+        seen: list[str] = []
+
         def observe(response: aiohttp.ClientResponse) -> None:
+            seen.append(response.content_type)
             remaining = rate_limit_remaining(response.headers)
             if remaining is not None:
                 self._budget.observe(key.label, remaining)
 
         attempt = await self._post(st.url, body, headers, observe=observe)
         self._facts()
-        return attempt
+        return self._checked(attempt, seen[0] if seen else "")
+
+    def _checked(self, attempt: Attempt, content_type: str) -> Attempt:
+        """A 2xx not shaped as EnerKey's answer is counted and made a RETRY (messages)."""
+        checked = check_answer(attempt.verdict, content_type, attempt.answer)
+        if checked is None:
+            return attempt
+        facts = self._uplink_health.facts
+        facts["unexpected_answers"] = int(facts.get("unexpected_answers", 0)) + 1
+        return Attempt(checked)
 
     # -- the delivery core's hooks ------------------------------------------------------------
 
@@ -447,6 +499,9 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         self._use_key(key)
         st.key = key
         await self._budget.acquire()
+        await self._astore.run(
+            budget_store.save, self.name, self._budget.snapshot(), window_secs=DAY_MS / 1000
+        )
 
     async def _credentials_refused(self, st: _Stream, attempt: Attempt) -> None:
         """401/403 with this key: the next attempt uses the other key (alerted once per key)."""
@@ -479,19 +534,6 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             )
         await self._clock.sleep(self.config.auth_probe_secs)
         return True
-
-    def _ambiguous(self, st: _Stream, attempt: Attempt) -> None:
-        self.ambiguous_retries += 1
-        self._uplink_health.facts["ambiguous_retries"] = self.ambiguous_retries
-        log.warning(
-            "%s/%s: no answer to a message of %d hour(s) (%s): EnerKey may have "
-            "taken it; sending it again%s",
-            self.name,
-            st.stream,
-            st.sending_hours,
-            attempt.verdict.detail,
-            " (consumption: may double-count)" if st.kind == "consumption" else "",
-        )
 
     async def _wait_to_retry(self, st: _Stream, delay: float, verdict: Verdict) -> None:
         if verdict.status == 429:
@@ -538,13 +580,7 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
         )
 
     def _facts(self) -> None:
-        facts = self._uplink_health.facts
-        budget = self._budget
-        facts["key"] = self._key_label
-        if self._key_label in budget.remaining:
-            facts["calls_left"] = budget.remaining[self._key_label]
-        facts["calls_left_by_key"] = dict(budget.remaining)
-        facts["calls_24h"] = budget.calls_in_window()
+        self._uplink_health.facts.update(key=self._key_label, **self._budget.facts(self._key_label))
 
 
 def build_uplink(section: UplinkConfig, context: UplinkContext) -> EnerKeyUplink:

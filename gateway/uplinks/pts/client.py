@@ -39,6 +39,7 @@ from gateway.net.policy import (
     Verdict,
     classify_exception,
     classify_response,
+    is_web_page,
 )
 from gateway.net.session import KeptSession, SessionFactory, read_limited
 from gateway.uplinks.pts.window import eastern_date
@@ -296,7 +297,7 @@ class PtsClient:
                 maybe_sent=method == "POST" and verdict.outcome is Outcome.RETRY,
             )
         acknowledgement = operation in ("ARPost", "ARPostTest")
-        if _is_page(content_type, raw):
+        if is_web_page(content_type, raw):
             self._unexpected(operation, status, "a web page, not PTS", maybe_sent=method == "POST")
         if acknowledgement and not raw.strip():
             return None
@@ -340,14 +341,6 @@ class PtsClient:
 def eastern_day(ts_s: float) -> str:
     """The Eastern calendar day of epoch seconds `ts_s` (PTS's days)."""
     return eastern_date(int(ts_s * 1000)).isoformat()
-
-
-_PAGE_TYPES: Final = ("text/html", "application/xhtml+xml")
-
-
-def _is_page(content_type: str, raw: bytes) -> bool:
-    head = raw.lstrip()[:64].lower()
-    return content_type.lower() in _PAGE_TYPES or head.startswith((b"<!doctype", b"<html"))
 
 
 def _is_array(body: object) -> bool:

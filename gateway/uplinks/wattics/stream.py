@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Final
 
 from core.backoff import Backoff
 from core.sample import StoredSample
+from gateway.net.policy import is_web_page
 from gateway.timefmt import parse_iso8601_ms
 from gateway.uplinks.delivery import Refused, StreamProgress
 from gateway.uplinks.wattics.config import WatticsDatapointConfig
@@ -72,15 +72,10 @@ def accepted_key(stream: str) -> str:
     return f"accepted:{stream}"
 
 
-#: Content types that no API answers with: a captive portal's or a proxy's page.
-_PAGE_TYPES: Final = ("text/html", "application/xhtml+xml")
-
-
 def not_a_wattics_answer(content_type: str, body: bytes) -> str | None:
     """Why a 2xx cannot be Wattics' acknowledgement (None: it may be). The document names
     no body; an HTML page (a captive portal, a proxy's login or error page) is not one."""
-    head = body.lstrip()[:64].lower()
-    if content_type.lower() in _PAGE_TYPES or head.startswith((b"<!doctype", b"<html", b"<?xml")):
+    if is_web_page(content_type, body) or body.lstrip()[:5].lower() == b"<?xml":
         return f"answer is a web page ({content_type or 'no content type'}), not Wattics"
     return None
 

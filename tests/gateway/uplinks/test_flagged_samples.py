@@ -79,7 +79,7 @@ async def test_enerkey_consumption_leaves_out_the_hour_in_which_the_counter_brok
 ) -> None:
     await store_minutes(astore, swapped_meter(new_start_wh, flag, SWAP + 7_000), hour(5) + MIN)
     health = Health()
-    meters = {"incomer": {"meter_id": 4711, "mode": "consumption"}}
+    meters = {"incomer": {"meter_id": 4711, "mode": "consumption", "unit": "kWh"}}
     async with running(uplink_for(fake_enerkey, astore, health, meters)):
         await fake_enerkey.wait_hours(4711, 3, "consumption")
 

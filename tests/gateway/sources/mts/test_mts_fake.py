@@ -52,7 +52,9 @@ async def test_pending_then_complete_cancel_by_json_body(fake_mts: FakeMts) -> N
     _, body = await call(fake_mts, "POST", "test-request", json=REQUEST)
     test_id = body["testId"]  # type: ignore[index]
     _, first = await call(fake_mts, "GET", "test-status", params={"testid": str(test_id)})
-    _, second = await call(fake_mts, "GET", "test-status", params={"testId": str(test_id)})
+    # One spelling only (the examples' `testid` by default): the other is refused.
+    assert (await call(fake_mts, "GET", "test-status", params={"testId": str(test_id)}))[0] == 400
+    _, second = await call(fake_mts, "GET", "test-status", params={"testid": str(test_id)})
     assert first == {"testid": test_id, "resultSummary": "PENDING"}  # odd id: sample style
     assert second["resultSummary"] == "SUCCESS"  # type: ignore[index]
     assert second["surveyData"][0]["readings"]  # type: ignore[index]

@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+from pydantic import SecretStr
+
 from core.health import Health
-from tests.fakes.mts import FakeMts
-from tests.fixtures.mts import TOKEN
+from gateway.net.policy import Outcome
+from gateway.sources.mts.client import MtsClient, MtsError
+from tests.fakes.mts import FakeMeter, FakeMts
+from tests.fixtures.mts import METER_PASSWORD, REMOTE_ADDRESS, SERIAL, TOKEN
 from tests.gateway.sources.mts.mts_helpers import METER, opened_store, running, section
 from tests.helpers.eventually import eventually
 
@@ -120,3 +125,52 @@ async def test_a_refused_request_reports_mts_details_and_is_not_repeated_before_
     assert health.meter(METER).last_error == message
     assert [a.message for a in health.alerts] == [message]
     assert pending == "{}"
+
+
+async def test_a_huge_retry_after_is_capped_logged_and_shown(
+    tmp_path: Path, fake_mts: FakeMts, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    """A 429 with retryAfter 10^9 (here on the first call, service-status) once stopped MTS
+    polling silently until restart (issue 16 #15). Every retryAfter goes through the one
+    backoff policy and its cap (`retry_after_max_secs`); a wait over the cap is logged, and
+    shown in the state of every meter (MTS's limit is per token)."""
+    fake_mts.fail_next(1, 429, retry_after=1_000_000_000)
+    health = Health()
+    config = section(fake_mts, retry_after_max_secs=0.3)
+    async with opened_store(tmp_path) as astore, running(config, astore, health):
+        facts = health.meter(METER).facts
+        await eventually(lambda: "rate_limited_until" in facts, what="the pause shown")
+        assert facts["rate_limited_for_secs"] == 0.3
+        assert facts["rate_limit_asked_secs"] == 1_000_000_000
+        assert "rate_limited_until" in facts
+        await eventually(lambda: astore.store.count(METER) == 48, timeout=8, what="the survey")
+    assert "asked to wait 1000000000 s" in caplog.text and "the cap" in caplog.text
+    assert "rate_limited_until" not in health.meter(METER).facts  # cleared once through
+
+
+@pytest.mark.parametrize("spelling", ["testid", "testId"])
+async def test_test_status_asks_with_the_configured_spelling(tmp_path: Path, spelling: str) -> None:
+    """The document's examples write `test-status?testid=1234`, its table `testId` (issue 14
+    #16): the default follows the examples; `test_status_query_key` picks the other. The fake
+    takes exactly one spelling, as a case-sensitive server would."""
+    overrides = {} if spelling == "testid" else {"test_status_query_key": spelling}
+    async with FakeMts(TOKEN, status_query_key=spelling) as fake:
+        fake.add_meter(FakeMeter(REMOTE_ADDRESS, serial=SERIAL, password=METER_PASSWORD))
+        async with opened_store(tmp_path) as astore, running(section(fake, **overrides), astore):
+            await eventually(lambda: astore.store.count(METER) == 48, what="the survey")
+        assert fake.calls["test-status"] >= 1
+        assert not fake.refused
+
+
+async def test_a_web_page_is_not_a_cancelled_test(fake_mts: FakeMts) -> None:
+    """test-cancel answers `{"testId": ...}` (the document's sample); a 200 page from a proxy
+    or captive portal is not MTS saying yes: an error (retried by the caller), not success
+    (issue 16 #8)."""
+    client = MtsClient(fake_mts.url, SecretStr(TOKEN))
+    try:
+        fake_mts.garbage_next(1)  # <html>maintenance</html>
+        with pytest.raises(MtsError) as info:
+            await client.cancel(1234)
+        assert info.value.garbage and info.value.outcome is Outcome.RETRY
+    finally:
+        await client.aclose()

@@ -145,3 +145,23 @@ def test_keys_outside_their_dates_are_still_tried_when_no_key_is_inside() -> Non
 def test_a_key_never_shows_in_its_repr() -> None:
     keys = ring(key("super-secret-key-value"))
     assert "super-secret-key-value" not in repr(keys.keys)
+
+
+async def test_a_restored_budget_goes_on_where_it_stopped() -> None:
+    """The burst spent before a restart is not given again after it (issue 14 #14): a
+    snapshot taken at the wall clock, restored later, refills only by the time in between."""
+    clock = budget_clock()
+    budget = RateBudget(1000, 10, clock, window_secs=990.0)
+    for _ in range(10):
+        await budget.acquire()
+    budget.block(30.0)
+    snapshot = budget.snapshot()
+    clock.advance(5.0)  # the restart
+    again = RateBudget(1000, 10, clock, window_secs=990.0)
+    again.restore(snapshot)
+    assert again.calls_in_window() == 10
+    t0 = clock.monotonic()
+    await again.acquire()
+    assert clock.monotonic() == pytest.approx(t0 + 25.0)  # the 429's block is kept too
+    clock.advance(990.0)
+    assert again.calls_in_window() == 0

@@ -28,7 +28,7 @@ uplinks:
   enerkey:
 """
 
-ONE_METER = "    meters: {incomer: {meter_id: 1}}\n"
+ONE_METER = "    meters: {incomer: {meter_id: 1, unit: kWh}}\n"
 SECRETS = {"ENERKEY_KEY_A": "key-a-Secret-111", "ENERKEY_KEY_B": "key-b-Secret-222"}
 
 
@@ -52,7 +52,7 @@ def test_defaults_and_both_key_forms(tmp_path: Path) -> None:
       - ${ENERKEY_KEY_A}
       - {key: "${ENERKEY_KEY_B}", valid_from: 2025-01-01, valid_until: 2026-12-31}
     meters:
-      incomer: {meter_id: 4711}
+      incomer: {meter_id: 4711, unit: kWh}
       pv: {meter_id: "PV-1", mode: consumption, unit: MWh, decimals: 9}
 """,
     )
@@ -81,7 +81,7 @@ def test_paths_and_field_names_can_be_overridden(tmp_path: Path) -> None:
     base_url: https://test.example.com/
     cumulative_path: /v1/meters/{meter_id}/cumulative
     fields: {meter_id: id, values: readings, timestamp: ts, value: v}
-    meters: {incomer: {meter_id: "A/7 x"}}
+    meters: {incomer: {meter_id: "A/7 x", unit: kWh}}
 """,
     )
     section = config.uplinks.enerkey  # type: ignore[attr-defined]
@@ -96,17 +96,25 @@ def test_paths_and_field_names_can_be_overridden(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ("    api_keys: []\n    meters: {incomer: {meter_id: 1}}\n", "at least 1 item"),
-        ("    api_keys: [a, b, c]\n    meters: {incomer: {meter_id: 1}}\n", "at most 2 items"),
-        ("    api_keys: [same, same]\n    meters: {incomer: {meter_id: 1}}\n", "the same"),
-        ("    api_keys: [a]\n    meters: {nowhere: {meter_id: 1}}\n", "nowhere"),
+        ("    api_keys: []\n    meters: {incomer: {meter_id: 1, unit: kWh}}\n", "at least 1 item"),
         (
-            "    api_keys: [a]\n    meters: {incomer: {meter_id: 1}, pv: {meter_id: 1}}\n",
+            "    api_keys: [a, b, c]\n    meters: {incomer: {meter_id: 1, unit: kWh}}\n",
+            "at most 2 items",
+        ),
+        (
+            "    api_keys: [same, same]\n    meters: {incomer: {meter_id: 1, unit: kWh}}\n",
+            "the same",
+        ),
+        ("    api_keys: [a]\n    meters: {nowhere: {meter_id: 1, unit: kWh}}\n", "nowhere"),
+        (
+            "    api_keys: [a]\n    meters: {incomer: {meter_id: 1, unit: kWh},\n"
+            "             pv: {meter_id: 1, unit: kWh}}\n",
             "configured for two meters",
         ),
         ("    api_keys: [a]\n    meters: {incomer: {meter_id: 1, unit: kvarh}}\n", "does not fit"),
         (
-            "    api_keys: [a]\n    meters: {incomer: {meter_id: 1, channel: power_active}}\n",
+            "    api_keys: [a]\n"
+            "    meters: {incomer: {meter_id: 1, unit: kWh, channel: power_active}}\n",
             "not an energy counter",
         ),
         (
@@ -115,10 +123,10 @@ def test_paths_and_field_names_can_be_overridden(tmp_path: Path) -> None:
         ),
         (
             "    api_keys: [{key: a, valid_from: 2026-01-02, valid_until: 2026-01-01}]\n"
-            "    meters: {incomer: {meter_id: 1}}\n",
+            "    meters: {incomer: {meter_id: 1, unit: kWh}}\n",
             "before valid_from",
         ),
-        ("    api_keys: [a]\n    meters: {incomer: {meter_id: 1, mode: sum}}\n", "mode"),
+        ("    api_keys: [a]\n    meters: {incomer: {meter_id: 1, unit: kWh, mode: sum}}\n", "mode"),
         (
             "    api_keys: [a]\n    max_interpolation_gap_secs: 2d\n" + ONE_METER,
             "86400",
@@ -143,7 +151,9 @@ def test_a_key_never_appears_in_an_error(tmp_path: Path) -> None:
 
 
 async def test_the_registry_builds_the_uplink(tmp_path: Path) -> None:
-    config = load(tmp_path, "    api_keys: [a]\n    meters: {incomer: {meter_id: 4711}}\n")
+    config = load(
+        tmp_path, "    api_keys: [a]\n    meters: {incomer: {meter_id: 4711, unit: kWh}}\n"
+    )
     astore = AsyncStore(Store(tmp_path / "q.db"))
     try:
         (uplink,) = build_uplinks(UplinkContext(config, astore, Health()))  # type: ignore[arg-type]
@@ -169,3 +179,46 @@ def test_the_commented_example_block_is_valid_once_uncommented(tmp_path: Path) -
     assert section is not None
     assert [k.valid_until for k in section.api_keys] == [None, date(2027, 12, 31)]
     assert section.meters["incomer"].meter_id == 4711
+
+
+def test_a_meter_without_its_unit_is_a_config_error_naming_file_line_and_key(
+    tmp_path: Path,
+) -> None:
+    """ "Unit of data is meter default in EnerKey": a guessed kWh for a meter kept in MWh (or
+    Wh) in EnerKey is a silent x1000 error, so each meter states its unit (issue 14 #13)."""
+    found = problems(
+        tmp_path,
+        """\
+    api_keys: ["${ENERKEY_KEY_A}"]
+    meters:
+      incomer: {meter_id: 4711, unit: kWh}
+      pv: {meter_id: 4712}
+""",
+    )
+    assert len(found) == 1
+    assert "site.yaml:12: uplinks.enerkey.meters.pv: unit is required" in found[0]
+    assert "EnerKey" in found[0]
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "Australia/Lord_Howe", "Asia/Kathmandu"])
+def test_offset_timestamps_in_a_zone_off_the_whole_hour_are_refused(
+    tmp_path: Path, zone: str
+) -> None:
+    """A UTC hour is hh:30 (or hh:45) local there: `...T05:30:00+05:30` is not on the hour as
+    written, which the fake (and by the hourly resolution, EnerKey) refuses (issue 14 #12).
+    Lord Howe is +10:30 in winter only: every offset the zone has counts."""
+    path = tmp_path / "site.yaml"
+    text = (BASE + "    api_keys: [a]\n    timestamp_format: offset\n" + ONE_METER).replace(
+        "Europe/Helsinki", zone
+    )
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, SECRETS)
+    (problem,) = [str(p) for p in info.value.problems]
+    assert "site.yaml:10: uplinks.enerkey.timestamp_format" in problem
+    assert zone in problem and "utc" in problem
+
+
+def test_offset_timestamps_in_whole_hour_zones_are_fine(tmp_path: Path) -> None:
+    config = load(tmp_path, "    api_keys: [a]\n    timestamp_format: offset\n" + ONE_METER)
+    assert config.uplinks.enerkey.timestamp_format == "offset"  # type: ignore[attr-defined]

@@ -27,7 +27,7 @@ uplinks:
     base_url: "{url}"
     api_keys: ["${{ENERKEY_KEY_A}}", "${{ENERKEY_KEY_B}}"]
     retry_initial_secs: 0.05
-    meters: {{incomer: {{meter_id: 4711}}}}
+    meters: {{incomer: {{meter_id: 4711, unit: kWh}}}}
 """
 
 

@@ -81,7 +81,9 @@ def make_config(fake: FakeEnerKey, meters: dict[str, Any], **overrides: Any) -> 
         "base_url": fake.url,
         "api_keys": [KEY_A, KEY_B],
         "meters": {
-            meter: target if isinstance(target, dict) else {"meter_id": target}
+            meter: {"unit": "kWh", **target}
+            if isinstance(target, dict)
+            else {"meter_id": target, "unit": "kWh"}
             for meter, target in meters.items()
         },
         "timeout_secs": 2.0,
@@ -294,26 +296,36 @@ async def test_a_restart_after_a_completed_push_never_pushes_that_hour_again(
 
 
 @pytest.mark.parametrize("mode", ["cumulative", "consumption"])
-async def test_a_lost_answer_resends_the_message_which_double_counts_consumption_only(
+async def test_a_lost_answer_is_never_sent_again_but_held_for_a_human(
     fake_enerkey: FakeEnerKey, astore: AsyncStore, mode: str
 ) -> None:
-    """The documented duplicate window: EnerKey took a message but the answer never came."""
+    """EnerKey took a message but the answer never came. EnerKey SUMS values of one hour
+    (cumulative readings too), so sending it again would double those hours: the message is
+    held as "outcome unknown" in the dead-letter table, alerted, counted, and the stream goes
+    on with the hours after it."""
     health = Health()
     await append(astore, samples("incomer", T0, hour(3) + MIN))
     fake_enerkey.process_then_drop(1)
     meters = {"incomer": {"meter_id": 4711, "mode": mode}}
     async with running(uplink_for(fake_enerkey, astore, health, meters)):
+        await eventually(lambda: health.uplink("enerkey").facts.get("unknown_outcomes") == 1)
+        await append(astore, samples("incomer", hour(3) + MIN, hour(5) + MIN))
         await eventually(lambda: len(fake_enerkey.pushes) == 2)
         await asyncio.sleep(0.05)
 
-    assert len(fake_enerkey.pushes) == 2  # the same message, sent again once
-    assert fake_enerkey.pushes[0] == fake_enerkey.pushes[1]
-    assert health.uplink("enerkey").facts["ambiguous_retries"] == 1
-    if mode == "cumulative":  # idempotent: the readings are simply replaced
-        assert fake_enerkey.hours(4711) == pytest.approx(expected(range(1, 4)), abs=1e-6)
-    else:  # summed twice: why cumulative readings are the default
+    assert len(fake_enerkey.pushes) == 2  # the held message, then the next hours: never again
+    assert fake_enerkey.duplicates() == []
+    first = {ts for ts, _ in fake_enerkey.pushes[0].values}
+    assert not first & {ts for ts, _ in fake_enerkey.pushes[1].values}
+    (letter,) = await astore.run(lambda store: store.dead_letters("enerkey"))
+    assert letter.status is None and "outcome unknown" in letter.body
+    assert json.loads(letter.payload)["meterId"] == 4711
+    assert any("outcome unknown" in text and "not sent again" in text for text in alerts(health))
+    if mode == "cumulative":
+        assert fake_enerkey.hours(4711) == pytest.approx(expected(range(1, 6)), abs=1e-6)
+    else:
         assert fake_enerkey.hours(4711, mode) == pytest.approx(
-            {hour(1): 14.4, hour(2): 14.4}, abs=1e-9
+            {hour(n): 7.2 for n in range(1, 5)}, abs=1e-9
         )
 
 
@@ -558,3 +570,51 @@ async def test_the_flush_command_cuts_a_long_retry_backoff_short(
         outcome = await handler.handle("uplinks/enerkey/flush", b"")
         assert outcome["ok"] is True, outcome
         await fake_enerkey.wait_hours(4711, 2, timeout=2)
+
+
+async def test_the_daily_budget_survives_a_restart(
+    fake_enerkey: FakeEnerKey, astore: AsyncStore
+) -> None:
+    """40 000 calls per 24 h per key: a gateway restarted (a crash loop, a power cut) must not
+    get a fresh budget each start (issue 14 #14). Kept in the store, restored at start."""
+    await append(astore, samples("incomer", T0, hour(2) + MIN))
+    await append(astore, samples("pv", T0, hour(2) + MIN, offset=23_000))
+    limits = {"rate_limit_per_day": 20, "rate_limit_burst": 2}
+    meters = {"incomer": 4711, "pv": 4712}
+    async with running(uplink_for(fake_enerkey, astore, Health(), meters, **limits)):
+        await eventually(lambda: len(fake_enerkey.pushes) == 2)
+    later = uplink_for(fake_enerkey, astore, Health(), meters, **limits)
+    async with running(later):
+        await eventually(lambda: later.budget.calls_in_window() == 2)
+        assert later.budget.available() < 1.0  # the burst was spent before the restart
+
+
+async def test_a_web_page_answered_200_is_not_a_delivery(
+    fake_enerkey: FakeEnerKey, astore: AsyncStore
+) -> None:
+    """A captive portal's or proxy's HTML page with 200 never reached EnerKey: retried and
+    counted, the cursor stays (issue 16 #8)."""
+    health = Health()
+    await append(astore, samples("incomer", T0, hour(3) + MIN))
+    fake_enerkey.answer_with(200, b"<!DOCTYPE html><html>Welcome to the hotel wifi</html>")
+    async with running(uplink_for(fake_enerkey, astore, health, {"incomer": 4711})):
+        await fake_enerkey.wait_hours(4711, 3)
+    assert fake_enerkey.hours(4711) == pytest.approx(expected(range(1, 4)), abs=1e-6)
+    assert health.uplink("enerkey").facts["unexpected_answers"] == 1
+    assert fake_enerkey.duplicates() == []
+
+
+async def test_a_2xx_that_is_not_json_is_held_not_resent(
+    fake_enerkey: FakeEnerKey, astore: AsyncStore
+) -> None:
+    """Not a page, not JSON: it may be EnerKey's (the document only says "JSON format"), so
+    the message may have been taken: resending could double its hours. Held for a human."""
+    health = Health()
+    await append(astore, samples("incomer", T0, hour(3) + MIN))
+    fake_enerkey.answer_with(200, b"OK", content_type="text/plain")
+    async with running(uplink_for(fake_enerkey, astore, health, {"incomer": 4711})):
+        await eventually(lambda: health.uplink("enerkey").facts.get("unknown_outcomes") == 1)
+    assert fake_enerkey.pushes == []
+    assert health.uplink("enerkey").facts["unexpected_answers"] == 1
+    (letter,) = await astore.run(lambda store: store.dead_letters("enerkey"))
+    assert "not JSON" in letter.body

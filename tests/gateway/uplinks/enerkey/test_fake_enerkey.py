@@ -57,7 +57,7 @@ async def test_a_valid_push_is_taken_and_the_rate_limit_counts_down_per_key(
     status, headers, _ = await push(http, fake_enerkey, message(), key=KEY_B)
     assert headers["X-Rate-Limit"] == "39999"
     assert [p.key for p in fake_enerkey.pushes] == ["A", "A", "B"]
-    assert fake_enerkey.hours(4711) == {1_711_843_200_000: 1.5}
+    assert fake_enerkey.hours(4711) == {1_711_843_200_000: 3.0}  # two keys, one meter: summed
 
 
 @pytest.mark.parametrize(
@@ -191,12 +191,13 @@ async def test_unknown_paths_methods_and_meters(
     assert (await push(http, fake_enerkey, message("site-7")))[0] == 200
 
 
-async def test_consumption_of_one_hour_is_summed_and_readings_are_replaced(
+async def test_values_of_one_hour_are_summed_consumption_and_readings_alike(
     http: aiohttp.ClientSession, fake_enerkey: FakeEnerKey
 ) -> None:
     for _ in range(2):
         await push(http, fake_enerkey, message(4711, value=2.5), path=CONSUMPTION_PATH)
         await push(http, fake_enerkey, message(4712, value=7.0))
     assert fake_enerkey.hours(4711, "consumption") == {1_711_843_200_000: 5.0}
-    assert fake_enerkey.hours(4712) == {1_711_843_200_000: 7.0}
+    # "Multiple values for same hour are summed." (enerkey-api.txt, Pushing/posting values)
+    assert fake_enerkey.hours(4712) == {1_711_843_200_000: 14.0}
     assert len(fake_enerkey.duplicates()) == 2
