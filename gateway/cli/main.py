@@ -182,9 +182,14 @@ def _main(argv: Sequence[str] | None) -> int:
         )
     if args.command == "run":
         from gateway.daemon import run_until_signalled
+        from gateway.store.recovery import EXIT_STORE, StoreUnavailable
 
         config = _load(args.config)
-        return asyncio.run(run_until_signalled(config))
+        try:
+            return asyncio.run(run_until_signalled(config))
+        except StoreUnavailable as exc:  # healthy but out of reach: stop, discard nothing
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_STORE
     if args.command == "status":
         from gateway.cli import status as status_cli
 

@@ -80,6 +80,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
+#: How long a statement waits for another connection's lock before SQLITE_BUSY.
+BUSY_TIMEOUT_MS = 5000
+
 #: Response bodies kept in the dead-letter table are cut to this many characters.
 MAX_BODY_CHARS = 4000
 
@@ -137,11 +140,16 @@ class Store:
     def __init__(self, path: str | Path, *, budget_bytes: int | None = None) -> None:
         self.path = Path(path)
         self.budget_bytes = budget_bytes
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         with self._transaction():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():

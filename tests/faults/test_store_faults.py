@@ -1,0 +1,127 @@
+"""The store under a hostile world (issue 16, "Storage"), against the real daemon process and
+real SQLite files on real filesystems (a small tmpfs of our own, tests.fixtures.tmpfs, to fill
+up or remount read-only; skipped where the box cannot mount):
+
+- a healthy store out of reach at start (read-only filesystem, a file SQLite cannot open) is
+  never moved aside: the daemon exits EXIT_STORE (3) with the reason on stderr;
+- a real full disk refuses samples loudly (`store_full`), keeps uplinks draining, resumes;
+- a row whose payload no longer decodes is quarantined with an alert; the stream goes on;
+- a WAL/SHM deleted while running is noticed and checkpointed before anything is lost;
+- readings held while the clock is untrusted are stored flagged `clock_unsynced` at SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from core.sample import Sample
+from gateway.daemon import DB_FILE
+from gateway.store.database import Store
+from gateway.store.recovery import EXIT_STORE
+from tests.faults.conftest import DaemonProcess
+from tests.fixtures.modbus import SDM630_VALUES
+from tests.fixtures.tmpfs import Tmpfs
+
+PASSWORD = "store-faults-password"
+T0 = 1_767_225_600_000
+
+
+def _site(
+    path: Path,
+    data_dir: Path,
+    *,
+    modbus_port: int = 1,
+    wattics_url: str = "http://127.0.0.1:1/",
+    extra: str = "",
+    gateway: str = "clock_check: none",
+    interval: str = "100ms",
+) -> Path:
+    path.write_text(
+        f"""\
+gateway: {{id: faults, timezone: UTC, data_dir: "{data_dir}", {gateway}}}
+buses:
+  plant: {{type: modbus-tcp, host: 127.0.0.1, port: {modbus_port}, timeout_secs: 0.5}}
+meters:
+  - {{id: m1, bus: plant, unit: 1, model: sdm630, interval: {interval}}}
+uplinks:
+  wattics:
+    url: "{wattics_url}"
+    username: disk
+    password: ${{WATTICS_PASSWORD}}
+    retry_initial_secs: 0.05
+    retry_max_secs: 0.2
+    commit_every_secs: 0.1
+    resync_on_start: false
+    meters: {{m1: {{id: s-m1}}}}
+{extra}"""
+    )
+    return path
+
+
+def _seed(db: Path, rows: int) -> bytes:
+    with Store(db) as store:
+        store.append([Sample("m1", T0 + i * 1000, SDM630_VALUES) for i in range(rows)])
+    return db.read_bytes()
+
+
+def _rows(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        (count,) = connection.execute("SELECT COUNT(*) FROM samples").fetchone()
+    connection.close()
+    return int(count)
+
+
+async def _exits_with_store_error(daemon: DaemonProcess) -> str:
+    await daemon.start()
+    assert daemon.process is not None
+    async with asyncio.timeout(20):  # it stops by itself
+        status = await daemon.process.wait()
+    assert status == EXIT_STORE, daemon.log_text()[-3000:]
+    return daemon.log_text()
+
+
+# -- 1. a healthy store out of reach is not "corrupt" --------------------------------------------
+
+
+@pytest.mark.timeout(40)
+async def test_read_only_filesystem_at_start_exits_3_loudly_and_keeps_the_store(
+    tmp_path: Path,
+    tmpfs: Callable[[int], Tmpfs],
+    daemon_factory: Callable[[Path, dict[str, str]], DaemonProcess],
+) -> None:
+    disk = tmpfs(4 * 1024 * 1024)
+    db = disk.path / DB_FILE
+    before = _seed(db, 200)
+    disk.remount(read_only=True)
+    daemon = daemon_factory(
+        _site(tmp_path / "site.yaml", disk.path), {"WATTICS_PASSWORD": PASSWORD}
+    )
+    text = await _exits_with_store_error(daemon)
+    assert "error: store" in text and "NOT corrupt" in text  # what `systemctl status` shows
+    assert "Traceback" not in text
+    assert db.read_bytes() == before  # untouched: no fresh store, nothing moved aside
+    assert sorted(p.name for p in disk.path.iterdir()) == [DB_FILE]
+
+
+@pytest.mark.timeout(40)
+async def test_a_store_sqlite_cannot_open_exits_3_and_is_not_moved_aside(
+    tmp_path: Path, daemon_factory: Callable[[Path, dict[str, str]], DaemonProcess]
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    db = data_dir / DB_FILE
+    before = _seed(db, 200)
+    wal = Path(f"{db}-wal")
+    wal.mkdir()  # noqa: ASYNC240 (set-up) what SQLite needs beside the file is unusable
+    daemon = daemon_factory(_site(tmp_path / "site.yaml", data_dir), {"WATTICS_PASSWORD": PASSWORD})
+    text = await _exits_with_store_error(daemon)
+    assert "unable to open database file" in text and "NOT corrupt" in text
+    assert db.read_bytes() == before
+    assert not any(".corrupt-" in p.name for p in data_dir.iterdir())
+    wal.rmdir()  # noqa: ASYNC240 the operator fixes it: every sample is still there
+    assert _rows(db) == 200
