@@ -24,6 +24,8 @@ gateway.uplinks.pts.ledger).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -82,6 +84,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 
 #: How long a statement waits for another connection's lock before SQLITE_BUSY.
 BUSY_TIMEOUT_MS = 5000
+
+#: Room kept in a `-reserve` file beside the database: released when the disk is really full,
+#: so that cursors, retention and checkpoints can still write (the uplinks drain); taken again,
+#: and samples accepted again, once twice this much is free (docs/storage.md).
+RESERVE_BYTES = 1024 * 1024
 
 #: Response bodies kept in the dead-letter table are cut to this many characters.
 MAX_BODY_CHARS = 4000
@@ -166,6 +173,10 @@ class Store:
         self._ensured: set[str] = set()
         self.refused_older: dict[str, int] = {}
         self.full = False
+        #: The filesystem was full (SQLITE_FULL): the reserve is released until room is back.
+        self.disk_full = False
+        self._reserve = Path(f"{self.path}-reserve")
+        self._take_reserve()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -188,13 +199,21 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE .. COMMIT. A real full disk (SQLITE_FULL, which SQLite may already
+        have rolled back) is StoreFull, as the budget's is: nothing of it was written."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_FULL:
+                raise
+            raise StoreFull(f"the disk is full ({exc})") from exc
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -217,16 +236,59 @@ class Store:
     # -- ingest ----------------------------------------------------------------------------
 
     def used_bytes(self) -> int:
+        """Bytes held against the budget: pages in use plus the WAL file (which can be far
+        bigger than the database between checkpoints)."""
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * self._page_size)
+        return int((pages - free) * self._page_size) + wal_bytes(self.path)
+
+    def _over_budget(self) -> bool:
+        if self.budget_bytes is None or self.used_bytes() < self.budget_bytes:
+            return False
+        if wal_bytes(self.path):  # what a checkpoint gives back is not "full" (no waiting)
+            self._db.execute("PRAGMA busy_timeout=0")
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return self.used_bytes() >= self.budget_bytes
+
+    def _take_reserve(self) -> bool:
+        """Set aside RESERVE_BYTES on the store's filesystem (if not yet done); False when
+        there is no room for it."""
+        if self._reserve.exists():
+            return True
+        try:
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError:
+            self._reserve.unlink(missing_ok=True)
+            return False
+        return True
+
+    def _disk_refuses(self) -> bool:
+        """After a real full disk: True until twice the reserve is free again."""
+        if not self.disk_full:
+            return False
+        if shutil.disk_usage(self.path.parent).free < 2 * RESERVE_BYTES:
+            return True
+        if not self._take_reserve():
+            return True
+        self.disk_full = False
+        return False
 
     def append(self, samples: Sequence[Sample]) -> list[int | None]:
         """Store samples in one transaction; return each one's id, or None if refused as older.
 
-        Raises StoreFull (storing nothing) when the disk budget is reached.
+        Raises StoreFull (storing nothing) when the disk budget is reached or the disk is
+        really full (then the reserve is released: cursors and retention go on writing).
         """
-        if self.budget_bytes is not None and self.used_bytes() >= self.budget_bytes:
+        if self._disk_refuses():
+            raise StoreFull("the disk is full (waiting for room to come back)")
+        if self._over_budget():
             if not self.full:
                 log.error(
                     "store %s reached its disk budget of %d bytes: new samples are REFUSED "
@@ -236,9 +298,6 @@ class Store:
                 )
             self.full = True
             raise StoreFull(f"disk budget of {self.budget_bytes} bytes reached")
-        if self.full:
-            log.warning("store %s is below its disk budget again: accepting samples", self.path)
-            self.full = False
         ids: list[int | None] = []
         last_ts = dict(self._last_ts)
         rows: list[tuple[str, int, str, str | None]] = []
@@ -263,6 +322,32 @@ class Store:
         if not rows:
             return ids
         changed = {m: ts for m, ts in last_ts.items() if self._last_ts.get(m) != ts}
+        try:
+            ids = self._insert(rows, changed, accepted, ids)
+        except StoreFull:
+            self.disk_full = True
+            self._reserve.unlink(missing_ok=True)  # room for cursors, retention, checkpoints
+            if not self.full:
+                log.error(
+                    "store %s: the disk is full: new samples are REFUSED until space comes "
+                    "back (uplinks deliver, retention prunes, or an operator frees space)",
+                    self.path,
+                )
+            self.full = True
+            raise
+        if self.full:
+            log.warning("store %s has room again: accepting samples again", self.path)
+            self.full = False
+        self._last_ts = last_ts
+        return ids
+
+    def _insert(
+        self,
+        rows: list[tuple[str, int, str, str | None]],
+        changed: dict[str, int],
+        accepted: list[int],
+        ids: list[int | None],
+    ) -> list[int | None]:
         with self._transaction() as db:
             first = db.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name='samples'"
@@ -278,7 +363,6 @@ class Store:
         # AUTOINCREMENT with one writer: the batch got consecutive ids after the old maximum.
         for offset, index in enumerate(accepted, start=1):
             ids[index] = first + offset
-        self._last_ts = last_ts
         return ids
 
     def last_ts(self, meter: str) -> int | None:
@@ -563,6 +647,14 @@ class Store:
                 if count < batch:
                     break
         return deleted
+
+
+def wal_bytes(path: Path) -> int:
+    """Size of the store's -wal file (0 when there is none)."""
+    try:
+        return Path(f"{path}-wal").stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _state(db: sqlite3.Connection, uplink: str, key: str) -> str | None:

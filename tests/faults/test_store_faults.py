@@ -13,19 +13,26 @@ up or remount read-only; skipped where the box cannot mount):
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from core.sample import Sample
+from drivers.simulator import serve_modbus_tcp
 from gateway.daemon import DB_FILE
 from gateway.store.database import Store
 from gateway.store.recovery import EXIT_STORE
-from tests.faults.conftest import DaemonProcess
+from tests.fakes.wattics import FakeWattics
+from tests.faults.conftest import DaemonProcess, packet_ms, sdm630_meters
 from tests.fixtures.modbus import SDM630_VALUES
+from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.tmpfs import Tmpfs
+from tests.helpers.eventually import eventually
 
 PASSWORD = "store-faults-password"
 T0 = 1_767_225_600_000
@@ -47,7 +54,7 @@ gateway: {{id: faults, timezone: UTC, data_dir: "{data_dir}", {gateway}}}
 buses:
   plant: {{type: modbus-tcp, host: 127.0.0.1, port: {modbus_port}, timeout_secs: 0.5}}
 meters:
-  - {{id: m1, bus: plant, unit: 1, model: sdm630, interval: {interval}}}
+  - {{id: m1, bus: plant, unit: 1, model: sdm630, interval_secs: {interval}}}
 uplinks:
   wattics:
     url: "{wattics_url}"
@@ -74,6 +81,49 @@ def _rows(db: Path) -> int:
         (count,) = connection.execute("SELECT COUNT(*) FROM samples").fetchone()
     connection.close()
     return int(count)
+
+
+def _mqtt(broker: MosquittoBroker) -> str:
+    return (
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, topic_prefix: mg, "
+        "publish_interval_secs: 0.2}\n"
+    )
+
+
+def _ever_stored(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        row = connection.execute("SELECT seq FROM sqlite_sequence WHERE name='samples'").fetchone()
+    connection.close()
+    return int(row[0]) if row else 0
+
+
+def _undelivered(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        (count,) = connection.execute(
+            "SELECT COUNT(*) FROM samples s JOIN cursors c ON c.meter = s.meter "
+            "WHERE c.uplink = 'wattics' AND s.id > c.position"
+        ).fetchone()
+    connection.close()
+    return int(count)
+
+
+@asynccontextmanager
+async def _state_watch(broker: MosquittoBroker) -> AsyncIterator[list[dict[str, object]]]:
+    """Every `mg/faults/state` the daemon publishes, newest last, while the block runs."""
+    seen: list[dict[str, object]] = []
+
+    async def watch() -> None:
+        async with aiomqtt.Client(broker.host, broker.port, identifier="store-probe") as client:
+            await client.subscribe("mg/faults/state", qos=1)
+            async for message in client.messages:
+                seen.append(json.loads(bytes(message.payload)))  # type: ignore[arg-type]
+
+    task = asyncio.get_running_loop().create_task(watch(), name="state-watch")
+    try:
+        yield seen
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _exits_with_store_error(daemon: DaemonProcess) -> str:
@@ -105,7 +155,7 @@ async def test_read_only_filesystem_at_start_exits_3_loudly_and_keeps_the_store(
     assert "error: store" in text and "NOT corrupt" in text  # what `systemctl status` shows
     assert "Traceback" not in text
     assert db.read_bytes() == before  # untouched: no fresh store, nothing moved aside
-    assert sorted(p.name for p in disk.path.iterdir()) == [DB_FILE]
+    assert sorted(p.name for p in disk.path.iterdir()) == [DB_FILE, f"{DB_FILE}-reserve"]
 
 
 @pytest.mark.timeout(40)
@@ -125,3 +175,76 @@ async def test_a_store_sqlite_cannot_open_exits_3_and_is_not_moved_aside(
     assert not any(".corrupt-" in p.name for p in data_dir.iterdir())
     wal.rmdir()  # noqa: ASYNC240 the operator fixes it: every sample is still there
     assert _rows(db) == 200
+
+
+# -- 2. a real full disk ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_really_full_disk_refuses_loudly_keeps_running_and_resumes(
+    tmp_path: Path,
+    tmpfs: Callable[[int], Tmpfs],
+    daemon_factory: Callable[[Path, dict[str, str]], DaemonProcess],
+    mosquitto: MosquittoBroker,
+) -> None:
+    disk = tmpfs(8 * 1024 * 1024)
+    db = disk.path / DB_FILE
+    async with (
+        FakeWattics("disk", PASSWORD, {"s-m1"}) as wattics,
+        serve_modbus_tcp(sdm630_meters(1)) as modbus,
+        _state_watch(mosquitto) as states,
+    ):
+        wattics.fail_for(3600)  # the cloud is down: the backlog grows
+        site = _site(
+            tmp_path / "site.yaml",
+            disk.path,
+            modbus_port=modbus.port,
+            wattics_url=wattics.url,
+            extra=_mqtt(mosquitto),
+            gateway="clock_check: none, retention_hours: 0",  # delivered may go at once
+        )
+        daemon = daemon_factory(site, {"WATTICS_PASSWORD": PASSWORD})
+        await daemon.start()
+        await daemon.wait_running()
+        await eventually(lambda: _ever_stored(db) >= 20, timeout=10, what="samples stored")
+        filler = disk.fill()  # the SD card is full (another program's log, say)
+        await eventually(
+            lambda: any(s.get("store_full") for s in states),
+            timeout=15,
+            interval=0.05,
+            what="store_full on MQTT",
+        )
+        full = next(s for s in states if s.get("store_full"))
+        assert full["last_alert"]["source"] == "store"  # type: ignore[index]
+        await asyncio.sleep(1.0)  # it stays up, refusing (no exit, no restart loop)
+        assert daemon.running, daemon.log_text()[-3000:]
+        assert "disk is full" in daemon.log_text()
+
+        wattics.fail_for(0)  # the cloud is back while the disk is still full: uplinks drain
+        await eventually(
+            lambda: len(wattics.delivered("s-m1")) >= 20, timeout=15, what="the backlog delivered"
+        )
+        await asyncio.sleep(0.5)
+        assert daemon.running, daemon.log_text()[-3000:]
+        filler.unlink()  # space comes back
+        states.clear()
+        await eventually(
+            lambda: states and not states[-1].get("store_full"),
+            timeout=15,
+            interval=0.05,
+            what="store_full cleared",
+        )
+        resumed = _ever_stored(db)
+        await eventually(
+            lambda: _ever_stored(db) > resumed + 5, timeout=10, what="samples stored again"
+        )
+        assert daemon.running
+        assert await daemon.stop() == 0
+        delivered = len(wattics.delivered("s-m1"))
+    assert daemon.starts == 1
+    # Nothing lost: every sample the store took is at Wattics or still queued.
+    assert delivered + _undelivered(db) == _ever_stored(db)
+    assert [packet_ms(p) for p in wattics.delivered("s-m1")] == sorted(
+        packet_ms(p) for p in wattics.delivered("s-m1")
+    )
