@@ -124,6 +124,7 @@ class Daemon:
                     sdnotify.notify("STOPPING=1")
                     log.info("stopping: polling ends, uplinks finish what is in flight")
                     await _cancel_and_wait([polling, *sourcing], SHUTDOWN_BUDGET_S / 4)
+                    await poller.store_held_at_stop()
                     await _cancel_and_wait(sending, SHUTDOWN_BUDGET_S / 2)
                     await _cancel_and_wait([*helpers, *monitoring], SHUTDOWN_BUDGET_S / 4)
                     await status_plane.save_stopped(self.live, astore)

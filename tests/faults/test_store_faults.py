@@ -248,3 +248,52 @@ async def test_a_really_full_disk_refuses_loudly_keeps_running_and_resumes(
     assert [packet_ms(p) for p in wattics.delivered("s-m1")] == sorted(
         packet_ms(p) for p in wattics.delivered("s-m1")
     )
+
+
+# -- 5. readings held for an untrusted clock, at a clean stop ---------------------------------
+
+
+def _flagged(db: Path) -> list[tuple[int, str | None]]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        rows = connection.execute("SELECT ts_ms, flags FROM samples ORDER BY id").fetchall()
+    connection.close()
+    return [(int(ts), flags) for ts, flags in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(40)
+async def test_readings_held_for_an_untrusted_clock_are_stored_flagged_at_sigterm(
+    tmp_path: Path,
+    daemon_factory: Callable[[Path, dict[str, str]], DaemonProcess],
+    mosquitto: MosquittoBroker,
+) -> None:
+    data_dir = tmp_path / "data"
+    never_synced = tmp_path / "no-ntp-yet"  # the NTP client's flag file is not there
+    async with (
+        serve_modbus_tcp(sdm630_meters(1)) as modbus,
+        _state_watch(mosquitto) as states,
+    ):
+        site = _site(
+            tmp_path / "site.yaml",
+            data_dir,
+            modbus_port=modbus.port,
+            extra=_mqtt(mosquitto),
+            gateway=f'clock_check: file, clock_sync_file: "{never_synced}"',
+            interval="200ms",
+        )
+        daemon = daemon_factory(site, {"WATTICS_PASSWORD": PASSWORD})
+        await daemon.start()
+        await daemon.wait_running()
+
+        def held() -> int:
+            clock = states[-1]["clock"] if states else {}
+            return int(clock.get("held", 0))  # type: ignore[union-attr]
+
+        await eventually(lambda: held() >= 5, timeout=15, interval=0.05, what="readings held")
+        at_least = held()
+        assert await daemon.stop() == 0
+    rows = _flagged(data_dir / DB_FILE)
+    assert len(rows) >= at_least  # none vanished with the process
+    assert all(flags == "clock_unsynced" for _, flags in rows)
+    assert [ts for ts, _ in rows] == sorted(ts for ts, _ in rows)
+    assert f"{len(rows)} held reading(s) stored flagged clock_unsynced" in daemon.log_text()
