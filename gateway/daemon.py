@@ -65,6 +65,10 @@ class Daemon:
     async def run(self, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         config = self.config
         astore = AsyncStore(open_store(config, self.health))
+        loop = asyncio.get_running_loop()  # a quarantined row is alerted from the store thread
+        astore.store.on_quarantine = lambda message: loop.call_soon_threadsafe(
+            self.health.alert, "store", message
+        )
         try:
             async with open_readers(config, health=self.health) as readers:
                 poller = poller_for(config, readers, astore, self.health)

@@ -1,9 +1,10 @@
 """The durable queue between meters and clouds: one SQLite database in WAL mode.
 
 Invariants (every change to this module must keep them):
-1. `samples` is append-only. Its `id` (AUTOINCREMENT, never reused even after deletes) is the
-   arrival order. Per meter it is also time order: a sample whose `ts_ms` is not newer than
-   that meter's newest stored one is refused and counted, never stored.
+1. `samples` is append-only (a row that no longer decodes moves to gateway.store.quarantine).
+   Its `id` (AUTOINCREMENT, never reused even after deletes) is the arrival order. Per meter
+   it is also time order: a sample whose `ts_ms` is not newer than that meter's newest stored
+   one is refused and counted, never stored.
 2. `append` returns only after COMMIT with `synchronous=FULL`: a sample reported stored
    survives kill -9 and power loss.
 3. Each uplink stream owns one cursor: the id of the last sample it has fully delivered. A
@@ -36,6 +37,7 @@ from typing import Any
 import orjson
 
 from core.sample import Sample, StoredSample
+from gateway.store import quarantine
 from gateway.store.dead_letters import DeadLetterTable
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,7 @@ class Store(DeadLetterTable):
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         with self._transaction():
-            for statement in _SCHEMA.split(";"):
+            for statement in (*_SCHEMA.split(";"), quarantine.DDL):
                 if statement.strip():
                     self._db.execute(statement)
             self._db.execute(
@@ -157,6 +159,8 @@ class Store(DeadLetterTable):
         self._ensured: set[str] = set()
         self.refused_older: dict[str, int] = {}
         self.full = False
+        #: Called (on the store thread) with a message when a row is quarantined.
+        self.on_quarantine: Callable[[str], object] | None = None
         #: The filesystem was full (SQLITE_FULL): the reserve is released until room is back.
         self.disk_full = False
         self._reserve = Path(f"{self.path}-reserve")
@@ -360,14 +364,14 @@ class Store(DeadLetterTable):
             "WHERE meter = ? AND id > ? ORDER BY id LIMIT ?",
             (meter, after_id, limit),
         ).fetchall()
-        return [_stored(row) for row in rows]
+        return self._decoded(rows)
 
     def read_all(self, after_id: int = 0, limit: int = 1000) -> list[StoredSample]:
         rows = self._db.execute(
             "SELECT id, meter, ts_ms, vals, flags FROM samples WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         ).fetchall()
-        return [_stored(row) for row in rows]
+        return self._decoded(rows)
 
     def read_time_range(self, meter: str, start_ms: int, end_ms: int) -> list[StoredSample]:
         """Samples of one meter with start_ms <= ts_ms <= end_ms, in time order (look-back)."""
@@ -376,7 +380,7 @@ class Store(DeadLetterTable):
             "WHERE meter = ? AND ts_ms BETWEEN ? AND ? ORDER BY id",
             (meter, start_ms, end_ms),
         ).fetchall()
-        return [_stored(row) for row in rows]
+        return self._decoded(rows)
 
     def find_sample(
         self,
@@ -399,8 +403,37 @@ class Store(DeadLetterTable):
             query += "AND json_type(vals, ?) IN ('integer', 'real') "
             args.append(f'$."{channel}"')
         query += f"ORDER BY id {'DESC' if last else 'ASC'} LIMIT 1"
-        row = self._db.execute(query, args).fetchone()
-        return None if row is None else _stored(row)
+        try:
+            row = self._db.execute(query, args).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "malformed JSON" not in str(exc):
+                raise
+            self._quarantine_malformed(meter, start_ms, end_ms)  # then ask again
+            row = self._db.execute(query, args).fetchone()
+        decoded = [] if row is None else self._decoded([row])
+        return decoded[0] if decoded else None
+
+    def _decoded(self, rows: Sequence[quarantine.Row]) -> list[StoredSample]:
+        """The rows as samples; one that no longer decodes is quarantined, not returned."""
+        out: list[StoredSample] = []
+        for row in rows:
+            stored = quarantine.decode_or_none(_stored, row)
+            if isinstance(stored, str):
+                self._quarantine(row, stored)
+            else:
+                out.append(stored)
+        return out
+
+    def _quarantine(self, row: quarantine.Row, reason: str) -> None:
+        with self._transaction() as db:
+            message = quarantine.move(db, row, reason)
+        log.error("store %s: %s", self.path, message)
+        if self.on_quarantine is not None:
+            self.on_quarantine(message)
+
+    def _quarantine_malformed(self, meter: str, start_ms: int, end_ms: int) -> None:
+        for row in quarantine.malformed(self._db, meter, start_ms, end_ms):
+            self._quarantine(row, "malformed JSON")
 
     def query(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Rows of a read-only query, for an uplink's own tables (values as SQLite gives them)."""

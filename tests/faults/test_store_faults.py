@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -297,3 +298,60 @@ async def test_readings_held_for_an_untrusted_clock_are_stored_flagged_at_sigter
     assert all(flags == "clock_unsynced" for _, flags in rows)
     assert [ts for ts, _ in rows] == sorted(ts for ts, _ in rows)
     assert f"{len(rows)} held reading(s) stored flagged clock_unsynced" in daemon.log_text()
+
+
+# -- 3. one damaged row ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(40)
+async def test_a_row_that_no_longer_decodes_is_quarantined_and_its_stream_goes_on(
+    tmp_path: Path,
+    daemon_factory: Callable[[Path, dict[str, str]], DaemonProcess],
+    mosquitto: MosquittoBroker,
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    db = data_dir / DB_FILE
+    start_ms = int(time.time() * 1000) - 120_000
+    with Store(db) as store:  # a backlog from before, then one row's bits rot
+        store.append([Sample("m1", start_ms + i * 1000, SDM630_VALUES) for i in range(60)])
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE samples SET vals = '{\"power_act\x01' WHERE id = 20")
+        assert connection.execute("PRAGMA quick_check").fetchone() == ("ok",)
+    connection.close()
+    async with (
+        FakeWattics("disk", PASSWORD, {"s-m1"}) as wattics,
+        serve_modbus_tcp(sdm630_meters(1)) as modbus,
+        _state_watch(mosquitto) as states,
+    ):
+        site = _site(
+            tmp_path / "site.yaml",
+            data_dir,
+            modbus_port=modbus.port,
+            wattics_url=wattics.url,
+            extra=_mqtt(mosquitto),
+        )
+        daemon = daemon_factory(site, {"WATTICS_PASSWORD": PASSWORD})
+        await daemon.start()
+        await daemon.wait_running()
+        # The backlog past the damaged row and live samples arrive: the stream goes on.
+        await wattics.wait_accepted(59 + 5, timeout=20)
+        await eventually(
+            lambda: any(
+                "quarantine" in str((s.get("last_alert") or {}).get("message"))  # type: ignore[union-attr]
+                for s in states
+            ),
+            timeout=10,
+            what="the quarantine alert on MQTT",
+        )
+        assert daemon.running
+        assert await daemon.stop() == 0
+        delivered = [packet_ms(p) for p in wattics.delivered("s-m1")]
+    assert daemon.starts == 1
+    assert "stream stopped by an error" not in daemon.log_text()  # no crash loop
+    assert start_ms + 19 * 1000 not in delivered  # the damaged one is not sent as data
+    assert {start_ms + i * 1000 for i in range(60) if i != 19} <= set(delivered)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        assert connection.execute("SELECT sample_id FROM quarantine").fetchall() == [(20,)]
+    connection.close()
