@@ -25,8 +25,6 @@ gateway.uplinks.pts.ledger).
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,7 +35,7 @@ from typing import Any
 import orjson
 
 from core.sample import Sample, StoredSample
-from gateway.store import quarantine
+from gateway.store import files, quarantine
 from gateway.store.dead_letters import DeadLetterTable
 
 log = logging.getLogger(__name__)
@@ -133,16 +131,7 @@ class Store(DeadLetterTable):
     def __init__(self, path: str | Path, *, budget_bytes: int | None = None) -> None:
         self.path = Path(path)
         self.budget_bytes = budget_bytes
-        self._db = sqlite3.connect(
-            self.path,
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self._db = self._connect()
         with self._transaction():
             for statement in (*_SCHEMA.split(";"), quarantine.DDL):
                 if statement.strip():
@@ -163,8 +152,40 @@ class Store(DeadLetterTable):
         self.on_quarantine: Callable[[str], object] | None = None
         #: The filesystem was full (SQLITE_FULL): the reserve is released until room is back.
         self.disk_full = False
-        self._reserve = Path(f"{self.path}-reserve")
-        self._take_reserve()
+        self._reserve = files.Reserve(Path(f"{self.path}-reserve"), RESERVE_BYTES)
+        self._files = files.identity(self.path)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return db
+
+    def check_files(self) -> str | None:
+        """The health pass (gateway.store.files): a -wal/-shm/database file deleted or replaced
+        under the running store is checkpointed and reopened; what happened, or None."""
+        gone = files.changed(self._files, now := files.identity(self.path))
+        if not gone:
+            self._files = {k: self._files[k] or v for k, v in now.items()}
+            return None
+        busy, log_frames, done = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy or log_frames != done:
+            raise files.StoreUnavailable(
+                f"store {self.path}: {', '.join(gone)} deleted while running and the "
+                f"checkpoint could not complete ({done} of {log_frames} pages): stopping"
+            )
+        self.close()
+        self._db = self._connect()
+        self._files = files.identity(self.path)
+        return (
+            f"the store's {', '.join(gone)} file(s) were deleted while it ran: {done} page(s) "
+            "saved into the database by a checkpoint and the store reopened (do not delete "
+            "the store's files while the gateway runs)"
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -241,40 +262,13 @@ class Store(DeadLetterTable):
                 self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return self.used_bytes() >= self.budget_bytes
 
-    def _take_reserve(self) -> bool:
-        """Set aside RESERVE_BYTES on the store's filesystem (if not yet done); False when
-        there is no room for it."""
-        if self._reserve.exists():
-            return True
-        try:
-            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, RESERVE_BYTES)
-            finally:
-                os.close(fd)
-        except OSError:
-            self._reserve.unlink(missing_ok=True)
-            return False
-        return True
-
-    def _disk_refuses(self) -> bool:
-        """After a real full disk: True until twice the reserve is free again."""
-        if not self.disk_full:
-            return False
-        if shutil.disk_usage(self.path.parent).free < 2 * RESERVE_BYTES:
-            return True
-        if not self._take_reserve():
-            return True
-        self.disk_full = False
-        return False
-
     def append(self, samples: Sequence[Sample]) -> list[int | None]:
         """Store samples in one transaction; return each one's id, or None if refused as older.
 
         Raises StoreFull (storing nothing) when the disk budget is reached or the disk is
         really full (then the reserve is released: cursors and retention go on writing).
         """
-        if self._disk_refuses():
+        if self.disk_full and not self._reserve.room_back():
             raise StoreFull("the disk is full (waiting for room to come back)")
         if self._over_budget():
             if not self.full:
@@ -314,7 +308,7 @@ class Store(DeadLetterTable):
             ids = self._insert(rows, changed, accepted, ids)
         except StoreFull:
             self.disk_full = True
-            self._reserve.unlink(missing_ok=True)  # room for cursors, retention, checkpoints
+            self._reserve.release()  # room for cursors, retention, checkpoints
             if not self.full:
                 log.error(
                     "store %s: the disk is full: new samples are REFUSED until space comes "
@@ -323,6 +317,7 @@ class Store(DeadLetterTable):
                 )
             self.full = True
             raise
+        self.disk_full = False
         if self.full:
             log.warning("store %s has room again: accepting samples again", self.path)
             self.full = False

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from gateway.store.database import Store
+from gateway.store.files import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,6 @@ _LOCKED_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 class CorruptStore(Exception):
     pass
-
-
-class StoreUnavailable(Exception):
-    """The store cannot be opened or written, and is not corrupt: stop, discard nothing."""
 
 
 def primary_code(exc: sqlite3.Error) -> int | None:

@@ -355,3 +355,49 @@ async def test_a_row_that_no_longer_decodes_is_quarantined_and_its_stream_goes_o
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
         assert connection.execute("SELECT sample_id FROM quarantine").fetchall() == [(20,)]
     connection.close()
+
+
+# -- 4. WAL and SHM deleted while running -----------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(40)
+async def test_wal_deleted_while_running_is_saved_before_a_kill_9(
+    tmp_path: Path,
+    daemon_factory: Callable[[Path, dict[str, str]], DaemonProcess],
+    mosquitto: MosquittoBroker,
+) -> None:
+    data_dir = tmp_path / "data"
+    db = data_dir / DB_FILE
+    async with (
+        FakeWattics("disk", PASSWORD, {"s-m1"}) as wattics,
+        serve_modbus_tcp(sdm630_meters(1)) as modbus,
+        _state_watch(mosquitto) as states,
+    ):
+        wattics.fail_for(3600)  # nothing delivered: everything is in the store (in its WAL)
+        site = _site(
+            tmp_path / "site.yaml",
+            data_dir,
+            modbus_port=modbus.port,
+            wattics_url=wattics.url,
+            extra=_mqtt(mosquitto),
+        )
+        daemon = daemon_factory(site, {"WATTICS_PASSWORD": PASSWORD})
+        await daemon.start()
+        await daemon.wait_running()
+        await eventually(lambda: _ever_stored(db) >= 10, timeout=10, what="samples stored")
+        before = _ever_stored(db)
+        Path(f"{db}-wal").unlink()  # noqa: ASYNC240 an operator clears "junk" files
+        Path(f"{db}-shm").unlink()  # noqa: ASYNC240
+        await eventually(
+            lambda: any(
+                "deleted while it ran" in str((s.get("last_alert") or {}).get("message"))  # type: ignore[union-attr]
+                for s in states
+            ),
+            timeout=10,
+            what="the alert on MQTT",
+        )
+        assert daemon.running
+        assert await daemon.kill9() == -9  # then the power goes
+    assert _rows(db) >= before  # the database has its tables and every sample stored before
+    assert "deleted while it ran" in daemon.log_text()

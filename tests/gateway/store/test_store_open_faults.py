@@ -21,7 +21,8 @@ import pytest
 from core.sample import Sample
 from gateway.store import database, recovery
 from gateway.store.database import Store
-from gateway.store.recovery import StoreUnavailable, open_store_checked
+from gateway.store.files import StoreUnavailable
+from gateway.store.recovery import open_store_checked
 from tests.fixtures.tmpfs import Tmpfs
 from tests.helpers.eventually import eventually_sync
 
