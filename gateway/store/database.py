@@ -173,6 +173,11 @@ class Store(DeadLetterTable):
             self._files = {k: self._files[k] or v for k, v in now.items()}
             return None
         busy, log_frames, done = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if "database" in gone and (saved := files.rescue(self._db, self.path)) != self.path:
+            raise files.StoreUnavailable(
+                f"store {self.path} was replaced while running: the "
+                f"running store was saved to {saved}; stopping"
+            )
         if busy or log_frames != done:
             raise files.StoreUnavailable(
                 f"store {self.path}: {', '.join(gone)} deleted while running and the "

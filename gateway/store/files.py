@@ -6,15 +6,19 @@ nothing looks wrong, but everything not yet checkpointed lives only in a file wi
 at the next kill -9 or power cut it is gone (seen: a database with no tables at all).
 
 Invariant: the store notices within one health pass (`Store.check_files`, the daemon's
-`STORE_CHECK_EVERY_S`): a file that vanished or was replaced (another inode) means checkpoint
-through the connection that still holds them, then reopen (new files); if the checkpoint
-cannot complete, StoreUnavailable (the daemon stops loudly, exit 3).
+`STORE_CHECK_EVERY_S`): a -wal/-shm that vanished or was replaced (another inode) means
+checkpoint through the connection that still holds them, then reopen (new files); if the
+checkpoint cannot complete, StoreUnavailable (the daemon stops loudly, exit 3). The database
+file itself deleted: the open database is copied back to its path (`rescue`) and reopened;
+replaced by another file: copied beside it, never over it, and StoreUnavailable.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+import time
 from pathlib import Path
 
 SUFFIXES = ("", "-wal", "-shm")
@@ -44,6 +48,22 @@ def changed(before: Identity, now: Identity) -> list[str]:
     return [
         f"{suffix or 'database'}" for suffix, was in before.items() if was and now[suffix] != was
     ]
+
+
+def rescue(db: sqlite3.Connection, path: Path) -> Path:
+    """The database file itself was deleted or replaced under the open connection: copy the
+    whole open database (SQLite's backup API) to `path` if nothing is there now, else beside
+    it as `.rescued-<UTC time>` (never over another file). Returns where it went."""
+    target = path
+    if path.exists():
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = path.with_name(f"{path.name}.rescued-{stamp}")
+    copy = sqlite3.connect(target)
+    try:
+        db.backup(copy)
+    finally:
+        copy.close()
+    return target
 
 
 class Reserve:

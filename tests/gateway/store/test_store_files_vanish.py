@@ -10,8 +10,11 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from core.sample import Sample
 from gateway.store.database import Store
+from gateway.store.files import StoreUnavailable
 
 T0 = 1_767_225_600_000
 VALUES = {"power_active": 1.5}
@@ -47,3 +50,30 @@ def test_a_deleted_wal_is_checkpointed_and_the_store_reopened(tmp_path: Path) ->
         assert store.check_files() is None  # the new files are the ones watched now
         assert _what_a_crash_leaves(path, tmp_path / "after-crash") == 105
         assert store.count() == 105
+
+
+def test_a_deleted_database_file_is_copied_back_from_the_open_connection(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    with Store(path) as store:
+        store.append([Sample("m", T0 + i * 1000, VALUES) for i in range(50)])
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # most of it in the main file
+        store.append([Sample("m", T0 + 100_000 + i, VALUES) for i in range(5)])
+        path.unlink()  # the database itself
+        problem = store.check_files()
+        assert problem is not None and "database" in problem
+        assert _what_a_crash_leaves(path, tmp_path / "after-crash") == 55
+        store.append([Sample("m", T0 + 200_000, VALUES)])
+        assert store.count() == 56
+
+
+def test_a_database_file_replaced_while_running_is_not_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    with Store(path) as store:
+        store.append([Sample("m", T0 + i * 1000, VALUES) for i in range(20)])
+        path.unlink()
+        path.write_bytes(b"someone else's file")
+        with pytest.raises(StoreUnavailable, match="replaced while running"):
+            store.check_files()
+    assert path.read_bytes() == b"someone else's file"
+    (rescued,) = tmp_path.glob("gateway.sqlite3.rescued-*")
+    assert _what_a_crash_leaves(rescued, tmp_path / "rescued") == 20
