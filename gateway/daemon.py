@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 DB_FILE = "gateway.sqlite3"
 #: How often delivered, expired samples are deleted.
 PRUNE_EVERY_S = 300.0
+#: How often the store's files are checked (deleted -wal/-shm while running).
+STORE_CHECK_EVERY_S = 2.0
 #: Budget for the whole shutdown (systemd's TimeoutStopSec is 20 s).
 SHUTDOWN_BUDGET_S = 8.0
 
@@ -65,6 +67,10 @@ class Daemon:
     async def run(self, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         config = self.config
         astore = AsyncStore(open_store(config, self.health))
+        loop = asyncio.get_running_loop()  # a quarantined row is alerted from the store thread
+        astore.store.on_quarantine = lambda message: loop.call_soon_threadsafe(
+            self.health.alert, "store", message
+        )
         try:
             async with open_readers(config, health=self.health) as readers:
                 poller = poller_for(config, readers, astore, self.health)
@@ -83,6 +89,7 @@ class Daemon:
                     helpers = [
                         group.create_task(self._prune_forever(astore), name="retention"),
                         group.create_task(self._watchdog_forever(), name="watchdog"),
+                        group.create_task(self._check_store_forever(astore), name="store-files"),
                     ]
                     monitoring: list[asyncio.Task[None]] = []
                     monitor = None
@@ -124,6 +131,7 @@ class Daemon:
                     sdnotify.notify("STOPPING=1")
                     log.info("stopping: polling ends, uplinks finish what is in flight")
                     await _cancel_and_wait([polling, *sourcing], SHUTDOWN_BUDGET_S / 4)
+                    await poller.store_held_at_stop()
                     await _cancel_and_wait(sending, SHUTDOWN_BUDGET_S / 2)
                     await _cancel_and_wait([*helpers, *monitoring], SHUTDOWN_BUDGET_S / 4)
                     await status_plane.save_stopped(self.live, astore)
@@ -139,6 +147,15 @@ class Daemon:
             if deleted:
                 log.debug("retention deleted %d delivered sample(s)", deleted)
             release_free_memory()  # a catch-up's batches are garbage by now
+
+    async def _check_store_forever(self, astore: AsyncStore) -> None:
+        """The store's files still there (gateway.store.files): a deleted -wal is saved by a
+        checkpoint and alerted; one that cannot be saved stops the daemon (exit 3)."""
+        while True:
+            await asyncio.sleep(STORE_CHECK_EVERY_S)
+            problem = await astore.check_files()
+            if problem is not None:
+                self.health.alert("store", problem)
 
     async def _watchdog_forever(self) -> None:
         """Tell systemd we are alive only while the event loop really turns."""

@@ -288,6 +288,21 @@ class Poller:
         )
         await self._store_unsynced(held, wall, mono)
 
+    async def store_held_at_stop(self) -> int:
+        """On a clean stop (polling already ended): what the hold still has is stored flagged
+        `clock_unsynced` instead of vanishing with the process; returns how many."""
+        held = self._hold.take_all()
+        self.health.clock.held = 0
+        if held:
+            await self._store_unsynced(held, self.clock.time(), self.clock.monotonic())
+            log.warning(
+                "stopping while the system clock is not trusted: %d held reading(s) stored "
+                "flagged %s",
+                len(held),
+                CLOCK_UNSYNCED,
+            )
+        return len(held)
+
     async def _store_unsynced(self, held: list[HeldReading], wall: float, mono: float) -> None:
         newest = dict(self._newest)
         samples: list[Sample] = []

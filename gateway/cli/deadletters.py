@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 
 from gateway.config.schema import Config
-from gateway.store.database import DeadLetter, Store
+from gateway.store.database import Store
+from gateway.store.dead_letters import DeadLetter
 from gateway.timefmt import local_iso8601_ms
 from gateway.uplinks.wattics.stream import accepted_key, packet_time_ms
 

@@ -182,9 +182,13 @@ def _main(argv: Sequence[str] | None) -> int:
         )
     if args.command == "run":
         from gateway.daemon import run_until_signalled
+        from gateway.store.files import StoreUnavailable
 
         config = _load(args.config)
-        return asyncio.run(run_until_signalled(config))
+        try:
+            return asyncio.run(run_until_signalled(config))
+        except (StoreUnavailable, BaseExceptionGroup) as exc:
+            return _store_unavailable(exc)
     if args.command == "status":
         from gateway.cli import status as status_cli
 
@@ -206,6 +210,21 @@ def _main(argv: Sequence[str] | None) -> int:
         need = PTS_SECRETS if args.pts_command == "submit" else NEEDS_NO_SECRET
         return pts_cli.run(args, _load(args.config, need))
     raise AssertionError(args.command)
+
+
+def _store_unavailable(exc: BaseException) -> int:
+    """A healthy store out of reach (at start, or its files lost while running): exit
+    EXIT_STORE with the reason on stderr; anything else goes on up."""
+    from gateway.store.files import StoreUnavailable
+    from gateway.store.recovery import EXIT_STORE
+
+    found = exc.subgroup(StoreUnavailable) if isinstance(exc, BaseExceptionGroup) else exc
+    if found is None:
+        raise exc
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    print(f"error: {found}", file=sys.stderr)
+    return EXIT_STORE
 
 
 def _commissioning(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ Bounds (memory and the power-cut risk: held readings live only in memory):
   poller gives up waiting: everything held is stored flagged `clock_unsynced`, stamped with
   the best time it has (see `unsynced_stamp_ms`), and so is every further reading until the
   clock is trusted. Nothing is dropped.
+- on a clean stop (SIGTERM) whatever is held is stored flagged `clock_unsynced` the same way
+  and the count is logged (`Poller.store_held_at_stop`): only a power cut or kill -9 loses it.
 """
 
 from __future__ import annotations

@@ -91,6 +91,7 @@ class AsyncStore:
     forget_dead_letter = _on_store_thread(Store.forget_dead_letter)
     prune = _on_store_thread(Store.prune)
     used_bytes = _on_store_thread(Store.used_bytes)
+    check_files = _on_store_thread(Store.check_files)
 
     async def append(self, samples: Sequence[Sample]) -> list[int | None]:
         """Store samples durably; returns after COMMIT (ids, None where refused as older)."""

@@ -1,9 +1,10 @@
 """The durable queue between meters and clouds: one SQLite database in WAL mode.
 
 Invariants (every change to this module must keep them):
-1. `samples` is append-only. Its `id` (AUTOINCREMENT, never reused even after deletes) is the
-   arrival order. Per meter it is also time order: a sample whose `ts_ms` is not newer than
-   that meter's newest stored one is refused and counted, never stored.
+1. `samples` is append-only (a row that no longer decodes moves to gateway.store.quarantine).
+   Its `id` (AUTOINCREMENT, never reused even after deletes) is the arrival order. Per meter
+   it is also time order: a sample whose `ts_ms` is not newer than that meter's newest stored
+   one is refused and counted, never stored.
 2. `append` returns only after COMMIT with `synchronous=FULL`: a sample reported stored
    survives kill -9 and power loss.
 3. Each uplink stream owns one cursor: the id of the last sample it has fully delivered. A
@@ -34,6 +35,8 @@ from typing import Any
 import orjson
 
 from core.sample import Sample, StoredSample
+from gateway.store import files, quarantine
+from gateway.store.dead_letters import DeadLetterTable
 
 log = logging.getLogger(__name__)
 
@@ -80,26 +83,17 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
-#: Response bodies kept in the dead-letter table are cut to this many characters.
-MAX_BODY_CHARS = 4000
+#: How long a statement waits for another connection's lock before SQLITE_BUSY.
+BUSY_TIMEOUT_MS = 5000
+
+#: Room kept in a `-reserve` file beside the database: released when the disk is really full,
+#: so that cursors, retention and checkpoints can still write (the uplinks drain); taken again,
+#: and samples accepted again, once twice this much is free (docs/storage.md).
+RESERVE_BYTES = 1024 * 1024
 
 
 class StoreFull(Exception):
     """The disk budget is reached: the sample was not stored. Nothing was deleted."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    id: int
-    uplink: str
-    stream: str
-    sample_id: int
-    payload: str
-    status: int | None
-    body: str
-    attempts: int
-    parked_at_ms: int
-    requeued_at_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,19 +125,15 @@ class Transaction:
         return self.db.executemany(sql, rows)
 
 
-class Store:
+class Store(DeadLetterTable):
     """Synchronous store, for one thread at a time (AsyncStore gives it a thread of its own)."""
 
     def __init__(self, path: str | Path, *, budget_bytes: int | None = None) -> None:
         self.path = Path(path)
         self.budget_bytes = budget_bytes
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = self._connect()
         with self._transaction():
-            for statement in _SCHEMA.split(";"):
+            for statement in (*_SCHEMA.split(";"), quarantine.DDL):
                 if statement.strip():
                     self._db.execute(statement)
             self._db.execute(
@@ -158,6 +148,49 @@ class Store:
         self._ensured: set[str] = set()
         self.refused_older: dict[str, int] = {}
         self.full = False
+        #: Called (on the store thread) with a message when a row is quarantined.
+        self.on_quarantine: Callable[[str], object] | None = None
+        #: The filesystem was full (SQLITE_FULL): the reserve is released until room is back.
+        self.disk_full = False
+        self._reserve = files.Reserve(Path(f"{self.path}-reserve"), RESERVE_BYTES)
+        self._files = files.identity(self.path)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return db
+
+    def check_files(self) -> str | None:
+        """The health pass (gateway.store.files): a -wal/-shm/database file deleted or replaced
+        under the running store is checkpointed and reopened; what happened, or None."""
+        gone = files.changed(self._files, now := files.identity(self.path))
+        if not gone:
+            self._files = {k: self._files[k] or v for k, v in now.items()}
+            return None
+        busy, log_frames, done = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if "database" in gone and (saved := files.rescue(self._db, self.path)) != self.path:
+            raise files.StoreUnavailable(
+                f"store {self.path} was replaced while running: the "
+                f"running store was saved to {saved}; stopping"
+            )
+        if busy or log_frames != done:
+            raise files.StoreUnavailable(
+                f"store {self.path}: {', '.join(gone)} deleted while running and the "
+                f"checkpoint could not complete ({done} of {log_frames} pages): stopping"
+            )
+        self.close()
+        self._db = self._connect()
+        self._files = files.identity(self.path)
+        return (
+            f"the store's {', '.join(gone)} file(s) were deleted while it ran: {done} page(s) "
+            "saved into the database by a checkpoint and the store reopened (do not delete "
+            "the store's files while the gateway runs)"
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -180,13 +213,21 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE .. COMMIT. A real full disk (SQLITE_FULL, which SQLite may already
+        have rolled back) is StoreFull, as the budget's is: nothing of it was written."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_FULL:
+                raise
+            raise StoreFull(f"the disk is full ({exc})") from exc
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -209,16 +250,32 @@ class Store:
     # -- ingest ----------------------------------------------------------------------------
 
     def used_bytes(self) -> int:
+        """Bytes held against the budget: pages in use plus the WAL file (which can be far
+        bigger than the database between checkpoints)."""
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * self._page_size)
+        return int((pages - free) * self._page_size) + wal_bytes(self.path)
+
+    def _over_budget(self) -> bool:
+        if self.budget_bytes is None or self.used_bytes() < self.budget_bytes:
+            return False
+        if wal_bytes(self.path):  # what a checkpoint gives back is not "full" (no waiting)
+            self._db.execute("PRAGMA busy_timeout=0")
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return self.used_bytes() >= self.budget_bytes
 
     def append(self, samples: Sequence[Sample]) -> list[int | None]:
         """Store samples in one transaction; return each one's id, or None if refused as older.
 
-        Raises StoreFull (storing nothing) when the disk budget is reached.
+        Raises StoreFull (storing nothing) when the disk budget is reached or the disk is
+        really full (then the reserve is released: cursors and retention go on writing).
         """
-        if self.budget_bytes is not None and self.used_bytes() >= self.budget_bytes:
+        if self.disk_full and not self._reserve.room_back():
+            raise StoreFull("the disk is full (waiting for room to come back)")
+        if self._over_budget():
             if not self.full:
                 log.error(
                     "store %s reached its disk budget of %d bytes: new samples are REFUSED "
@@ -228,9 +285,6 @@ class Store:
                 )
             self.full = True
             raise StoreFull(f"disk budget of {self.budget_bytes} bytes reached")
-        if self.full:
-            log.warning("store %s is below its disk budget again: accepting samples", self.path)
-            self.full = False
         ids: list[int | None] = []
         last_ts = dict(self._last_ts)
         rows: list[tuple[str, int, str, str | None]] = []
@@ -255,6 +309,33 @@ class Store:
         if not rows:
             return ids
         changed = {m: ts for m, ts in last_ts.items() if self._last_ts.get(m) != ts}
+        try:
+            ids = self._insert(rows, changed, accepted, ids)
+        except StoreFull:
+            self.disk_full = True
+            self._reserve.release()  # room for cursors, retention, checkpoints
+            if not self.full:
+                log.error(
+                    "store %s: the disk is full: new samples are REFUSED until space comes "
+                    "back (uplinks deliver, retention prunes, or an operator frees space)",
+                    self.path,
+                )
+            self.full = True
+            raise
+        self.disk_full = False
+        if self.full:
+            log.warning("store %s has room again: accepting samples again", self.path)
+            self.full = False
+        self._last_ts = last_ts
+        return ids
+
+    def _insert(
+        self,
+        rows: list[tuple[str, int, str, str | None]],
+        changed: dict[str, int],
+        accepted: list[int],
+        ids: list[int | None],
+    ) -> list[int | None]:
         with self._transaction() as db:
             first = db.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name='samples'"
@@ -270,7 +351,6 @@ class Store:
         # AUTOINCREMENT with one writer: the batch got consecutive ids after the old maximum.
         for offset, index in enumerate(accepted, start=1):
             ids[index] = first + offset
-        self._last_ts = last_ts
         return ids
 
     def last_ts(self, meter: str) -> int | None:
@@ -284,14 +364,14 @@ class Store:
             "WHERE meter = ? AND id > ? ORDER BY id LIMIT ?",
             (meter, after_id, limit),
         ).fetchall()
-        return [_stored(row) for row in rows]
+        return self._decoded(rows)
 
     def read_all(self, after_id: int = 0, limit: int = 1000) -> list[StoredSample]:
         rows = self._db.execute(
             "SELECT id, meter, ts_ms, vals, flags FROM samples WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         ).fetchall()
-        return [_stored(row) for row in rows]
+        return self._decoded(rows)
 
     def read_time_range(self, meter: str, start_ms: int, end_ms: int) -> list[StoredSample]:
         """Samples of one meter with start_ms <= ts_ms <= end_ms, in time order (look-back)."""
@@ -300,7 +380,7 @@ class Store:
             "WHERE meter = ? AND ts_ms BETWEEN ? AND ? ORDER BY id",
             (meter, start_ms, end_ms),
         ).fetchall()
-        return [_stored(row) for row in rows]
+        return self._decoded(rows)
 
     def find_sample(
         self,
@@ -323,8 +403,37 @@ class Store:
             query += "AND json_type(vals, ?) IN ('integer', 'real') "
             args.append(f'$."{channel}"')
         query += f"ORDER BY id {'DESC' if last else 'ASC'} LIMIT 1"
-        row = self._db.execute(query, args).fetchone()
-        return None if row is None else _stored(row)
+        try:
+            row = self._db.execute(query, args).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "malformed JSON" not in str(exc):
+                raise
+            self._quarantine_malformed(meter, start_ms, end_ms)  # then ask again
+            row = self._db.execute(query, args).fetchone()
+        decoded = [] if row is None else self._decoded([row])
+        return decoded[0] if decoded else None
+
+    def _decoded(self, rows: Sequence[quarantine.Row]) -> list[StoredSample]:
+        """The rows as samples; one that no longer decodes is quarantined, not returned."""
+        out: list[StoredSample] = []
+        for row in rows:
+            stored = quarantine.decode_or_none(_stored, row)
+            if isinstance(stored, str):
+                self._quarantine(row, stored)
+            else:
+                out.append(stored)
+        return out
+
+    def _quarantine(self, row: quarantine.Row, reason: str) -> None:
+        with self._transaction() as db:
+            message = quarantine.move(db, row, reason)
+        log.error("store %s: %s", self.path, message)
+        if self.on_quarantine is not None:
+            self.on_quarantine(message)
+
+    def _quarantine_malformed(self, meter: str, start_ms: int, end_ms: int) -> None:
+        for row in quarantine.malformed(self._db, meter, start_ms, end_ms):
+            self._quarantine(row, "malformed JSON")
 
     def query(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Rows of a read-only query, for an uplink's own tables (values as SQLite gives them)."""
@@ -425,113 +534,6 @@ class Store:
             [(uplink, key, value) for key, value in values.items()],
         )
 
-    # -- dead letters ----------------------------------------------------------------------
-
-    def park(
-        self,
-        uplink: str,
-        stream: str,
-        sample_id: int,
-        *,
-        payload: str,
-        status: int | None,
-        body: str,
-        attempts: int,
-        now_ms: int,
-        state: Mapping[str, str] | None = None,
-    ) -> int:
-        """Move one undeliverable item aside and advance past it (with the uplink's `state`,
-        when given), in one transaction.
-        """
-        with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO dead_letters "
-                "(uplink, stream, sample_id, payload, status, body, attempts, parked_at_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    uplink,
-                    stream,
-                    sample_id,
-                    payload,
-                    status,
-                    body[:MAX_BODY_CHARS],
-                    attempts,
-                    now_ms,
-                ),
-            )
-            self._advance(db, uplink, stream, sample_id)
-            if state:
-                self._put_state(db, uplink, state)
-        return int(cursor.lastrowid or 0)
-
-    def dead_letters(
-        self, uplink: str | None = None, *, include_requeued: bool = False
-    ) -> list[DeadLetter]:
-        query = "SELECT * FROM dead_letters WHERE (? IS NULL OR uplink = ?)"
-        if not include_requeued:
-            query += " AND requeued_at_ms IS NULL"
-        rows = self._db.execute(query + " ORDER BY id", (uplink, uplink)).fetchall()
-        return [DeadLetter(*row) for row in rows]
-
-    def requeue(
-        self,
-        uplink: str,
-        *,
-        ids: Sequence[int] | None = None,
-        stream: str | None = None,
-        now_ms: int,
-    ) -> list[DeadLetter]:
-        """Mark parked items of `uplink` (all, those of `stream`, or those with `ids`) to be
-        sent again by the running uplink; returns what was marked."""
-        query = "SELECT * FROM dead_letters WHERE uplink = ? AND requeued_at_ms IS NULL"
-        params: list[object] = [uplink]
-        if stream is not None:
-            query += " AND stream = ?"
-            params.append(stream)
-        if ids is not None:
-            query += f" AND id IN ({','.join('?' * len(ids))})"
-            params.extend(ids)
-        with self._transaction() as db:
-            rows = [DeadLetter(*row) for row in db.execute(query + " ORDER BY id", params)]
-            db.executemany(
-                "UPDATE dead_letters SET requeued_at_ms = ? WHERE id = ?",
-                [(now_ms, row.id) for row in rows],
-            )
-        return rows
-
-    def requeued_letters(self, uplink: str, stream: str) -> list[DeadLetter]:
-        """Items an operator re-queued for `stream`, oldest sample first."""
-        rows = self._db.execute(
-            "SELECT * FROM dead_letters WHERE uplink = ? AND stream = ? "
-            "AND requeued_at_ms IS NOT NULL ORDER BY sample_id, id",
-            (uplink, stream),
-        ).fetchall()
-        return [DeadLetter(*row) for row in rows]
-
-    def repark(
-        self, letter_id: int, *, status: int | None, body: str, attempts: int, now_ms: int
-    ) -> None:
-        """A re-queued item refused again: parked once more, with the new answer."""
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE dead_letters SET requeued_at_ms = NULL, status = ?, body = ?, "
-                "attempts = attempts + ?, parked_at_ms = ? WHERE id = ?",
-                (status, body[:MAX_BODY_CHARS], attempts, now_ms, letter_id),
-            )
-
-    def forget_dead_letter(self, letter_id: int) -> None:
-        """A re-queued item was delivered: it leaves the table."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
-
-    def dead_letter_count(self, uplink: str) -> int:
-        return int(
-            self._db.execute(
-                "SELECT COUNT(*) FROM dead_letters WHERE uplink = ? AND requeued_at_ms IS NULL",
-                (uplink,),
-            ).fetchone()[0]
-        )
-
     # -- retention -------------------------------------------------------------------------
 
     def prune(self, now_ms: int, retention_ms: int, *, batch: int = 5000) -> int:
@@ -555,6 +557,14 @@ class Store:
                 if count < batch:
                     break
         return deleted
+
+
+def wal_bytes(path: Path) -> int:
+    """Size of the store's -wal file (0 when there is none)."""
+    try:
+        return Path(f"{path}-wal").stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _state(db: sqlite3.Connection, uplink: str, key: str) -> str | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from gateway.store.database import Backlog
+from gateway.store.database import Backlog, wal_bytes
 
 #: The reader's page cache (SQLite's default is 2 MB): its queries walk an index once.
 CACHE_KIB = 256
@@ -94,7 +94,7 @@ class StoreReader:
         page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
         free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
-        return (pages - free) * page_size
+        return (pages - free) * page_size + wal_bytes(self.path)
 
     def newest_samples(self) -> dict[str, int]:
         """meter -> its newest stored sample time (UTC ms), for every meter ever stored."""

@@ -99,7 +99,8 @@ def _seed(db: Path, per_meter: int) -> int:
                 for m in STREAMS
             ]
         )
-        return store.used_bytes()
+    with Store(db) as store:  # as the daemon will find it: the WAL checkpointed at close
+        return store.used_bytes()  # (which counts the WAL: measured open, it was the seed's)
 
 
 def _ever_stored(db: Path) -> int:

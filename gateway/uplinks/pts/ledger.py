@@ -26,7 +26,8 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.store.database import MAX_BODY_CHARS, Store, Transaction
+from gateway.store.database import Store, Transaction
+from gateway.store.dead_letters import MAX_BODY_CHARS
 from gateway.uplinks.pts.rules import same_reading
 
 #: PTS ledger rows whose outcome is not known yet (they count against both quotas).

@@ -51,7 +51,12 @@ def write_config(tmp_path: Path, data: dict[str, Any]) -> Path:
 
 
 def store_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(DB_FILE))
+    """The store's files but its disk-full reserve (the writer's, not status's)."""
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name.startswith(DB_FILE) and not p.name.endswith("-reserve")
+    )
 
 
 @pytest.fixture

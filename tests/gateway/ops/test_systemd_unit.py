@@ -13,6 +13,7 @@ import pytest
 from gateway.cli.main import EXIT_CONFIG
 from gateway.config.schema import GatewayConfig
 from gateway.config.secrets import CREDENTIAL_ID, CREDENTIALS_DIR
+from gateway.store.recovery import EXIT_STORE
 from tests.helpers.systemd_unit import UNIT, parse_unit, systemd_analyze
 from tests.paths import REPO
 
@@ -112,6 +113,7 @@ def test_a_config_error_stops_the_service_instead_of_restarting_it(
         status for value in service["RestartPreventExitStatus"] for status in value.split()
     }
     assert str(EXIT_CONFIG) in prevented
+    assert str(EXIT_STORE) in prevented  # a healthy store out of reach: stop, look (issue 16)
     assert one(service, "Restart") == "on-failure"  # other failures are still restarted
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "run", "-c", str(REPO / "config.example.yaml")],

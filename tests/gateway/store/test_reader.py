@@ -49,11 +49,11 @@ def test_reading_a_stopped_store_leaves_no_wal_or_shm_file(tmp_path: Path) -> No
     path = tmp_path / "g.sqlite3"
     with Store(path) as store:
         store.append(_samples("a", 1000, 3))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.sqlite3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.sqlite3", "g.sqlite3-reserve"]
     with StoreReader(path) as reader:
         assert not reader.writer_running
         assert reader.newest_samples() == {"a": 3000}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.sqlite3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.sqlite3", "g.sqlite3-reserve"]
 
 
 def test_the_reader_cannot_write(tmp_path: Path) -> None:
