@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures.pts",
     "tests.fixtures.locus",
     "tests.fixtures.mts",
+    "tests.fixtures.wheelhouse",
 ]
 
 
