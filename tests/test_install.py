@@ -66,10 +66,11 @@ def venv_target(root: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_install_into_a_scratch_root_then_upgrade_and_uninstall(
-    tmp_path: Path, wheelhouse: Path
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    root = scratch_root(tmp_path)
+    root = scratch_root(tmp_path)  # skips unless root: only then the wheelhouse is built
     # The dependencies from the session's wheelhouse (pip's own variables; the script as is).
+    wheelhouse: Path = request.getfixturevalue("wheelhouse")
     pip = offline_pip(wheelhouse, os.environ.get("PYTHON", "python3"))
     first = run(root, **pip)
     assert first.returncode == 0, first.stdout + first.stderr
