@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.fixtures.locus",
     "tests.fixtures.mts",
     "tests.fixtures.tmpfs",
+    "tests.fixtures.wheelhouse",
 ]
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from gateway import __version__
+from tests.fixtures.wheelhouse import offline_pip
 from tests.helpers.scratch_root import account, members, scratch_root, verify_unit
 from tests.paths import REPO
 
@@ -44,11 +45,20 @@ def need(tool: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def deb(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iterator[Path]:
+    """One package for the module's tests, built by `./dev.sh deb` as a user builds it, with
+    the dependencies from the session's wheelhouse and the fastest xz level (dpkg-deb's own
+    DPKG_DEB_COMPRESSOR_LEVEL; the same xz archive, only larger)."""
     need("dpkg-deb")
     out = tmp_path_factory.mktemp("deb")
+    env = {
+        **os.environ,
+        **offline_pip(wheelhouse, os.environ.get("PYTHON", "/usr/bin/python3")),
+        "DPKG_DEB_COMPRESSOR_LEVEL": "0",
+    }
     built = subprocess.run(
         [str(REPO / "dev.sh"), "deb", "--out", str(out)],
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -64,6 +74,19 @@ def dpkg_deb(*args: str) -> str:
     return subprocess.run(
         [need("dpkg-deb"), *args], capture_output=True, text=True, timeout=120, check=True
     ).stdout
+
+
+def ar_members(path: Path) -> list[str]:
+    """The member names of an ar archive (a .deb), in order (deb(5): 60-byte headers)."""
+    data = path.read_bytes()
+    assert data.startswith(b"!<arch>\n")
+    names, at = [], 8
+    while at < len(data):
+        header = data[at : at + 60]
+        names.append(header[:16].decode().strip().removesuffix("/"))
+        size = int(header[48:58])
+        at += 60 + size + size % 2
+    return names
 
 
 def dpkg(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -135,6 +158,7 @@ def test_the_package_holds_a_relocated_venv_the_unit_and_the_conffile(
     assert entries["./etc/meter-gateway/config.yaml"].startswith("-rw-r----- root/root")
     assert all(" root/root " in line for line in contents.splitlines())
     assert dpkg_deb("--field", str(deb), "Depends").startswith("python3.")
+    assert ar_members(deb) == ["debian-binary", "control.tar.xz", "data.tar.xz"]
     extracted = tmp_path / "x"
     dpkg_deb("--raw-extract", str(deb), str(extracted))
     assert (extracted / "DEBIAN/conffiles").read_text().split() == [

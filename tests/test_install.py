@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.wheelhouse import offline_pip
 from tests.helpers.scratch_root import account, members, scratch_root, verify_unit
 from tests.helpers.systemd_unit import parse_unit
 from tests.paths import REPO
@@ -64,9 +65,14 @@ def venv_target(root: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_install_into_a_scratch_root_then_upgrade_and_uninstall(tmp_path: Path) -> None:
-    root = scratch_root(tmp_path)
-    first = run(root)
+def test_install_into_a_scratch_root_then_upgrade_and_uninstall(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    root = scratch_root(tmp_path)  # skips unless root: only then the wheelhouse is built
+    # The dependencies from the session's wheelhouse (pip's own variables; the script as is).
+    wheelhouse: Path = request.getfixturevalue("wheelhouse")
+    pip = offline_pip(wheelhouse, os.environ.get("PYTHON", "python3"))
+    first = run(root, **pip)
     assert first.returncode == 0, first.stdout + first.stderr
 
     # The user: a system account without login, in dialout (serial ports).
@@ -109,7 +115,7 @@ def test_install_into_a_scratch_root_then_upgrade_and_uninstall(tmp_path: Path) 
     data.parent.mkdir(parents=True)
     data.write_text("samples")
     old_venv = venv_target(root)
-    second = run(root)
+    second = run(root, **pip)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "kept existing" in second.stdout and "edited by the installer" in config.read_text()
     assert (root / WANTS).is_symlink()
@@ -123,8 +129,10 @@ def test_install_into_a_scratch_root_then_upgrade_and_uninstall(tmp_path: Path) 
     assert strict.returncode == 0, strict.stderr
     assert "site-42-password" not in second.stdout + second.stderr + strict.stdout
 
-    # An upgrade that fails (no package index) leaves the installed program as it was.
-    failed = run(root, PIP_NO_INDEX="1")
+    # An upgrade that fails (no package index, no wheels) leaves the installed program as it was.
+    nothing = tmp_path / "no-wheels"
+    nothing.mkdir()
+    failed = run(root, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(nothing))
     assert failed.returncode != 0
     assert "unchanged" in failed.stdout + failed.stderr
     assert venv_target(root) == new_venv and program(root, "--version").returncode == 0

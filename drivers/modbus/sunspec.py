@@ -97,6 +97,19 @@ def _points(*rows: tuple[Any, ...]) -> tuple[Point, ...]:
     return tuple(Point(*row) for row in rows)
 
 
+# What the model definitions make mandatory, in the parts the models share: an inverter's
+# total and phase A (and, int models, its scale factors); phases B (102, 112) and C (103, 113);
+# a meter's totals and scale factors, plus per model 20x the phases it is wired for.
+_INVERTER_MANDATORY: Final = frozenset({"A", "AphA", "PhVphA", "W", "Hz", "WH"})
+_INVERTER_SFS: Final = frozenset({"A_SF", "V_SF", "W_SF", "Hz_SF", "WH_SF"})
+_SPLIT_PHASE: Final = frozenset({"AphB", "PhVphB"})
+_THREE_PHASE: Final = frozenset({"AphB", "AphC", "PhVphB", "PhVphC"})
+_METER_MANDATORY: Final = frozenset(
+    {"A", "A_SF", "V_SF", "Hz", "W", "W_SF", "TotWhExp", "TotWhImp", "TotWh_SF"}
+)
+_PHASE_VOLTAGES: Final = frozenset({"PhVphA", "PhVphB", "PhVphC"})
+_LINE_VOLTAGES: Final = frozenset({"PhVphAB", "PhVphBC", "PhVphCA"})
+
 INVERTER_INT: Final = Family(
     name="inverter (int + scale factors)",
     ids=frozenset({101, 102, 103}),
@@ -130,45 +143,9 @@ INVERTER_INT: Final = Family(
         "WH_SF": 24,
     },
     mandatory={
-        101: frozenset(
-            {"A", "AphA", "PhVphA", "W", "Hz", "WH", "A_SF", "V_SF", "W_SF", "Hz_SF", "WH_SF"}
-        ),
-        102: frozenset(
-            {
-                "A",
-                "AphA",
-                "PhVphA",
-                "W",
-                "Hz",
-                "WH",
-                "A_SF",
-                "V_SF",
-                "W_SF",
-                "Hz_SF",
-                "WH_SF",
-                "AphB",
-                "PhVphB",
-            }
-        ),
-        103: frozenset(
-            {
-                "A",
-                "AphA",
-                "PhVphA",
-                "W",
-                "Hz",
-                "WH",
-                "A_SF",
-                "V_SF",
-                "W_SF",
-                "Hz_SF",
-                "WH_SF",
-                "AphB",
-                "AphC",
-                "PhVphB",
-                "PhVphC",
-            }
-        ),
+        101: _INVERTER_MANDATORY | _INVERTER_SFS,
+        102: _INVERTER_MANDATORY | _INVERTER_SFS | _SPLIT_PHASE,
+        103: _INVERTER_MANDATORY | _INVERTER_SFS | _THREE_PHASE,
     },
 )
 
@@ -196,11 +173,9 @@ INVERTER_FLOAT: Final = Family(
     ),
     scale_factors={},
     mandatory={
-        111: frozenset({"A", "AphA", "PhVphA", "W", "Hz", "WH"}),
-        112: frozenset({"A", "AphA", "PhVphA", "W", "Hz", "WH", "AphB", "PhVphB"}),
-        113: frozenset(
-            {"A", "AphA", "PhVphA", "W", "Hz", "WH", "AphB", "AphC", "PhVphB", "PhVphC"}
-        ),
+        111: _INVERTER_MANDATORY,
+        112: _INVERTER_MANDATORY | _SPLIT_PHASE,
+        113: _INVERTER_MANDATORY | _THREE_PHASE,
     },
 )
 
@@ -257,68 +232,10 @@ METER_INT: Final = Family(
         "TotWh_SF": 52,
     },
     mandatory={
-        201: frozenset(
-            {"A", "A_SF", "V_SF", "Hz", "W", "W_SF", "TotWhExp", "TotWhImp", "TotWh_SF", "AphA"}
-        ),
-        202: frozenset(
-            {
-                "A",
-                "A_SF",
-                "V_SF",
-                "Hz",
-                "W",
-                "W_SF",
-                "TotWhExp",
-                "TotWhImp",
-                "TotWh_SF",
-                "AphB",
-                "AphC",
-                "PhVphA",
-                "PhVphB",
-                "PhVphAB",
-            }
-        ),
-        203: frozenset(
-            {
-                "A",
-                "A_SF",
-                "V_SF",
-                "Hz",
-                "W",
-                "W_SF",
-                "TotWhExp",
-                "TotWhImp",
-                "TotWh_SF",
-                "AphA",
-                "AphB",
-                "AphC",
-                "PhVphA",
-                "PhVphB",
-                "PhVphC",
-                "PhVphAB",
-                "PhVphBC",
-                "PhVphCA",
-            }
-        ),
-        204: frozenset(
-            {
-                "A",
-                "A_SF",
-                "V_SF",
-                "Hz",
-                "W",
-                "W_SF",
-                "TotWhExp",
-                "TotWhImp",
-                "TotWh_SF",
-                "AphA",
-                "AphB",
-                "AphC",
-                "PhVphAB",
-                "PhVphBC",
-                "PhVphCA",
-            }
-        ),
+        201: _METER_MANDATORY | {"AphA"},
+        202: _METER_MANDATORY | {"AphB", "AphC", "PhVphA", "PhVphB", "PhVphAB"},
+        203: _METER_MANDATORY | {"AphA", "AphB", "AphC"} | _PHASE_VOLTAGES | _LINE_VOLTAGES,
+        204: _METER_MANDATORY | {"AphA", "AphB", "AphC"} | _LINE_VOLTAGES,
     },
 )
 

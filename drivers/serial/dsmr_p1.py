@@ -43,6 +43,7 @@ from drivers.serial.config import (
     MEDIUM_DEVICE_TYPES,
     DsmrP1BusConfig,
 )
+from drivers.serial.framing import StartSyncedFramer
 from drivers.serial.lines import (
     FrameProblem,
     MbusReading,
@@ -131,15 +132,9 @@ class _QuietParserLog(logging.Filter):
 logging.getLogger("dsmr_parser.parsers").addFilter(_QuietParserLog())
 
 
-class P1Framer:
-    """Bytes -> complete telegrams (`/` .. `!CRC` CR LF); problems are reported, not raised."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        #: Until the first start: the port was opened mid-telegram, skipping is no error.
-        self._synced = False
-        #: Non-blank bytes skipped since the last telegram start (reported once per gap).
-        self._garbage = 0
+class P1Framer(StartSyncedFramer):
+    """Bytes -> complete telegrams (`/` .. `!CRC` CR LF); problems are reported, not raised.
+    Only non-blank bytes skipped count as garbage (a meter may pad with CR LF or NUL)."""
 
     def feed(self, data: bytes) -> list[bytes | FrameProblem]:
         self._buffer += data
@@ -154,10 +149,7 @@ class P1Framer:
             if start > 0:
                 self._skipped(found, buffer[:start], "before a telegram")
                 del buffer[:start]
-            if self._garbage:
-                found.append(FrameProblem("garbage", f"{self._garbage} byte(s) between telegrams"))
-                self._garbage = 0
-            self._synced = True
+            self._at_start(found)
             restart = buffer.find(b"/", 1)
             bang = buffer.find(b"!", 1)
             if bang < 0 or (0 < restart < bang):

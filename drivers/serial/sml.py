@@ -24,6 +24,7 @@ from drivers.base import MeterReadError
 from drivers.config import MeterConfig
 from drivers.registry import BuildOptions
 from drivers.serial.config import SmlBusConfig
+from drivers.serial.framing import StartSyncedFramer
 from drivers.serial.lines import (
     FrameProblem,
     ObisReader,
@@ -65,15 +66,8 @@ _PARSE_ERRORS: Final = (
 )
 
 
-class SmlFramer:
+class SmlFramer(StartSyncedFramer):
     """Bytes -> complete SML transport-v1 files (start .. end with CRC), escapes honoured."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        #: Until the first start: the head joined mid-telegram, skipping is no error.
-        self._synced = False
-        #: Bytes skipped since the last start (reported once per gap).
-        self._garbage = 0
 
     def feed(self, data: bytes) -> list[bytes | FrameProblem]:
         self._buffer += data
@@ -90,10 +84,7 @@ class SmlFramer:
             if start > 0:
                 self._skipped(found, start, "before a telegram")
                 del buffer[:start]
-            if self._garbage:
-                found.append(FrameProblem("garbage", f"{self._garbage} byte(s) between telegrams"))
-                self._garbage = 0
-            self._synced = True
+            self._at_start(found)
             end = self._end(buffer)
             if end is None:
                 if len(buffer) > MAX_FILE_BYTES:

@@ -39,13 +39,17 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _errors(errors: Mapping[str, int]) -> dict[str, Any]:
+    """Failures by kind and their total, as the meter and bus topics show them."""
+    return {"errors": dict(errors), "errors_total": sum(errors.values())}
+
+
 def meter_state(meter: MeterHealth) -> dict[str, Any]:
     """`meters/<id>/state`: values in canonical units (Wh for energy), listed in `units`."""
     return {
         "state": str(meter.state),
         "reads": meter.reads,
-        "errors": dict(meter.errors),
-        "errors_total": sum(meter.errors.values()),
+        **_errors(meter.errors),
         "consecutive_errors": meter.consecutive_errors,
         "skipped_ticks": meter.skipped_ticks,
         "refused_older": meter.refused_older,
@@ -88,8 +92,7 @@ def bus_state(bus: BusHealth, *, utilisation: float | None, now_monotonic: float
     return {
         "state": str(bus.state),
         "transactions": bus.transactions,
-        "errors": dict(bus.errors),
-        "errors_total": sum(bus.errors.values()),
+        **_errors(bus.errors),
         "reconnects": bus.reconnects,
         "last_error": bus.last_error,
         "busy_s": round(bus.busy_s, 3),

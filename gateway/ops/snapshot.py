@@ -61,12 +61,13 @@ async def save_forever(
     astore: AsyncStore,
     build: Callable[[], dict[str, Any]],
     *,
-    every_secs: float = SNAPSHOT_EVERY_S,
+    every_secs: float | None = None,
 ) -> None:
-    """Save `build()` every `every_secs`, until cancelled."""
+    """Save `build()` every `every_secs` (default: SNAPSHOT_EVERY_S, read when called, so a
+    test can shorten it), until cancelled."""
     while True:
         await save(astore, build())
-        await asyncio.sleep(every_secs)
+        await asyncio.sleep(SNAPSHOT_EVERY_S if every_secs is None else every_secs)
 
 
 def load(reader: StoreReader) -> dict[str, Any] | None:

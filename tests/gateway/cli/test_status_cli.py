@@ -17,6 +17,7 @@ from core.sample import Sample
 from drivers.simulator import SimulatedMeter
 from gateway.config.loader import load_config
 from gateway.daemon import DB_FILE
+from gateway.ops import snapshot
 from gateway.store.database import Store
 from tests.fakes.wattics import FakeWattics
 from tests.gateway.ops.status_site import PASSWORD, STREAM, USER, status_config
@@ -68,8 +69,14 @@ async def wattics() -> Any:
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_status_of_a_running_then_a_stopped_daemon(
-    tmp_path: Path, sdm630_server: tuple[int, SimulatedMeter], wattics: FakeWattics
+    tmp_path: Path,
+    sdm630_server: tuple[int, SimulatedMeter],
+    wattics: FakeWattics,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The daemon saves its snapshot every second here (15 s on a site): `status` sees the first
+    # reads in a second, not in fifteen. Staleness (snapshot.STALE_AFTER_S) is `status`'s own.
+    monkeypatch.setattr(snapshot, "SNAPSHOT_EVERY_S", 1.0)
     config = status_config(tmp_path, sdm630_server[0], wattics)
     path = write_config(
         tmp_path,
@@ -88,7 +95,7 @@ async def test_status_of_a_running_then_a_stopped_daemon(
         await wattics.wait_accepted(3, timeout=10)
 
         async def snapshot_after_reads() -> tuple[int, dict[str, Any]] | None:
-            code, doc = await status_json(path)  # the snapshot is saved every 15 s
+            code, doc = await status_json(path)  # the snapshot is saved every second
             return (code, doc) if doc["meters"]["incomer"]["state"] != "unknown" else None
 
         code, doc = await eventually(snapshot_after_reads, timeout=30, interval=0.5)

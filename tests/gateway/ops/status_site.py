@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 
 from core.health import Health
 from gateway.config.schema import Config
 from gateway.daemon import Daemon
+from gateway.ops import status_plane
 from tests.fakes.wattics import FakeWattics
 from tests.gateway.ops.test_monitor_daemon import daemon_running
 from tests.helpers.eventually import eventually
@@ -57,14 +59,23 @@ def status_config(
 
 
 @contextlib.asynccontextmanager
-async def status_site(config: Config, health: Health) -> AsyncIterator[tuple[Daemon, str]]:
-    """The running daemon and its status page URL."""
-    async with daemon_running(config, health) as daemon:
+async def status_site(
+    config: Config, health: Health, *, measure_every_s: float | None = 1.0
+) -> AsyncIterator[tuple[Daemon, str]]:
+    """The running daemon and its status page URL. The store figures (backlog, oldest waiting)
+    are measured every `measure_every_s` (None: the daemon's MEASURE_EVERY_S, 10 s), so that
+    a test sees a backlog change in a second, not in ten."""
+    with contextlib.ExitStack() as patches:
+        if measure_every_s is not None:
+            patches.enter_context(
+                mock.patch.object(status_plane, "MEASURE_EVERY_S", measure_every_s)
+            )
+        async with daemon_running(config, health) as daemon:
 
-        def url() -> str | None:
-            return None if daemon.live is None else daemon.live.page_url
+            def url() -> str | None:
+                return None if daemon.live is None else daemon.live.page_url
 
-        yield daemon, await eventually(url, timeout=5.0, what="the status page to listen")
+            yield daemon, await eventually(url, timeout=5.0, what="the status page to listen")
 
 
 async def get_text(session: aiohttp.ClientSession, url: str) -> str:

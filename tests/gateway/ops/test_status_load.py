@@ -54,7 +54,8 @@ async def test_polling_and_delivery_keep_their_schedule_while_the_page_is_hammer
     health = Health()
     config = status_config(tmp_path, sdm630_server[0], wattics, interval=f"{INTERVAL_MS}ms")
     db = tmp_path / DB_FILE
-    async with status_site(config, health) as (_, url):
+    # the daemon's own figures cadence: the load on the store is what it is on a site
+    async with status_site(config, health, measure_every_s=None) as (_, url):
         await wattics.wait_accepted(2, timeout=10)
         before = stored_stamps(db)
         hammer = await asyncio.create_subprocess_exec(

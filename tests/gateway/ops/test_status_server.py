@@ -97,9 +97,9 @@ async def test_metrics_match_the_simulator_and_the_store(
         wattics.reject_credentials()  # delivery pauses; the backlog builds up in the store
         key = (("meter", "incomer"), ("stream", STREAM), ("uplink", "wattics"))
 
-        # The figures are measured every few seconds while a sample arrives every second: what
-        # /metrics shows must be a backlog the store really had since the pause, with the same
-        # oldest waiting sample.
+        # The figures are measured now and then (every second here, every 10 s on a site) while
+        # samples keep arriving: what /metrics shows must be a backlog the store really had
+        # since the pause, with the same oldest waiting sample.
         seen: set[tuple[int, int | None]] = set()
 
         async def backlog_matches() -> bool:
