@@ -60,6 +60,8 @@ def _config(data_dir: Path, modbus_port: int, url: str, budget_bytes: int) -> Co
                 "retention_hours": 0,  # delivered samples may go at once: room comes back fast
                 "clock_check": "none",  # this box's clock may not be NTP-synced
             },
+            # a free port: the alert asserted below must not be the status page's "port in use"
+            "http": {"listen": "127.0.0.1:0"},
             "buses": {
                 "plant": {
                     "type": "modbus-tcp",
@@ -220,6 +222,7 @@ uplinks:
     password: ${{WATTICS_PASSWORD}}
     meters: {{m1: {{id: s-m1}}}}
 mqtt: {{host: 127.0.0.1, port: {mosquitto.port}, topic_prefix: mg, publish_interval_secs: 0.5}}
+http: {{listen: "127.0.0.1:0"}}  # the alert asserted below is not a "port in use"
 """
         )
         daemon = daemon_factory(config, {"WATTICS_PASSWORD": PASSWORD})
