@@ -19,6 +19,7 @@ from pathlib import Path
 from core.health import Health
 from drivers.factory import open_readers
 from gateway import __version__
+from gateway.config.redaction import learn_config
 from gateway.config.schema import Config
 from gateway.memory import release_free_memory
 from gateway.ops import sdnotify, status_plane
@@ -64,6 +65,7 @@ class Daemon:
 
     async def run(self, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         config = self.config
+        learn_config(config)  # log, MQTT, store and status mask its secrets (core.redact)
         astore = AsyncStore(open_store(config, self.health))
         try:
             async with open_readers(config, health=self.health) as readers:

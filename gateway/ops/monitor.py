@@ -44,6 +44,7 @@ import aiomqtt
 
 from core.backoff import Backoff, equal_jitter
 from core.health import Health
+from core.redact import redact, redact_value
 from core.sample import Sample
 from gateway.config.schema import MqttConfig, MqttTlsConfig
 from gateway.ops.commands import CommandHandler
@@ -453,9 +454,11 @@ class Monitor:
 
 
 def _encode(payload: Payload) -> str:
+    """The payload as sent: JSON text with every secret the process knows masked (a server's
+    echo may sit in any health field or alert)."""
     if isinstance(payload, str):
-        return payload
-    return json.dumps(payload, separators=(",", ":"), default=str)
+        return redact(payload)
+    return json.dumps(redact_value(payload), separators=(",", ":"), default=str)
 
 
 def _raise_if_cancelling(cause: BaseException | None = None) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from core.redact import redact
 from core.sample import Sample, StoredSample
 
 log = logging.getLogger(__name__)
@@ -454,7 +455,7 @@ class Store:
                     sample_id,
                     payload,
                     status,
-                    body[:MAX_BODY_CHARS],
+                    redact(body)[:MAX_BODY_CHARS],  # a server may echo a secret
                     attempts,
                     now_ms,
                 ),
