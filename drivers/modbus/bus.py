@@ -23,7 +23,10 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
+import termios
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -47,6 +50,10 @@ log = logging.getLogger(__name__)
 MAX_SILENT_TRANSACTIONS: Final = 3
 DEFAULT_RECONNECT_INITIAL_SECS: Final = 0.5
 DEFAULT_RECONNECT_MAX_SECS: Final = 60.0
+
+#: What a failed connect may raise besides pymodbus' "not connected": socket and serial errors,
+#: and termios.error (not an OSError) from a port that refuses its baud rate or parity.
+CONNECT_ERRORS: Final = (OSError, ModbusException, termios.error)
 
 _FUNCTION_CODES: Final[dict[str, int]] = {"holding": 3, "input": 4}
 _EXCEPTION_NAMES: Final[dict[int, str]] = {
@@ -241,9 +248,12 @@ class ModbusBus(AsyncClosable):
         client = self._new_client()
         try:
             connected = await client.connect()
-        except (OSError, ModbusException) as exc:
+        except CONNECT_ERRORS as exc:
+            # termios.error is not an OSError: a port refusing its line settings raises it
             connected = False
             log.debug("bus %s: connect failed: %s", self.name, exc)
+            release_leaked_ports(exc)
+            del exc  # its frames hold what the failed open built; nothing may keep them
         except BaseException:  # cancelled mid-connect: leave no half-open transport behind
             client.close()
             raise
@@ -299,7 +309,7 @@ class ModbusBus(AsyncClosable):
             raise self._no_answer(client, f"{where}: {exc}", unit, table, count) from None
         except ModbusException as exc:
             raise self._count(MeterReadError("garbage", f"{where}: {exc}")) from None
-        except OSError as exc:
+        except (OSError, termios.error) as exc:  # termios.error: the port's driver refused
             self._drop_client()
             raise self._count(MeterReadError("connection", f"{where}: {exc}")) from None
         finally:
@@ -354,6 +364,25 @@ class ModbusBus(AsyncClosable):
         self._silent = 0
         if client is not None:
             client.close()
+
+
+def release_leaked_ports(exc: BaseException) -> None:
+    """Close any port object a failed open left behind in the frames of `exc`.
+
+    pyserial closes its descriptor when its own open fails, but an error raised after it (a
+    later line setting, in pymodbus' transport) leaves an open, exclusively locked port that
+    only the traceback still references: every later open would then fail with "Could not
+    exclusively lock port" until the garbage collector came by.
+    """
+    traceback = exc.__traceback__
+    while traceback is not None:
+        for value in traceback.tb_frame.f_locals.values():
+            for candidate in (value, getattr(value, "sync_serial", None)):
+                close = getattr(candidate, "close", None)
+                if isinstance(candidate, io.RawIOBase) and close is not None:
+                    with contextlib.suppress(Exception):
+                        close()
+        traceback = traceback.tb_next
 
 
 def classify_silence(
