@@ -47,7 +47,7 @@ from core.health import Health
 from core.redact import redact, redact_value
 from core.sample import Sample
 from gateway.config.schema import MqttConfig, MqttTlsConfig
-from gateway.ops.commands import CommandHandler
+from gateway.ops.commands import CommandHandler, shown
 from gateway.ops.discovery import DiscoveryLedger, Inventory, discovery_messages
 from gateway.ops.health_topics import HealthRenderer, alert_message, sample_message
 
@@ -336,6 +336,8 @@ class Monitor:
             await asyncio.wait_for(client.__aexit__(None, None, None), SHUTDOWN_STEP_S)
         except (aiomqtt.MqttError, TimeoutError) as exc:
             log.debug("MQTT disconnect did not complete cleanly: %s", exc)
+        finally:
+            _retrieve_disconnect(client)
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         """Dispatch commands; ends (MqttError) when the connection does."""
@@ -356,7 +358,7 @@ class Monitor:
         if len(self._commands_running) >= MAX_COMMANDS_IN_FLIGHT:
             self._answer(suffix, self.commands.refusal(payload, "busy: too many commands running"))
             return
-        task = asyncio.create_task(self._command(suffix, payload), name=f"mqtt-cmd:{suffix}")
+        task = asyncio.create_task(self._command(suffix, payload), name=f"mqtt-cmd:{shown(suffix)}")
         self._commands_running.add(task)
         task.add_done_callback(self._commands_running.discard)
 
@@ -459,6 +461,20 @@ def _encode(payload: Payload) -> str:
     if isinstance(payload, str):
         return redact(payload)
     return json.dumps(redact_value(payload), separators=(",", ":"), default=str)
+
+
+def _retrieve_disconnect(client: aiomqtt.Client) -> None:
+    """Retrieve the exception of a lost connection, which aiomqtt may leave unretrieved.
+
+    aiomqtt (2.5) sets its `_disconnected` future to the disconnect's exception; only a message
+    iteration running at that moment retrieves it, and `__aexit__` returns early once it is
+    set. A connection lost during subscribe, `online` or discovery (before the watcher runs)
+    thus logged "Future exception was never retrieved" when the client was dropped.
+    """
+    for name in ("_disconnected", "_connected"):
+        future = getattr(client, name, None)
+        if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+            future.exception()
 
 
 def _raise_if_cancelling(cause: BaseException | None = None) -> None:
