@@ -84,6 +84,9 @@ class Poller:
         self._counters = {meter.id: CounterGuard(meter.id, meter.max_power_w) for meter in meters}
         #: Each meter's newest sample offered to the store (UTC ms): nothing older is offered.
         self._newest: dict[str, int] = {}
+        #: Each meter's scheduled boundary not yet read and committed (UTC ms; None: not
+        #: planned on the wall clock). A command read stamped at or after it is not stored.
+        self._due_ms: dict[str, int | None] = {}
         #: Meters whose samples are being refused after a clock step back -> how many so far.
         self._refusing: dict[str, int] = {}
         self._loaded = False
@@ -122,11 +125,18 @@ class Poller:
         ts_ms = round(self.clock.time() * 1000) if device_ts_ms is None else device_ts_ms
         sample = Sample(meter.id, ts_ms, values)
         newest = self._newest.get(meter.id)
-        if newest is None or ts_ms > newest:
+        if (newest is None or ts_ms > newest) and not self.displaces(sample):
             sample = self._check_counters(sample)
             self._newest[meter.id] = ts_ms
         health.last_read_ts_ms = ts_ms
         return sample
+
+    def displaces(self, sample: Sample) -> bool:
+        """Whether storing `sample` (a command's read) would take the place of the scheduled
+        sample still due: it is stamped at or after the boundary the meter's task waits for or
+        is reading now, and the store refuses anything older than what it holds."""
+        due = self._due_ms.get(sample.meter)
+        return due is not None and sample.ts_ms >= due
 
     async def _poll_forever(self, meter: MeterConfig) -> None:
         health = self.health.meter(meter.id)
@@ -140,6 +150,8 @@ class Poller:
         offline_retry = offline_backoff(meter)
         while True:
             on_mono_plan = plan_wall is None
+            # Until this boundary's sample is committed, nothing stamped at or after it is.
+            self._due_ms[meter.id] = None if plan_wall is None else round(plan_wall * 1000)
             if plan_wall is not None:
                 await clock.sleep(plan_wall - clock.time())
             else:

@@ -3,7 +3,9 @@
 Topics are relative to `<prefix>/<gateway id>/cmd/`; the answer goes to the same topic plus
 `/result` (not retained, QoS 1):
 
-- `meters/<id>/read`    read the meter now and store the sample (config `commands.read`)
+- `meters/<id>/read`    read the meter now and store the sample (config `commands.read`),
+                        unless it would take the place of the scheduled sample still due
+                        (`stored: false`; the poller's `displaces`)
 - `uplinks/<name>/flush` retry now: wake an uplink waiting in backoff (config `commands.flush`)
 - `pts/submit`          the PTS monthly submission, a dry run unless `{"dry_run": false}`
                         (config `commands.pts_submit`)
@@ -121,6 +123,7 @@ class CommandHandler:
         health: Health,
         meters: Sequence[MeterConfig] = (),
         read_once: ReadOnce | None = None,
+        displaces: Callable[[Sample], bool] | None = None,
         store: AsyncStore | None = None,
         uplinks: Mapping[str, object] | None = None,
         clock_trusted: Callable[[], bool] | None = None,
@@ -131,6 +134,8 @@ class CommandHandler:
         self.health = health
         self.meters = {meter.id: meter for meter in meters}
         self.read_once = read_once
+        #: Whether storing a read would take a scheduled sample's place (the poller's view).
+        self.displaces = displaces
         self.store = store
         self.uplinks = dict(uplinks or {})
 
@@ -203,6 +208,13 @@ class CommandHandler:
             "ts": utc_iso8601_ms(sample.ts_ms),
             "values": dict(sample.values),
         }
+        if self.displaces is not None and self.displaces(sample):
+            return {
+                "ok": True,
+                "stored": False,
+                "note": "not stored: the meter's scheduled sample is due; it is stored instead",
+                **outcome,
+            }
         try:
             ids = await self.store.append([sample])
         except StoreFull as exc:
