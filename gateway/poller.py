@@ -2,7 +2,8 @@
 
 One task per meter: a slow or dead meter only delays itself (and, on a shared RTU line, the
 bus's turn-taking its driver owns), never a meter on another bus. A read that overruns the
-next boundary skips the ticks it missed (counted, logged once) rather than queueing reads.
+next boundary skips the ticks it missed (counted; logged at most once per OVERRUN_LOG_EVERY_S)
+rather than queueing reads.
 Samples are stamped with the scheduled boundary, in UTC, when the read started on time, so
 uplinks that want interval boundaries (Wattics, EnerKey) see exact ones. A reader that knows
 when its device measured (drivers.stamped: a DSMR gas reading) is stamped with that time
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 #: Consecutive failures after which a meter counts as offline rather than degraded.
 #: A read starting later than this after its boundary is stamped with its real start time.
 ON_TIME_TOLERANCE_S = 1.0
+#: Skipped ticks of one meter are logged at most this often (always counted in health).
+OVERRUN_LOG_EVERY_S = 600.0
 #: Waking this much before a planned boundary means the clock stepped back: plan again.
 EARLY_WAKE_S = 0.05
 #: Defaults of gateway.clock_hold_max_secs / clock_hold_max_samples.
@@ -87,6 +90,8 @@ class Poller:
         #: Each meter's scheduled boundary not yet read and committed (UTC ms; None: not
         #: planned on the wall clock). A command read stamped at or after it is not stored.
         self._due_ms: dict[str, int | None] = {}
+        #: Meter -> (monotonic time of its last overrun warning, ticks skipped since).
+        self._overruns: dict[str, tuple[float | None, int]] = {}
         #: Meters whose samples are being refused after a clock step back -> how many so far.
         self._refusing: dict[str, int] = {}
         self._loaded = False
@@ -208,12 +213,26 @@ class Poller:
                 plan_mono += missed * interval
             if missed > 0:
                 health.skipped_ticks += missed
-                log.warning(
-                    "meter %s: read overran its %gs interval, skipped %d tick(s)",
-                    meter.id,
-                    interval,
-                    missed,
-                )
+                self._overran(meter, interval, missed)
+
+    def _overran(self, meter: MeterConfig, interval: float, missed: int) -> None:
+        """Log skipped ticks at most once per OVERRUN_LOG_EVERY_S per meter (they are counted
+        in health every time): a meter too slow for its interval would otherwise log a line
+        on every tick."""
+        now = self.clock.monotonic()
+        since, skipped = self._overruns.get(meter.id, (None, 0))
+        skipped += missed
+        if since is not None and now - since < OVERRUN_LOG_EVERY_S:
+            self._overruns[meter.id] = (since, skipped)
+            return
+        self._overruns[meter.id] = (now, 0)
+        log.warning(
+            "meter %s: reads overrun its %gs interval, skipped %d tick(s)%s",
+            meter.id,
+            interval,
+            skipped,
+            "" if since is None else f" in the last {now - since:.0f} s",
+        )
 
     # -- the clock ---------------------------------------------------------------------------
 

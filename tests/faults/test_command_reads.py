@@ -10,11 +10,10 @@ and a real Mosquitto, and each command is answered with the values it read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
@@ -22,7 +21,13 @@ import pytest
 
 from drivers.simulator import serve_modbus_tcp
 from gateway.daemon import DB_FILE
-from tests.faults.conftest import DaemonProcess, long_form, sdm630_meters, stored_stamps
+from tests.faults.conftest import (
+    DaemonProcess,
+    long_form,
+    sdm630_meters,
+    slow_proxy,
+    stored_stamps,
+)
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.helpers.eventually import eventually
 
@@ -42,40 +47,6 @@ mqtt:
   port: {mqtt_port}
   commands: {{read: true}}
 """
-
-
-@contextlib.asynccontextmanager
-async def slow_proxy(target: int, delay: float) -> AsyncIterator[int]:
-    """A TCP proxy to 127.0.0.1:`target` holding back every answer by `delay`; its port."""
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wait: float) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(4096):
-                if wait:
-                    await asyncio.sleep(wait)
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def serve(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        meter_r, meter_w = await asyncio.open_connection("127.0.0.1", target)
-        for task in (
-            asyncio.create_task(pipe(client_r, meter_w, 0.0)),
-            asyncio.create_task(pipe(meter_r, client_w, delay)),
-        ):
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield int(server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
 
 
 @pytest.mark.slow
