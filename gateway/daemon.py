@@ -126,7 +126,8 @@ class Daemon:
                     sdnotify.notify("STOPPING=1")
                     log.info("stopping: polling ends, uplinks finish what is in flight")
                     await _cancel_and_wait([polling, *sourcing], SHUTDOWN_BUDGET_S / 4)
-                    await _cancel_and_wait(sending, SHUTDOWN_BUDGET_S / 2)
+                    # Uplinks finish the request in flight: cancelled once, never again.
+                    await _cancel_and_wait(sending, SHUTDOWN_BUDGET_S / 2, recancel=False)
                     await _cancel_and_wait([*helpers, *monitoring], SHUTDOWN_BUDGET_S / 4)
                     await status_plane.save_stopped(self.live, astore)
         finally:
@@ -152,13 +153,31 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
-async def _cancel_and_wait(tasks: list[asyncio.Task[None]], budget: float) -> None:
+#: A task still running after half its budget is cancelled again this often (_cancel_and_wait).
+RECANCEL_EVERY_S = 0.1
+
+
+async def _cancel_and_wait(
+    tasks: list[asyncio.Task[None]], budget: float, *, recancel: bool = True
+) -> None:
+    """Cancel `tasks` and wait up to `budget` for them. With `recancel`, what still runs after
+    half the budget is cancelled again every RECANCEL_EVERY_S: a library may have swallowed
+    the cancel (3.11's `wait_for`, core.cancel), and the next one lands at the task's next
+    await. The first half leaves a task that handles its cancel (stores what it holds) alone.
+    """
+    loop = asyncio.get_running_loop()
     for task in tasks:
         task.cancel()
-    if tasks:
-        _, pending = await asyncio.wait(tasks, timeout=budget)
+    if not tasks:
+        return
+    deadline = loop.time() + budget
+    _, pending = await asyncio.wait(tasks, timeout=budget / 2 if recancel else budget)
+    while recancel and pending and (left := deadline - loop.time()) > 0:
         for task in pending:
-            log.warning("task %s did not stop within %.1fs", task.get_name(), budget)
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_EVERY_S, left))
+    for task in pending:
+        log.warning("task %s did not stop within %.1fs", task.get_name(), budget)
 
 
 async def run_until_signalled(config: Config) -> int:

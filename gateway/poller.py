@@ -36,6 +36,7 @@ import math
 import time
 
 from core.backoff import Backoff, no_jitter
+from core.cancel import raise_if_cancelling
 from core.flags import CLOCK_UNSYNCED
 from core.health import Health, MeterHealth, MeterState
 from core.sample import Sample
@@ -175,6 +176,7 @@ class Poller:
             previous_ts_ms = health.last_read_ts_ms
             read_mono = clock.monotonic()
             reading = await self._read(meter, health)
+            raise_if_cancelling()  # a driver's library may have lost our cancel (core.cancel)
             if reading is not None:
                 values, device_ts_ms = reading
                 if device_ts_ms is not None:  # the device's own time: not ours to doubt

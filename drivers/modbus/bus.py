@@ -40,6 +40,7 @@ from pymodbus.framer import FramerRTU
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from core.backoff import Backoff, no_jitter
+from core.cancel import raise_if_cancelling
 from core.health import BusHealth, BusState
 from drivers.base import AsyncClosable, MeterReadError
 
@@ -257,6 +258,12 @@ class ModbusBus(AsyncClosable):
         except BaseException:  # cancelled mid-connect: leave no half-open transport behind
             client.close()
             raise
+        if connected:
+            try:
+                raise_if_cancelling()  # pymodbus' wait_for may have lost our cancel (3.11)
+            except asyncio.CancelledError:
+                client.close()
+                raise
         if not connected:
             client.close()
             self._next_attempt = time.monotonic() + self._reconnect.next_delay()
@@ -317,6 +324,7 @@ class ModbusBus(AsyncClosable):
             self.health.busy_s += ended - started
             self._line_free_at = ended + self.inter_frame_gap_secs
         self._silent = 0
+        raise_if_cancelling()  # pymodbus' wait_for may have lost our cancel (3.11)
         if isinstance(response, ExceptionResponse) or response.isError():
             code = int(getattr(response, "exception_code", 0))
             name = _EXCEPTION_NAMES.get(code, "unknown exception")

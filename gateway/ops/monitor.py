@@ -43,6 +43,7 @@ from typing import Any
 import aiomqtt
 
 from core.backoff import Backoff, equal_jitter
+from core.cancel import raise_if_cancelling
 from core.health import Health
 from core.redact import redact, redact_value
 from core.sample import Sample
@@ -204,7 +205,7 @@ class Monitor:
                     client = self._client()
                     await self._session(client)
                 except aiomqtt.MqttError as exc:
-                    _raise_if_cancelling(exc)
+                    raise_if_cancelling(exc)
                     if self._connected:
                         backoff.reset()
                     self._connected = False
@@ -240,9 +241,9 @@ class Monitor:
             if self.commands is not None:
                 # Before `online`: an operator who waits for `online` is heard.
                 await client.subscribe(f"{self.command_topic}/#", qos=1)
-                _raise_if_cancelling()
+                raise_if_cancelling()
             await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
-            _raise_if_cancelling()
+            raise_if_cancelling()
             self._connected = True
             self._note_connected()
             await self._publish_discovery(client)
@@ -290,7 +291,7 @@ class Monitor:
         configs: 48 ms against 316 ms on loopback), and nothing is left in flight on failure."""
         for topic, payload in messages:
             await client.publish(topic, payload, qos=1, retain=True)
-            _raise_if_cancelling()
+            raise_if_cancelling()
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Send and watch the connection until either stops; the first failure is raised.
@@ -406,7 +407,7 @@ class Monitor:
                     else:
                         self._put_back(topic, message)
                     raise
-                _raise_if_cancelling()
+                raise_if_cancelling()
             self._wake.clear()
             remaining = next_health - loop.time()
             if remaining > 0:
@@ -475,16 +476,3 @@ def _retrieve_disconnect(client: aiomqtt.Client) -> None:
         future = getattr(client, name, None)
         if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
             future.exception()
-
-
-def _raise_if_cancelling(cause: BaseException | None = None) -> None:
-    """Honour a cancel that Python 3.11 lost on the way.
-
-    On 3.11, `asyncio.wait_for` (awaited inside every aiomqtt call) returns the result and drops
-    the cancel when both arrive together (fixed in 3.12). The request still shows in
-    `Task.cancelling()`, so after each call into aiomqtt we look there: a monitor that ignored its
-    cancel would keep the daemon from stopping (seen in test_cancel_at_any_moment...).
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from cause
