@@ -34,6 +34,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Mapping
 
 from core.backoff import Backoff, no_jitter
 from core.cancel import raise_if_cancelling
@@ -48,6 +49,7 @@ from gateway.clock.hold import ClockHold, HeldReading, trusted_stamp_ms, unsynce
 from gateway.clock.sync import StepDetector, clock_for
 from gateway.config.schema import Config
 from gateway.counters import CounterGuard, report_counter_problems
+from gateway.plausibility import PlausibilityGuard
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import StoreFull
 
@@ -77,6 +79,7 @@ class Poller:
         clock: Clock | None = None,
         hold_max_secs: float = HOLD_MAX_SECS,
         hold_max_samples: int = HOLD_MAX_SAMPLES,
+        plausible_ranges: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.meters = meters
         self.readers = readers
@@ -86,6 +89,7 @@ class Poller:
         self._hold = ClockHold(hold_max_secs, hold_max_samples)
         self._steps = StepDetector()
         self._counters = {meter.id: CounterGuard(meter.id, meter.max_power_w) for meter in meters}
+        self._plausible = PlausibilityGuard(plausible_ranges)
         #: Each meter's newest sample offered to the store (UTC ms): nothing older is offered.
         self._newest: dict[str, int] = {}
         #: Each meter's scheduled boundary not yet read and committed (UTC ms; None: not
@@ -129,7 +133,11 @@ class Poller:
             return None
         values, device_ts_ms = reading
         ts_ms = round(self.clock.time() * 1000) if device_ts_ms is None else device_ts_ms
-        sample = Sample(meter.id, ts_ms, values)
+        checked = self._plausible.check(Sample(meter.id, ts_ms, values), self.health)
+        if checked is None:
+            health.last_error = "implausible: no plausible value read"
+            return None
+        sample = checked
         newest = self._newest.get(meter.id)
         if (newest is None or ts_ms > newest) and not self.displaces(sample):
             sample = self._check_counters(sample)
@@ -344,7 +352,10 @@ class Poller:
                 self._refused_by_step(offered, newest)
                 continue
             self._resumed(offered.meter)
-            sample = self._check_counters(offered)
+            plausible = self._plausible.check(offered, self.health)
+            if plausible is None:
+                continue  # nothing a meter can measure was left in it
+            sample = self._check_counters(plausible)
             self._newest[sample.meter] = sample.ts_ms
             self.health.meter(sample.meter).last_read_ts_ms = sample.ts_ms
             accepted.append(sample)
@@ -474,4 +485,5 @@ def poller_for(
         clock=clock_for(gateway.clock_check, gateway.clock_sync_file),
         hold_max_secs=gateway.clock_hold_max_secs,
         hold_max_samples=gateway.clock_hold_max_samples,
+        plausible_ranges=gateway.plausible_ranges,
     )

@@ -14,6 +14,8 @@ Invariants:
   sooner than a core.backoff.Backoff delay after the last failed attempt (reconnect_initial_secs
   doubling to reconnect_max_secs, not jittered: the line is this gateway's alone; reset by a
   successful connect). No background task, nothing to restart.
+- An answer must answer the request: its function code ours, no bytes after its registers
+  (pymodbus accepts both); else it is `garbage`.
 - Every pymodbus failure becomes MeterReadError(kind) here and nowhere else, kind being
   timeout | connection | exception | crc | short_frame | garbage, and is counted in the bus's
   BusHealth. pymodbus drops a frame with a bad CRC or one cut short silently and waits; the bytes
@@ -342,7 +344,24 @@ class ModbusBus(AsyncClosable):
             raise self._count(
                 MeterReadError("garbage", f"{where}: answered {len(words)} registers")
             )
+        problem = self._mismatch(response, table, count)
+        if problem is not None:
+            raise self._count(MeterReadError("garbage", f"{where}: {problem}"))
         return words
+
+    def _mismatch(self, response: ModbusPDU, table: str, count: int) -> str | None:
+        """Why a decoded answer does not answer our request, if it does not: pymodbus matches
+        answers by transaction id alone and decodes what the function code byte says, and it
+        ignores bytes after the registers (which the MBAP length may cover)."""
+        expected = _FUNCTION_CODES[table]
+        function = int(getattr(response, "function_code", expected))
+        if function != expected:
+            return f"answer with function {function} to a function {expected} request"
+        size = (5 if self.framing == "rtu" else 9) + 2 * count
+        received = len(self._received.data)
+        if received > size:
+            return f"frame of {received} bytes where {size} answer the request (trailing bytes)"
+        return None
 
     def _no_answer(
         self, client: ModbusBaseClient, message: str, unit: int, table: str, count: int
