@@ -263,6 +263,7 @@ async def test_servers_echoing_our_requests_never_make_a_secret_visible(
         "the dead-letter table": dead,
         "meter-gateway status": _cli("status", "-c", str(config)),
         "meter-gateway deadletters": _cli("deadletters", "-c", str(config)),
+        "meter-gateway pts status": _cli("pts", "status", "-c", str(config)),
     }
     shown = {where: leaks(text) for where, text in surfaces.items() if leaks(text)}
     assert shown == {}, json.dumps(shown, indent=1)
