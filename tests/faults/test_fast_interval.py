@@ -26,6 +26,7 @@ meters:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_the_smallest_interval_on_a_meter_too_slow_for_it_logs_once_and_stops_at_once(
     tmp_path: Path, daemon_factory: Callable[[Path, dict[str, str]], DaemonProcess]
