@@ -62,3 +62,53 @@ def is_known_channel(name: str) -> bool:
 
 def unit_of(name: str) -> str:
     return CHANNEL_UNITS[name]
+
+
+#: Suffixes a channel name adds to its type: phases and lines, then direction and tariff.
+_TYPE_SUFFIXES: Final = (
+    "_l1_l2",
+    "_l2_l3",
+    "_l3_l1",
+    "_l1",
+    "_l2",
+    "_l3",
+    "_n",
+    "_t1",
+    "_t2",
+    "_import",
+    "_export",
+    "_total",
+)
+
+
+def channel_type(name: str) -> str:
+    """The physical quantity a channel measures: `voltage_l1_l2` -> `voltage`,
+    `energy_active_import_t1` -> `energy_active`, `current_n` -> `current`."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in _TYPE_SUFFIXES:
+            if name.endswith(suffix) and len(name) > len(suffix):
+                name, stripped = name[: -len(suffix)], True
+                break
+    return name
+
+
+#: Per channel type, the values a real meter can report (canonical units); outside them a
+#: reading is implausible (gateway.plausibility). Wide on purpose: medium-voltage metering,
+#: signed currents and powers, net counters that go negative, a plant's lifetime energy; a
+#: site narrows them with `gateway.plausible_ranges`.
+PLAUSIBLE_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "voltage": (0.0, 1e6),
+    "current": (-1e6, 1e6),
+    "power_active": (-1e10, 1e10),
+    "power_reactive": (-1e10, 1e10),
+    "power_apparent": (-1e10, 1e10),
+    "power_factor": (-1.001, 1.001),
+    "frequency": (0.0, 1000.0),
+    "energy_active": (-1e15, 1e15),
+    "energy_reactive": (-1e15, 1e15),
+    "gas_volume": (-1e12, 1e12),
+    "water_volume": (-1e12, 1e12),
+    "heat_energy": (-1e15, 1e15),
+}

@@ -47,6 +47,9 @@ class MeterHealth:
     counter_resets: int = 0
     counter_jumps: int = 0
     last_counter_problem: str | None = None
+    #: Values outside their channel type's physical range, not stored (gateway.plausibility).
+    implausible_values: int = 0
+    last_implausible: str | None = None
     #: Samples not stored because the clock stepped back behind this meter's newest sample.
     refused_clock_step: int = 0
     #: Source-specific facts for operators (MTS: serial number read, meter clock offset); JSON.

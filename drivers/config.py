@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Protocol
 
-from pydantic import Field, PrivateAttr
+from pydantic import AfterValidator, Field, PrivateAttr
 
 from core.config_base import Identifier, renamed
 from core.durations import Seconds
@@ -25,6 +25,17 @@ from drivers.serial.config import (
     SerialMeterFields,
     SmlBusConfig,
 )
+
+#: The shortest meter interval: below it a read (and its log and store work) would outrun any
+#: real line, and a stop would wait behind a flood of ticks (docs/configuration.md).
+MIN_INTERVAL_SECS = 0.1
+
+
+def _interval(seconds: float) -> float:
+    if seconds < MIN_INTERVAL_SECS:
+        raise ValueError(f"at least {MIN_INTERVAL_SECS * 1000:g}ms (no meter line reads faster)")
+    return seconds
+
 
 #: Every bus type, told apart by its `type` key.
 BusConfig = Annotated[
@@ -53,7 +64,7 @@ class MeterConfig(SerialMeterFields):
     #: The map `register_map` resolved to, set by the config loader (drivers.modbus.maps).
     _resolved_map: object = PrivateAttr(default=None)
     #: How often the meter is read, aligned to the wall clock (a 60 s meter reads at :00).
-    interval_secs: Seconds = Field(
+    interval_secs: Annotated[Seconds, AfterValidator(_interval)] = Field(
         default=60.0, validation_alias=renamed("interval_secs", "interval")
     )
     #: Per-read timeout; defaults to the bus timeout.

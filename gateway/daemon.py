@@ -19,6 +19,7 @@ from pathlib import Path
 from core.health import Health
 from drivers.factory import open_readers
 from gateway import __version__
+from gateway.config.redaction import learn_config
 from gateway.config.schema import Config
 from gateway.memory import release_free_memory
 from gateway.ops import sdnotify, status_plane
@@ -66,6 +67,7 @@ class Daemon:
 
     async def run(self, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         config = self.config
+        learn_config(config)  # log, MQTT, store and status mask its secrets (core.redact)
         astore = AsyncStore(open_store(config, self.health))
         loop = asyncio.get_running_loop()  # a quarantined row is alerted from the store thread
         astore.store.on_quarantine = lambda message: loop.call_soon_threadsafe(
@@ -132,7 +134,8 @@ class Daemon:
                     log.info("stopping: polling ends, uplinks finish what is in flight")
                     await _cancel_and_wait([polling, *sourcing], SHUTDOWN_BUDGET_S / 4)
                     await poller.store_held_at_stop()
-                    await _cancel_and_wait(sending, SHUTDOWN_BUDGET_S / 2)
+                    # Uplinks finish the request in flight: cancelled once, never again.
+                    await _cancel_and_wait(sending, SHUTDOWN_BUDGET_S / 2, recancel=False)
                     await _cancel_and_wait([*helpers, *monitoring], SHUTDOWN_BUDGET_S / 4)
                     await status_plane.save_stopped(self.live, astore)
         finally:
@@ -167,13 +170,31 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
-async def _cancel_and_wait(tasks: list[asyncio.Task[None]], budget: float) -> None:
+#: A task still running after half its budget is cancelled again this often (_cancel_and_wait).
+RECANCEL_EVERY_S = 0.1
+
+
+async def _cancel_and_wait(
+    tasks: list[asyncio.Task[None]], budget: float, *, recancel: bool = True
+) -> None:
+    """Cancel `tasks` and wait up to `budget` for them. With `recancel`, what still runs after
+    half the budget is cancelled again every RECANCEL_EVERY_S: a library may have swallowed
+    the cancel (3.11's `wait_for`, core.cancel), and the next one lands at the task's next
+    await. The first half leaves a task that handles its cancel (stores what it holds) alone.
+    """
+    loop = asyncio.get_running_loop()
     for task in tasks:
         task.cancel()
-    if tasks:
-        _, pending = await asyncio.wait(tasks, timeout=budget)
+    if not tasks:
+        return
+    deadline = loop.time() + budget
+    _, pending = await asyncio.wait(tasks, timeout=budget / 2 if recancel else budget)
+    while recancel and pending and (left := deadline - loop.time()) > 0:
         for task in pending:
-            log.warning("task %s did not stop within %.1fs", task.get_name(), budget)
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_EVERY_S, left))
+    for task in pending:
+        log.warning("task %s did not stop within %.1fs", task.get_name(), budget)
 
 
 async def run_until_signalled(config: Config) -> int:

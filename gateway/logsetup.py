@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from core.redact import redact
+
 _PRIORITY = {
     logging.DEBUG: 7,
     logging.INFO: 6,
@@ -19,7 +21,14 @@ _PRIORITY = {
 }
 
 
-class _JournalFormatter(logging.Formatter):
+class _RedactingFormatter(logging.Formatter):
+    """Every line, traceback included, through the one redaction step (core.redact)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class _JournalFormatter(_RedactingFormatter):
     def format(self, record: logging.LogRecord) -> str:
         priority = _PRIORITY.get(record.levelno, 6)
         return f"<{priority}>{super().format(record)}"
@@ -31,7 +40,7 @@ def setup_logging(level: str = "INFO") -> None:
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+            _RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -2,7 +2,8 @@
 
 One task per meter: a slow or dead meter only delays itself (and, on a shared RTU line, the
 bus's turn-taking its driver owns), never a meter on another bus. A read that overruns the
-next boundary skips the ticks it missed (counted, logged once) rather than queueing reads.
+next boundary skips the ticks it missed (counted; logged at most once per OVERRUN_LOG_EVERY_S)
+rather than queueing reads.
 Samples are stamped with the scheduled boundary, in UTC, when the read started on time, so
 uplinks that want interval boundaries (Wattics, EnerKey) see exact ones. A reader that knows
 when its device measured (drivers.stamped: a DSMR gas reading) is stamped with that time
@@ -33,8 +34,10 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Mapping
 
 from core.backoff import Backoff, no_jitter
+from core.cancel import raise_if_cancelling
 from core.flags import CLOCK_UNSYNCED
 from core.health import Health, MeterHealth, MeterState
 from core.sample import Sample
@@ -46,6 +49,7 @@ from gateway.clock.hold import ClockHold, HeldReading, trusted_stamp_ms, unsynce
 from gateway.clock.sync import StepDetector, clock_for
 from gateway.config.schema import Config
 from gateway.counters import CounterGuard, report_counter_problems
+from gateway.plausibility import PlausibilityGuard
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import StoreFull
 
@@ -54,6 +58,8 @@ log = logging.getLogger(__name__)
 #: Consecutive failures after which a meter counts as offline rather than degraded.
 #: A read starting later than this after its boundary is stamped with its real start time.
 ON_TIME_TOLERANCE_S = 1.0
+#: Skipped ticks of one meter are logged at most this often (always counted in health).
+OVERRUN_LOG_EVERY_S = 600.0
 #: Waking this much before a planned boundary means the clock stepped back: plan again.
 EARLY_WAKE_S = 0.05
 #: Defaults of gateway.clock_hold_max_secs / clock_hold_max_samples.
@@ -73,6 +79,7 @@ class Poller:
         clock: Clock | None = None,
         hold_max_secs: float = HOLD_MAX_SECS,
         hold_max_samples: int = HOLD_MAX_SAMPLES,
+        plausible_ranges: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.meters = meters
         self.readers = readers
@@ -82,8 +89,14 @@ class Poller:
         self._hold = ClockHold(hold_max_secs, hold_max_samples)
         self._steps = StepDetector()
         self._counters = {meter.id: CounterGuard(meter.id, meter.max_power_w) for meter in meters}
+        self._plausible = PlausibilityGuard(plausible_ranges)
         #: Each meter's newest sample offered to the store (UTC ms): nothing older is offered.
         self._newest: dict[str, int] = {}
+        #: Each meter's scheduled boundary not yet read and committed (UTC ms; None: not
+        #: planned on the wall clock). A command read stamped at or after it is not stored.
+        self._due_ms: dict[str, int | None] = {}
+        #: Meter -> (monotonic time of its last overrun warning, ticks skipped since).
+        self._overruns: dict[str, tuple[float | None, int]] = {}
         #: Meters whose samples are being refused after a clock step back -> how many so far.
         self._refusing: dict[str, int] = {}
         self._loaded = False
@@ -120,13 +133,24 @@ class Poller:
             return None
         values, device_ts_ms = reading
         ts_ms = round(self.clock.time() * 1000) if device_ts_ms is None else device_ts_ms
-        sample = Sample(meter.id, ts_ms, values)
+        checked = self._plausible.check(Sample(meter.id, ts_ms, values), self.health)
+        if checked is None:
+            health.last_error = "implausible: no plausible value read"
+            return None
+        sample = checked
         newest = self._newest.get(meter.id)
-        if newest is None or ts_ms > newest:
+        if (newest is None or ts_ms > newest) and not self.displaces(sample):
             sample = self._check_counters(sample)
             self._newest[meter.id] = ts_ms
         health.last_read_ts_ms = ts_ms
         return sample
+
+    def displaces(self, sample: Sample) -> bool:
+        """Whether storing `sample` (a command's read) would take the place of the scheduled
+        sample still due: it is stamped at or after the boundary the meter's task waits for or
+        is reading now, and the store refuses anything older than what it holds."""
+        due = self._due_ms.get(sample.meter)
+        return due is not None and sample.ts_ms >= due
 
     async def _poll_forever(self, meter: MeterConfig) -> None:
         health = self.health.meter(meter.id)
@@ -140,6 +164,8 @@ class Poller:
         offline_retry = offline_backoff(meter)
         while True:
             on_mono_plan = plan_wall is None
+            # Until this boundary's sample is committed, nothing stamped at or after it is.
+            self._due_ms[meter.id] = None if plan_wall is None else round(plan_wall * 1000)
             if plan_wall is not None:
                 await clock.sleep(plan_wall - clock.time())
             else:
@@ -158,6 +184,7 @@ class Poller:
             previous_ts_ms = health.last_read_ts_ms
             read_mono = clock.monotonic()
             reading = await self._read(meter, health)
+            raise_if_cancelling()  # a driver's library may have lost our cancel (core.cancel)
             if reading is not None:
                 values, device_ts_ms = reading
                 if device_ts_ms is not None:  # the device's own time: not ours to doubt
@@ -196,12 +223,26 @@ class Poller:
                 plan_mono += missed * interval
             if missed > 0:
                 health.skipped_ticks += missed
-                log.warning(
-                    "meter %s: read overran its %gs interval, skipped %d tick(s)",
-                    meter.id,
-                    interval,
-                    missed,
-                )
+                self._overran(meter, interval, missed)
+
+    def _overran(self, meter: MeterConfig, interval: float, missed: int) -> None:
+        """Log skipped ticks at most once per OVERRUN_LOG_EVERY_S per meter (they are counted
+        in health every time): a meter too slow for its interval would otherwise log a line
+        on every tick."""
+        now = self.clock.monotonic()
+        since, skipped = self._overruns.get(meter.id, (None, 0))
+        skipped += missed
+        if since is not None and now - since < OVERRUN_LOG_EVERY_S:
+            self._overruns[meter.id] = (since, skipped)
+            return
+        self._overruns[meter.id] = (now, 0)
+        log.warning(
+            "meter %s: reads overrun its %gs interval, skipped %d tick(s)%s",
+            meter.id,
+            interval,
+            skipped,
+            "" if since is None else f" in the last {now - since:.0f} s",
+        )
 
     # -- the clock ---------------------------------------------------------------------------
 
@@ -326,7 +367,10 @@ class Poller:
                 self._refused_by_step(offered, newest)
                 continue
             self._resumed(offered.meter)
-            sample = self._check_counters(offered)
+            plausible = self._plausible.check(offered, self.health)
+            if plausible is None:
+                continue  # nothing a meter can measure was left in it
+            sample = self._check_counters(plausible)
             self._newest[sample.meter] = sample.ts_ms
             self.health.meter(sample.meter).last_read_ts_ms = sample.ts_ms
             accepted.append(sample)
@@ -456,4 +500,5 @@ def poller_for(
         clock=clock_for(gateway.clock_check, gateway.clock_sync_file),
         hold_max_secs=gateway.clock_hold_max_secs,
         hold_max_samples=gateway.clock_hold_max_samples,
+        plausible_ranges=gateway.plausible_ranges,
     )

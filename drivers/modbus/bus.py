@@ -14,6 +14,8 @@ Invariants:
   sooner than a core.backoff.Backoff delay after the last failed attempt (reconnect_initial_secs
   doubling to reconnect_max_secs, not jittered: the line is this gateway's alone; reset by a
   successful connect). No background task, nothing to restart.
+- An answer must answer the request: its function code ours, no bytes after its registers
+  (pymodbus accepts both); else it is `garbage`.
 - Every pymodbus failure becomes MeterReadError(kind) here and nowhere else, kind being
   timeout | connection | exception | crc | short_frame | garbage, and is counted in the bus's
   BusHealth. pymodbus drops a frame with a bad CRC or one cut short silently and waits; the bytes
@@ -23,7 +25,10 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
+import termios
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -37,6 +42,7 @@ from pymodbus.framer import FramerRTU
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from core.backoff import Backoff, no_jitter
+from core.cancel import raise_if_cancelling
 from core.health import BusHealth, BusState
 from drivers.base import AsyncClosable, MeterReadError
 
@@ -47,6 +53,10 @@ log = logging.getLogger(__name__)
 MAX_SILENT_TRANSACTIONS: Final = 3
 DEFAULT_RECONNECT_INITIAL_SECS: Final = 0.5
 DEFAULT_RECONNECT_MAX_SECS: Final = 60.0
+
+#: What a failed connect may raise besides pymodbus' "not connected": socket and serial errors,
+#: and termios.error (not an OSError) from a port that refuses its baud rate or parity.
+CONNECT_ERRORS: Final = (OSError, ModbusException, termios.error)
 
 _FUNCTION_CODES: Final[dict[str, int]] = {"holding": 3, "input": 4}
 _EXCEPTION_NAMES: Final[dict[int, str]] = {
@@ -241,12 +251,21 @@ class ModbusBus(AsyncClosable):
         client = self._new_client()
         try:
             connected = await client.connect()
-        except (OSError, ModbusException) as exc:
+        except CONNECT_ERRORS as exc:
+            # termios.error is not an OSError: a port refusing its line settings raises it
             connected = False
             log.debug("bus %s: connect failed: %s", self.name, exc)
+            release_leaked_ports(exc)
+            del exc  # its frames hold what the failed open built; nothing may keep them
         except BaseException:  # cancelled mid-connect: leave no half-open transport behind
             client.close()
             raise
+        if connected:
+            try:
+                raise_if_cancelling()  # pymodbus' wait_for may have lost our cancel (3.11)
+            except asyncio.CancelledError:
+                client.close()
+                raise
         if not connected:
             client.close()
             self._next_attempt = time.monotonic() + self._reconnect.next_delay()
@@ -299,7 +318,7 @@ class ModbusBus(AsyncClosable):
             raise self._no_answer(client, f"{where}: {exc}", unit, table, count) from None
         except ModbusException as exc:
             raise self._count(MeterReadError("garbage", f"{where}: {exc}")) from None
-        except OSError as exc:
+        except (OSError, termios.error) as exc:  # termios.error: the port's driver refused
             self._drop_client()
             raise self._count(MeterReadError("connection", f"{where}: {exc}")) from None
         finally:
@@ -307,6 +326,7 @@ class ModbusBus(AsyncClosable):
             self.health.busy_s += ended - started
             self._line_free_at = ended + self.inter_frame_gap_secs
         self._silent = 0
+        raise_if_cancelling()  # pymodbus' wait_for may have lost our cancel (3.11)
         if isinstance(response, ExceptionResponse) or response.isError():
             code = int(getattr(response, "exception_code", 0))
             name = _EXCEPTION_NAMES.get(code, "unknown exception")
@@ -324,7 +344,24 @@ class ModbusBus(AsyncClosable):
             raise self._count(
                 MeterReadError("garbage", f"{where}: answered {len(words)} registers")
             )
+        problem = self._mismatch(response, table, count)
+        if problem is not None:
+            raise self._count(MeterReadError("garbage", f"{where}: {problem}"))
         return words
+
+    def _mismatch(self, response: ModbusPDU, table: str, count: int) -> str | None:
+        """Why a decoded answer does not answer our request, if it does not: pymodbus matches
+        answers by transaction id alone and decodes what the function code byte says, and it
+        ignores bytes after the registers (which the MBAP length may cover)."""
+        expected = _FUNCTION_CODES[table]
+        function = int(getattr(response, "function_code", expected))
+        if function != expected:
+            return f"answer with function {function} to a function {expected} request"
+        size = (5 if self.framing == "rtu" else 9) + 2 * count
+        received = len(self._received.data)
+        if received > size:
+            return f"frame of {received} bytes where {size} answer the request (trailing bytes)"
+        return None
 
     def _no_answer(
         self, client: ModbusBaseClient, message: str, unit: int, table: str, count: int
@@ -354,6 +391,25 @@ class ModbusBus(AsyncClosable):
         self._silent = 0
         if client is not None:
             client.close()
+
+
+def release_leaked_ports(exc: BaseException) -> None:
+    """Close any port object a failed open left behind in the frames of `exc`.
+
+    pyserial closes its descriptor when its own open fails, but an error raised after it (a
+    later line setting, in pymodbus' transport) leaves an open, exclusively locked port that
+    only the traceback still references: every later open would then fail with "Could not
+    exclusively lock port" until the garbage collector came by.
+    """
+    traceback = exc.__traceback__
+    while traceback is not None:
+        for value in traceback.tb_frame.f_locals.values():
+            for candidate in (value, getattr(value, "sync_serial", None)):
+                close = getattr(candidate, "close", None)
+                if isinstance(candidate, io.RawIOBase) and close is not None:
+                    with contextlib.suppress(Exception):
+                        close()
+        traceback = traceback.tb_next
 
 
 def classify_silence(

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.config.redaction import redactor_for
 from gateway.config.schema import Config
 from gateway.ops import snapshot
 from gateway.ops.status_assess import Attention, age_s, assess, duration_text, eta_text
-from gateway.ops.status_facts import SCHEMA, sanitized, secret_values
+from gateway.ops.status_facts import SCHEMA
 from gateway.ops.status_page.numbers import bytes_text, count_text, human, utc_text
 from gateway.store.reader import StoreMissing, StoreReader
 
@@ -115,7 +116,7 @@ def gather(config: Config, reader: StoreReader) -> dict[str, Any]:
     budget = int(config.gateway.disk_budget_mb * 1024 * 1024)
     doc["store"].update(bytes=used, budget_bytes=budget)
     doc["store"]["full"] = bool(doc["store"].get("full")) or used >= budget
-    clean: dict[str, Any] = sanitized(doc, secret_values(config))
+    clean: dict[str, Any] = redactor_for(config).value(doc)
     return clean
 
 

@@ -26,6 +26,7 @@ from core.config_base import KeyPath, UplinkConfig, legacy_keys_used
 from core.config_errors import ConfigError, ConfigProblem, format_path
 from core.yaml_lines import StringHook, YamlDocument, describe, parse_yaml, read_text
 from drivers.checks import check_meters, resolve_maps
+from gateway.config.redaction import learn_config
 from gateway.config.schema import Config
 from gateway.config.secrets import CREDENTIALS_DIR, SecretLookup, shows_secret
 
@@ -145,6 +146,7 @@ def parse_config(
         in_map_files = [_hide_secrets(p, lookup) for p in in_map_files]
         raise ConfigError(problems + in_map_files)  # a map file's problems: in its own order
     assert config is not None
+    learn_config(config)  # from now on every outlet of text masks this config's secrets
     config.unset_secrets.extend(_hide_secrets(w, lookup) for w in _in_order(warnings))
     config.warnings.extend(_hide_secrets(w, lookup) for w in _legacy_warnings(document, used))
     return config

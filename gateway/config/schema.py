@@ -7,6 +7,7 @@ this module only says what a valid config is.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Final, Literal
@@ -14,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from core.channels import PLAUSIBLE_RANGES
 from core.config_base import Identifier, Strict
 from core.config_errors import ConfigProblem
 from core.durations import Seconds
@@ -44,6 +46,20 @@ class GatewayConfig(Strict):
     clock_hold_max_secs: Seconds = 900.0
     #: ... and at most this many readings (all meters together; about 2 KB each).
     clock_hold_max_samples: int = Field(default=5_000, ge=1)
+    #: Channel type -> [min, max] in canonical units, over core.channels.PLAUSIBLE_RANGES: a
+    #: value outside is not stored (gateway.plausibility).
+    plausible_ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+    @field_validator("plausible_ranges")
+    @classmethod
+    def _known_ranges(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for kind, (low, high) in value.items():
+            if kind not in PLAUSIBLE_RANGES:
+                known = ", ".join(sorted(PLAUSIBLE_RANGES))
+                raise ValueError(f"unknown channel type {kind!r} (one of: {known})")
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"{kind}: [min, max] must be finite numbers, min below max")
+        return value
 
     @field_validator("timezone")
     @classmethod

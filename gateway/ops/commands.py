@@ -3,7 +3,9 @@
 Topics are relative to `<prefix>/<gateway id>/cmd/`; the answer goes to the same topic plus
 `/result` (not retained, QoS 1):
 
-- `meters/<id>/read`    read the meter now and store the sample (config `commands.read`)
+- `meters/<id>/read`    read the meter now and store the sample (config `commands.read`),
+                        unless it would take the place of the scheduled sample still due
+                        (`stored: false`; the poller's `displaces`)
 - `uplinks/<name>/flush` retry now: wake an uplink waiting in backoff (config `commands.flush`)
 - `pts/submit`          the PTS monthly submission, a dry run unless `{"dry_run": false}`
                         (config `commands.pts_submit`)
@@ -14,7 +16,10 @@ Invariants:
 - Every answer is a JSON object with `ok` (bool) and, when the command carried one, the same
   `request_id`; a refusal or failure carries `error`. A command never raises: a bug in one
   becomes `{"ok": false, "error": "internal error"}` and a logged traceback.
-- The payload is optional: empty, or a JSON object (`request_id`, `dry_run`).
+- The payload is optional: empty, or a JSON object (`request_id`, `dry_run`) of at most
+  MAX_PAYLOAD_BYTES. A `request_id` is echoed only when small (MAX_REQUEST_ID_CHARS, or an
+  integer below 2^53); topic parts are quoted cut to MAX_SHOWN_CHARS. So no answer or log line
+  grows with what a publisher sends.
 """
 
 from __future__ import annotations
@@ -61,8 +66,27 @@ class CommandError(Exception):
     """A command refused or failed for a reason the operator should read."""
 
 
+#: Command fields are small: a payload larger than this is refused unread.
+MAX_PAYLOAD_BYTES: Final = 4096
+#: A `request_id` is echoed back: a string of at most this many characters, or an integer
+#: JSON consumers read exactly (|n| < 2**53). Anything else is refused and not echoed.
+MAX_REQUEST_ID_CHARS: Final = 128
+MAX_REQUEST_ID_INT: Final = 2**53
+#: A topic part (meter id, uplink name) is quoted in errors and logs up to this length.
+MAX_SHOWN_CHARS: Final = 64
+
+
+def shown(text: str) -> str:
+    """`text` as an answer or log line quotes it: cut to MAX_SHOWN_CHARS."""
+    return (
+        text if len(text) <= MAX_SHOWN_CHARS else f"{text[:MAX_SHOWN_CHARS]}… ({len(text)} chars)"
+    )
+
+
 def parse_payload(payload: bytes) -> dict[str, Any]:
     """The command's arguments: empty means none; otherwise one JSON object."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise CommandError(f"payload too large: at most {MAX_PAYLOAD_BYTES} bytes")
     if not payload.strip():
         return {}
     try:
@@ -75,10 +99,18 @@ def parse_payload(payload: bytes) -> dict[str, Any]:
 
 
 def _request_id(data: Mapping[str, Any]) -> str | int | None:
+    """The request_id to echo; CommandError (nothing echoed) when it is not a small one."""
     value = data.get("request_id")
-    if value is None or isinstance(value, str | int):
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) <= MAX_REQUEST_ID_CHARS:
         return value
-    return json.dumps(value)[:200]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < MAX_REQUEST_ID_INT:
+        return value
+    raise CommandError(
+        f"request_id must be a string of at most {MAX_REQUEST_ID_CHARS} characters "
+        "or an integer below 2^53"
+    )
 
 
 class CommandHandler:
@@ -91,6 +123,7 @@ class CommandHandler:
         health: Health,
         meters: Sequence[MeterConfig] = (),
         read_once: ReadOnce | None = None,
+        displaces: Callable[[Sample], bool] | None = None,
         store: AsyncStore | None = None,
         uplinks: Mapping[str, object] | None = None,
         clock_trusted: Callable[[], bool] | None = None,
@@ -101,6 +134,8 @@ class CommandHandler:
         self.health = health
         self.meters = {meter.id: meter for meter in meters}
         self.read_once = read_once
+        #: Whether storing a read would take a scheduled sample's place (the poller's view).
+        self.displaces = displaces
         self.store = store
         self.uplinks = dict(uplinks or {})
 
@@ -129,9 +164,13 @@ class CommandHandler:
         except CommandError as exc:
             outcome = {"ok": False, "error": str(exc)}
         except Exception:  # a command must answer whatever happens; the traceback is logged
-            log.exception("MQTT command %s failed", suffix)
+            log.exception("MQTT command %s failed", shown(suffix))
             outcome = {"ok": False, "error": "internal error"}
-        log.info("MQTT command %s: %s", suffix, "ok" if outcome.get("ok") else outcome.get("error"))
+        log.info(
+            "MQTT command %s: %s",
+            shown(suffix),
+            "ok" if outcome.get("ok") else outcome.get("error"),
+        )
         if request_id is not None:
             outcome = {"request_id": request_id, **outcome}
         return outcome
@@ -157,7 +196,7 @@ class CommandHandler:
     async def _read(self, meter_id: str) -> Outcome:
         meter = self.meters.get(meter_id)
         if meter is None or self.read_once is None or self.store is None:
-            raise CommandError(f"unknown meter {meter_id!r}")
+            raise CommandError(f"unknown meter {shown(meter_id)!r}")
         if self.clock_trusted is not None and not self.clock_trusted():
             raise CommandError("the system clock is not trusted yet: no sample can be stamped")
         sample = await self.read_once(meter)
@@ -169,6 +208,13 @@ class CommandHandler:
             "ts": utc_iso8601_ms(sample.ts_ms),
             "values": dict(sample.values),
         }
+        if self.displaces is not None and self.displaces(sample):
+            return {
+                "ok": True,
+                "stored": False,
+                "note": "not stored: the meter's scheduled sample is due; it is stored instead",
+                **outcome,
+            }
         try:
             ids = await self.store.append([sample])
         except StoreFull as exc:
@@ -185,9 +231,9 @@ class CommandHandler:
     async def _flush(self, name: str) -> Outcome:
         uplink = self.uplinks.get(name)
         if uplink is None:
-            raise CommandError(f"unknown uplink {name!r}")
+            raise CommandError(f"unknown uplink {shown(name)!r}")
         if not isinstance(uplink, Flushable):
-            raise CommandError(f"uplink {name!r} cannot be flushed")
+            raise CommandError(f"uplink {shown(name)!r} cannot be flushed")
         done = uplink.flush()
         if inspect.isawaitable(done):
             await done

@@ -63,6 +63,8 @@ def meter_state(meter: MeterHealth) -> dict[str, Any]:
         "counter_jumps": meter.counter_jumps,
         "last_counter_problem": meter.last_counter_problem,
         "refused_clock_step": meter.refused_clock_step,
+        "implausible_values": meter.implausible_values,
+        "last_implausible": meter.last_implausible,
         "facts": dict(meter.facts),
     }
 

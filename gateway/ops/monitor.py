@@ -43,10 +43,12 @@ from typing import Any
 import aiomqtt
 
 from core.backoff import Backoff, equal_jitter
+from core.cancel import raise_if_cancelling
 from core.health import Health
+from core.redact import redact, redact_value
 from core.sample import Sample
 from gateway.config.schema import MqttConfig, MqttTlsConfig
-from gateway.ops.commands import CommandHandler
+from gateway.ops.commands import CommandHandler, shown
 from gateway.ops.discovery import DiscoveryLedger, Inventory, discovery_messages
 from gateway.ops.health_topics import HealthRenderer, alert_message, sample_message
 
@@ -204,7 +206,7 @@ class Monitor:
                     client = self._client()
                     await self._session(client)
                 except aiomqtt.MqttError as exc:
-                    _raise_if_cancelling(exc)
+                    raise_if_cancelling(exc)
                     if self._connected:
                         backoff.reset()
                     self._connected = False
@@ -240,9 +242,9 @@ class Monitor:
             if self.commands is not None:
                 # Before `online`: an operator who waits for `online` is heard.
                 await client.subscribe(f"{self.command_topic}/#", qos=1)
-                _raise_if_cancelling()
+                raise_if_cancelling()
             await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
-            _raise_if_cancelling()
+            raise_if_cancelling()
             self._connected = True
             self._note_connected()
             await self._publish_discovery(client)
@@ -290,7 +292,7 @@ class Monitor:
         configs: 48 ms against 316 ms on loopback), and nothing is left in flight on failure."""
         for topic, payload in messages:
             await client.publish(topic, payload, qos=1, retain=True)
-            _raise_if_cancelling()
+            raise_if_cancelling()
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Send and watch the connection until either stops; the first failure is raised.
@@ -336,6 +338,8 @@ class Monitor:
             await asyncio.wait_for(client.__aexit__(None, None, None), SHUTDOWN_STEP_S)
         except (aiomqtt.MqttError, TimeoutError) as exc:
             log.debug("MQTT disconnect did not complete cleanly: %s", exc)
+        finally:
+            _retrieve_disconnect(client)
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         """Dispatch commands; ends (MqttError) when the connection does."""
@@ -356,7 +360,7 @@ class Monitor:
         if len(self._commands_running) >= MAX_COMMANDS_IN_FLIGHT:
             self._answer(suffix, self.commands.refusal(payload, "busy: too many commands running"))
             return
-        task = asyncio.create_task(self._command(suffix, payload), name=f"mqtt-cmd:{suffix}")
+        task = asyncio.create_task(self._command(suffix, payload), name=f"mqtt-cmd:{shown(suffix)}")
         self._commands_running.add(task)
         task.add_done_callback(self._commands_running.discard)
 
@@ -404,7 +408,7 @@ class Monitor:
                     else:
                         self._put_back(topic, message)
                     raise
-                _raise_if_cancelling()
+                raise_if_cancelling()
             self._wake.clear()
             remaining = next_health - loop.time()
             if remaining > 0:
@@ -454,19 +458,22 @@ class Monitor:
 
 
 def _encode(payload: Payload) -> str:
+    """The payload as sent: JSON text with every secret the process knows masked (a server's
+    echo may sit in any health field or alert)."""
     if isinstance(payload, str):
-        return payload
-    return json.dumps(payload, separators=(",", ":"), default=str)
+        return redact(payload)
+    return json.dumps(redact_value(payload), separators=(",", ":"), default=str)
 
 
-def _raise_if_cancelling(cause: BaseException | None = None) -> None:
-    """Honour a cancel that Python 3.11 lost on the way.
+def _retrieve_disconnect(client: aiomqtt.Client) -> None:
+    """Retrieve the exception of a lost connection, which aiomqtt may leave unretrieved.
 
-    On 3.11, `asyncio.wait_for` (awaited inside every aiomqtt call) returns the result and drops
-    the cancel when both arrive together (fixed in 3.12). The request still shows in
-    `Task.cancelling()`, so after each call into aiomqtt we look there: a monitor that ignored its
-    cancel would keep the daemon from stopping (seen in test_cancel_at_any_moment...).
+    aiomqtt (2.5) sets its `_disconnected` future to the disconnect's exception; only a message
+    iteration running at that moment retrieves it, and `__aexit__` returns early once it is
+    set. A connection lost during subscribe, `online` or discovery (before the watcher runs)
+    thus logged "Future exception was never retrieved" when the client was dropped.
     """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from cause
+    for name in ("_disconnected", "_connected"):
+        future = getattr(client, name, None)
+        if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+            future.exception()

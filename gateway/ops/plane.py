@@ -98,6 +98,7 @@ def operations_plane(
         health=health,
         meters=config.meters,
         read_once=poller.read_once,
+        displaces=poller.displaces,
         store=astore,
         uplinks={uplink.name: uplink for uplink in uplinks},
         clock_trusted=poller.clock.trusted,

@@ -6,8 +6,8 @@ Invariants:
 - Built from snapshots only (Health, StoreFigures, History): building it reads no meter, no
   cloud and no store.
 - It never holds a secret: secret config values are never put in, and every configured secret
-  value is masked wherever it appears in a string (`sanitized`; one shorter than
-  `MIN_MASKED_INSIDE` where it is the whole string).
+  value is masked wherever it appears in a string, by the one redaction step (core.redact,
+  gateway.config.redaction: a short one only where it is the whole string).
 - The same document is persisted for `status` (gateway.ops.snapshot), so the command shows
   what the page shows, plus the store's own figures read afresh.
 """
@@ -18,14 +18,13 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, SecretStr
-
 from core.channels import CHANNEL_UNITS
 from core.health import Health
+from gateway.config.redaction import redactor_for
 from gateway.config.schema import Config
 from gateway.ops.figures import StoreFigures
 from gateway.ops.history import History
@@ -35,10 +34,6 @@ from gateway.store.async_store import AsyncStore
 SCHEMA = 1
 #: Alerts carried, newest first.
 MAX_ALERTS = 50
-MASK = "***"
-#: A secret this long is masked inside any text; a shorter one (a user name like "demo") only
-#: where it is the whole value, or every gateway id containing the word would be masked too.
-MIN_MASKED_INSIDE = 8
 
 
 @dataclass
@@ -168,54 +163,5 @@ def live_facts(live: LiveState, *, now_ms: int | None = None) -> dict[str, Any]:
         ][:MAX_ALERTS],
         "alerts_total": health.alerts_total,
     }
-    clean: dict[str, Any] = sanitized(document, secret_values(config))
+    clean: dict[str, Any] = redactor_for(config).value(document)
     return clean
-
-
-def secret_values(model: BaseModel) -> list[str]:
-    """Every secret value in a config (SecretStr fields, at any depth), longest first."""
-    found: set[str] = set()
-
-    def walk(value: Any) -> Iterator[str]:
-        if isinstance(value, SecretStr):
-            yield value.get_secret_value()
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                yield from walk(getattr(value, name))
-        elif isinstance(value, dict):
-            for item in value.values():
-                yield from walk(item)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                yield from walk(item)
-
-    found.update(secret for secret in walk(model) if secret)
-    return sorted(found, key=len, reverse=True)
-
-
-def sanitized(value: Any, secrets: list[str]) -> Any:
-    """`value` as plain JSON: every secret in any string (keys too) replaced by `***`, and
-    NaN/infinity by null (strict JSON parsers, browsers' among them, refuse them)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        for secret in secrets:
-            if value == secret:
-                return MASK
-            if len(secret) >= MIN_MASKED_INSIDE and secret in value:
-                value = value.replace(secret, MASK)
-        return value
-    if isinstance(value, dict):  # keys are our own names or ids: masked only inside
-        return {_masked_inside(k, secrets): sanitized(v, secrets) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [sanitized(item, secrets) for item in value]
-    return value
-
-
-def _masked_inside(key: Any, secrets: list[str]) -> Any:
-    if not isinstance(key, str):
-        return key
-    for secret in secrets:
-        if len(secret) >= MIN_MASKED_INSIDE and secret in key:
-            key = key.replace(secret, MASK)
-    return key

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from core.redact import redact
+
 #: Response bodies kept in the dead-letter table are cut to this many characters.
 MAX_BODY_CHARS = 4000
 
@@ -72,7 +74,7 @@ class DeadLetterTable:
                     sample_id,
                     payload,
                     status,
-                    body[:MAX_BODY_CHARS],
+                    redact(body)[:MAX_BODY_CHARS],  # a server may echo a secret
                     attempts,
                     now_ms,
                 ),
@@ -134,7 +136,7 @@ class DeadLetterTable:
             db.execute(
                 "UPDATE dead_letters SET requeued_at_ms = NULL, status = ?, body = ?, "
                 "attempts = attempts + ?, parked_at_ms = ? WHERE id = ?",
-                (status, body[:MAX_BODY_CHARS], attempts, now_ms, letter_id),
+                (status, redact(body)[:MAX_BODY_CHARS], attempts, now_ms, letter_id),
             )
 
     def forget_dead_letter(self, letter_id: int) -> None:

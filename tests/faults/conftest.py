@@ -8,6 +8,7 @@ takes its counts from `long_form()` so both forms stay bounded in time and count
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -156,3 +157,36 @@ def fault_seed() -> Iterator[int]:
     seed = int(os.environ.get("MG_FAULTS_SEED", "0")) or time.time_ns() % 1_000_000
     print(f"fault seed: MG_FAULTS_SEED={seed}")
     yield seed
+
+
+@contextlib.asynccontextmanager
+async def slow_proxy(target: int, delay: float) -> AsyncIterator[int]:
+    """A TCP proxy to 127.0.0.1:`target` holding back every answer by `delay`; its port."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wait: float) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(4096):
+                await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def serve(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        meter_r, meter_w = await asyncio.open_connection("127.0.0.1", target)
+        for task in (
+            asyncio.create_task(pipe(client_r, meter_w, 0.0)),
+            asyncio.create_task(pipe(meter_r, client_w, delay)),
+        ):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()

@@ -402,6 +402,8 @@ async def test_meter_and_uplink_state_carry_health_values(mosquitto: MosquittoBr
             "counter_jumps": 0,
             "last_counter_problem": None,
             "refused_clock_step": 0,
+            "implausible_values": 0,
+            "last_implausible": None,
             "facts": {},
         }
         assert uplink == {

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from core.redact import Redactor
+from gateway.config.redaction import secret_values
 from gateway.config.schema import Config
-from gateway.ops.status_facts import sanitized, secret_values
 
 
 def test_a_short_secret_that_is_also_a_key_name_masks_values_not_the_shape() -> None:
     """A Wattics user called "gateway" once masked the document's `gateway` key (KeyError)."""
     doc = {"gateway": {"id": "gateway", "note": "meter-gateway"}, "n": float("nan")}
-    assert sanitized(doc, ["gateway"]) == {
+    assert Redactor(["gateway"]).value(doc) == {
         "gateway": {"id": "***", "note": "meter-gateway"},
         "n": None,
     }
@@ -18,7 +19,7 @@ def test_a_short_secret_that_is_also_a_key_name_masks_values_not_the_shape() -> 
 def test_a_long_secret_is_masked_inside_any_text_keys_included() -> None:
     secret = "pw-Zq81-never-shown"
     doc = {"alerts": [f"echoed {secret}!"], f"k-{secret}": 1}
-    assert sanitized(doc, [secret]) == {"alerts": ["echoed ***!"], "k-***": 1}
+    assert Redactor([secret]).value(doc) == {"alerts": ["echoed ***!"], "k-***": 1}
 
 
 def test_every_secret_of_a_config_is_found() -> None:
