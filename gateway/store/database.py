@@ -154,6 +154,16 @@ class Store:
         self._last_ts: dict[str, int] = dict(
             self._db.execute("SELECT meter, last_ts_ms FROM meters").fetchall()
         )
+        #: Each meter's newest sample id (0: none stored any more): whether a reader that is
+        #: at a position has anything new to read, answered without a query.
+        self._last_id: dict[str, int] = {
+            meter: self._newest_id_of(meter) for meter in self._last_ts
+        }
+        #: Grows when dead letters may have been re-queued: here (`requeue`) or by another
+        #: connection (the CLI; noticed by `read` through PRAGMA data_version). An uplink asks
+        #: for re-queued letters only when it has changed since it last asked.
+        self.requeue_generation = 0
+        self._data_version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
         self._streams: dict[tuple[str, str], str] = {}
         self._ensured: set[str] = set()
         self.refused_older: dict[str, int] = {}
@@ -270,21 +280,38 @@ class Store:
         # AUTOINCREMENT with one writer: the batch got consecutive ids after the old maximum.
         for offset, index in enumerate(accepted, start=1):
             ids[index] = first + offset
+            self._last_id[samples[index].meter] = first + offset
         self._last_ts = last_ts
         return ids
 
     def last_ts(self, meter: str) -> int | None:
         return self._last_ts.get(meter)
 
+    def last_id(self, meter: str) -> int:
+        """The id of `meter`'s newest stored sample (0: none), from memory: a reader at
+        position p has something new exactly when this is > p."""
+        return self._last_id.get(meter, 0)
+
+    def _newest_id_of(self, meter: str) -> int:
+        row = self._db.execute("SELECT MAX(id) FROM samples WHERE meter = ?", (meter,)).fetchone()
+        return int(row[0] or 0)
+
     # -- reading ---------------------------------------------------------------------------
 
     def read(self, meter: str, after_id: int, limit: int = 500) -> list[StoredSample]:
+        self._notice_outside_writes()
         rows = self._db.execute(
             "SELECT id, meter, ts_ms, vals, flags FROM samples "
             "WHERE meter = ? AND id > ? ORDER BY id LIMIT ?",
             (meter, after_id, limit),
         ).fetchall()
         return [_stored(row) for row in rows]
+
+    def _notice_outside_writes(self) -> None:
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self.requeue_generation += 1
 
     def read_all(self, after_id: int = 0, limit: int = 1000) -> list[StoredSample]:
         rows = self._db.execute(
@@ -497,6 +524,7 @@ class Store:
                 "UPDATE dead_letters SET requeued_at_ms = ? WHERE id = ?",
                 [(now_ms, row.id) for row in rows],
             )
+        self.requeue_generation += 1
         return rows
 
     def requeued_letters(self, uplink: str, stream: str) -> list[DeadLetter]:
