@@ -43,6 +43,9 @@ class GatewayConfig(Strict):
     clock_hold_max_secs: Seconds = 900.0
     #: ... and at most this many readings (all meters together; about 2 KB each).
     clock_hold_max_samples: int = Field(default=5_000, ge=1)
+    #: A read whose first request goes out later than this after its boundary is stamped with
+    #: its own start time (and counted as late), not with the boundary.
+    on_time_tolerance_secs: Seconds = 0.25
 
     @field_validator("timezone")
     @classmethod

@@ -154,14 +154,11 @@ class Store:
         self._last_ts: dict[str, int] = dict(
             self._db.execute("SELECT meter, last_ts_ms FROM meters").fetchall()
         )
-        #: Each meter's newest sample id (0: none stored any more): whether a reader that is
-        #: at a position has anything new to read, answered without a query.
-        self._last_id: dict[str, int] = {
-            meter: self._newest_id_of(meter) for meter in self._last_ts
-        }
-        #: Grows when dead letters may have been re-queued: here (`requeue`) or by another
-        #: connection (the CLI; noticed by `read` through PRAGMA data_version). An uplink asks
-        #: for re-queued letters only when it has changed since it last asked.
+        #: Each meter's newest sample id: whether a reader has anything new, without a query.
+        newest = "SELECT COALESCE(MAX(id), 0) FROM samples WHERE meter = ?"
+        self._last_id = {m: self._db.execute(newest, (m,)).fetchone()[0] for m in self._last_ts}
+        #: Grows when dead letters may have been re-queued, here or by another connection (the
+        #: CLI; `read` notices it by PRAGMA data_version): uplinks look only when it changed.
         self.requeue_generation = 0
         self._data_version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
         self._streams: dict[tuple[str, str], str] = {}
@@ -288,13 +285,8 @@ class Store:
         return self._last_ts.get(meter)
 
     def last_id(self, meter: str) -> int:
-        """The id of `meter`'s newest stored sample (0: none), from memory: a reader at
-        position p has something new exactly when this is > p."""
-        return self._last_id.get(meter, 0)
-
-    def _newest_id_of(self, meter: str) -> int:
-        row = self._db.execute("SELECT MAX(id) FROM samples WHERE meter = ?", (meter,)).fetchone()
-        return int(row[0] or 0)
+        """The id of `meter`'s newest stored sample (0: none), from memory."""
+        return int(self._last_id.get(meter, 0))
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -600,14 +592,3 @@ def _stored(row: tuple[int, str, int, str, str | None]) -> StoredSample:
             meter, ts_ms, orjson.loads(vals), frozenset(flags.split(",")) if flags else frozenset()
         ),
     )
-
-
-def iter_batches(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
-    batch: list[Sample] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
