@@ -137,6 +137,10 @@ class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
         """Wattics datapoint id -> the meter feeding it."""
         return {stream: point.meter for stream, point in self._points.items()}
 
+    def acknowledged(self) -> dict[str, int]:
+        """stream -> the position acknowledged so far, committed or not (backlog figures)."""
+        return {stream: st.acked for stream, st in self._live.items()}
+
     def _new_picker(self, point: WatticsDatapointConfig) -> IntervalPicker[StoredSample] | None:
         """The boundary picker of a datapoint with a registered interval (None: every sample)."""
         if point.interval_secs is None:
@@ -207,7 +211,6 @@ class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
     # -- reading --------------------------------------------------------------------------------
 
     async def _read(self, st: WatticsStream) -> list[StoredSample]:
-        """The next samples after `read_pos`; no store query when nothing new is stored."""
         batch, st.read_pos = await self._astore.read_new(st.meter, st.read_pos, self._read_batch)
         return batch
 
@@ -248,8 +251,7 @@ class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
         commit_due = self._commits.due_in()
         if commit_due is not None:
             timeout = min(timeout, commit_due + 0.01)
-        # Only this meter's appends wake the stream; armed (synchronously) after the check, so
-        # none in between is missed. Nothing new: no store query at all.
+        # Only this meter's appends wake it, armed right after the check (none missed).
         if not self._astore.has_after(st.meter, st.read_pos):
             await self._clock.race(self._astore.wait_appended(timeout, meter=st.meter))
         batch = await self._read(st)
@@ -509,8 +511,7 @@ class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
         oldest first, before new samples. Wattics discards a packet older than the stream's
         last one, so the CLI warns when a re-queued packet is older than what was sent since.
         """
-        generation = self._astore.requeue_generation()
-        if generation == st.requeue_seen:
+        if (generation := self._astore.requeue_generation()) == st.requeue_seen:
             return  # nothing re-queued since the stream last looked: no query
         st.requeue_seen = generation
         letters = await self._astore.requeued_letters(self.name, st.stream)

@@ -96,3 +96,37 @@ async def test_a_requeue_by_another_process_is_still_seen_on_the_next_wake(
     # Wattics discards a packet older than its last: the uplink re-parks it (it looked).
     assert [p["aP_1"] for p in fake_wattics.delivered("stream-m0")] == [1, 5]
     assert len(await astore.dead_letters("wattics")) == 1
+
+
+async def test_the_backlog_shows_undelivered_samples_not_uncommitted_ones(
+    fake_wattics: FakeWattics, astore: AsyncStore
+) -> None:
+    """Wattics commits its cursors in groups (here every 60 s): samples it delivered since
+    are not waiting, so `backlog_rows` is 0 and no oldest undelivered sample is shown while
+    the stored cursor still lags (issue 19 #4: ~500 rows, ~10 s shown when the lag was 0.2 s)."""
+    from gateway.ops.figures import StoreFigures, acknowledged_positions
+
+    fake_wattics.register("stream-m0", "electricity")
+    health = Health()
+    config = make_config(fake_wattics, {"m0": "stream-m0"}, commit_every_secs=60)
+    up = WatticsUplink(config, store=astore, health=health, timezone="UTC")
+    figures = StoreFigures(
+        astore.store.path, {"wattics": up.streams()}, None, acknowledged_positions([up])
+    )
+    async with running(up):
+        await append(astore, [electricity("m0", START + i * MIN, i) for i in range(5)])
+        await fake_wattics.wait_accepted(5)
+        assert await astore.cursor("wattics", "stream-m0") < 5  # not committed yet
+        measuring = asyncio.create_task(figures.measure_forever(health, every_secs=0.05))
+        try:
+            state = health.uplink("wattics")
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if state.backlog_rows is not None:
+                    break
+            assert state.backlog_rows == 0 and state.oldest_undelivered_ts_ms is None
+            await append(astore, [electricity("m0", START + 9 * MIN, 9)])  # one sent now
+            await fake_wattics.wait_accepted(6)
+        finally:
+            measuring.cancel()
+            await asyncio.gather(measuring, return_exceptions=True)
