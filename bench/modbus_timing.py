@@ -51,27 +51,28 @@ def wire_time(counts: list[int], baud: int = BAUD) -> float:
     return (chars + gaps) * BITS_PER_CHAR / baud
 
 
-def _meters() -> list[SimulatedMeter]:
+def _meters(units: int = 2) -> list[SimulatedMeter]:
     sdm630 = load_builtin("sdm630")
-    meters = [SimulatedMeter(sdm630, unit_id=unit) for unit in (1, 2)]
+    meters = [SimulatedMeter(sdm630, unit_id=unit) for unit in range(1, units + 1)]
     for meter in meters:
         meter.tick(START)
     return meters
 
 
-async def measure_rtu(cycles: int = 20) -> dict[str, float]:
-    """Two SDM630 on one 9600-baud line over a socat pty pair (see the module docstring)."""
+async def measure_rtu(cycles: int = 20, units: int = 2) -> dict[str, float]:
+    """`units` SDM630 on one 9600-baud line over a socat pty pair (see the module docstring)."""
     from tests.fixtures.socat import PtyPair
 
     sdm630 = load_builtin("sdm630")
-    counts = [request.count for request in plan_map(sdm630)] * 2
+    counts = [request.count for request in plan_map(sdm630)] * units
     with tempfile.TemporaryDirectory() as directory:
         async with PtyPair(Path(directory)) as pair:
-            server = SimulatorServer(_meters(), serial_port=pair.device, baudrate=BAUD)
+            server = SimulatorServer(_meters(units), serial_port=pair.device, baudrate=BAUD)
             await server.start()
             try:
                 async with ModbusRtuBus("rs485", pair.gateway, baudrate=BAUD) as bus:
-                    readers = [ModbusReader(f"m{u}", bus, u, sdm630) for u in (1, 2)]
+                    unit_ids = range(1, units + 1)
+                    readers = [ModbusReader(f"m{u}", bus, u, sdm630) for u in unit_ids]
                     for reader in readers:  # warm up: open the port, first decode
                         await reader.read()
                     started = time.perf_counter()
