@@ -60,6 +60,9 @@ class SiteFigures:
     bare_cpu_pct: float | None = None
     #: Polls per meter per second the bare loop achieved (seen at the simulator).
     bare_polls_per_meter_s: float | None = None
+    #: WARNING and ERROR lines the daemon logged over the whole run (start-up included).
+    warnings: int = 0
+    log_tail: list[str] = field(default_factory=list)
 
     @property
     def cpu_ratio(self) -> float | None:
@@ -252,6 +255,7 @@ async def measure_shared_site(
                 bare_cpu, bare_s = await _bare_loop(ports, meters, interval_s, seconds, watch)
                 bare_polls = len(watch.times) / (meters * bare_s)
             per_sample = _stored_bytes_per_sample(db)
+            log_lines = (workdir / "daemon.log").read_text(errors="replace").splitlines()
     missed = sum(max(0, boundaries - polls.get(f"m{i}", 0)) for i in range(meters))
     return SiteFigures(
         meters=meters,
@@ -266,6 +270,8 @@ async def measure_shared_site(
         bytes_per_sample=per_sample,
         bare_cpu_pct=bare_cpu,
         bare_polls_per_meter_s=bare_polls,
+        warnings=sum(" WARNING " in line or " ERROR " in line for line in log_lines),
+        log_tail=log_lines[-5:],
     )
 
 
