@@ -93,7 +93,7 @@ def _wattics_backlog_rows() -> list[Row]:
 
 
 def _modbus_timing_rows() -> list[Row]:
-    from bench.modbus_timing import measure_rtu, measure_tcp_cpu
+    from bench.modbus_timing import measure_pipelining, measure_rtu, measure_tcp_cpu
 
     tcp = asyncio.run(measure_tcp_cpu())
     rows = []
@@ -122,9 +122,19 @@ def _modbus_timing_rows() -> list[Row]:
                 rtu["ratio"] <= 1.05,
             ),
         ]
+    piped = asyncio.run(measure_pipelining())
     return [
         *rows,
         Row("modbus tcp: CPU per 1000 SDM630 reads", tcp["cpu_s_per_1000"] * 1000, "ms", "-", None),
+        Row(
+            "modbus tcp: 50 meters behind a queueing gateway, 1 in flight",
+            piped["cycle_s_1"] * 1000,
+            "ms/cycle",
+            "-",
+            None,
+        ),
+        Row("modbus tcp: same, max_in_flight 4", piped["cycle_s_4"] * 1000, "ms/cycle", "-", None),
+        Row("modbus tcp: pipelining gain (4 vs 1 in flight)", piped["gain"], "x", "-", None),
     ]
 
 

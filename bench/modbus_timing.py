@@ -139,3 +139,31 @@ if __name__ == "__main__":
     else:
         print(asyncio.run(measure_rtu()))
         print(asyncio.run(measure_tcp_cpu()))
+
+
+async def measure_pipelining(meters: int = 50, cycles: int = 5) -> dict[str, float]:
+    """Seconds to read `meters` SDM630s once behind one queueing gateway (tests.fakes.
+    modbus_queueing: it gathers what arrives within 2 ms, then answers), one transaction at a
+    time (max_in_flight 1, the pymodbus path) vs 4 outstanding (drivers.modbus.pipelined)."""
+    from drivers.modbus.pipelined import PipelinedTcpBus
+    from tests.fakes.modbus_queueing import QueueingGateway
+
+    sdm630 = load_builtin("sdm630")
+    simulated = [SimulatedMeter(sdm630, unit_id=unit) for unit in range(1, meters + 1)]
+    figures: dict[str, float] = {}
+    async with QueueingGateway(simulated, hold_secs=0.002) as gateway:
+        for in_flight in (1, 4):
+            bus: ModbusTcpBus = (
+                ModbusTcpBus("gw", "127.0.0.1", gateway.port)
+                if in_flight == 1
+                else PipelinedTcpBus("gw", "127.0.0.1", gateway.port, max_in_flight=in_flight)
+            )
+            async with bus:
+                readers = [ModbusReader(f"m{u}", bus, u, sdm630) for u in range(1, meters + 1)]
+                await asyncio.gather(*(reader.read() for reader in readers))
+                started = time.perf_counter()
+                for _ in range(cycles):
+                    await asyncio.gather(*(reader.read() for reader in readers))
+                figures[f"cycle_s_{in_flight}"] = (time.perf_counter() - started) / cycles
+    figures["gain"] = figures["cycle_s_1"] / figures["cycle_s_4"]
+    return figures

@@ -30,6 +30,7 @@ class QueueingGateway:
         self.answered = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> QueueingGateway:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -45,11 +46,16 @@ class QueueingGateway:
             server.close()
             for writer in list(self._writers):
                 writer.close()
+            # Let each connection's handler see its end (no task is left to be cancelled).
+            await asyncio.gather(*self._handlers, return_exceptions=True)
             await server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         pending: list[bytes] = []
         try:
             while True:
@@ -71,6 +77,8 @@ class QueueingGateway:
             pass
         finally:
             self._writers.discard(writer)
+            if task is not None:
+                self._handlers.discard(task)
             writer.close()
 
     def _answer(self, frame: bytes) -> bytes:
