@@ -256,6 +256,13 @@ def _site_rows() -> list[Row]:
         _polls_row("site: polls, 200 meters on one endpoint", big.polls_per_meter_s),
         _missed_row("site: missed boundaries, 200 meters on one", big.missed_boundaries),
         Row("site: read lateness p99, 200 on one", big.lateness_ms.get("p99", 0), "ms", "-", None),
+        Row(
+            "site: WARNING/ERROR log lines, 200 on one (whole run)",
+            big.warnings,
+            "lines",
+            "<= 2 per meter",
+            big.warnings <= 2 * big.meters,
+        ),
         Row("site: CPU, 200 meters on 4 endpoints at 1 s", spread.cpu_pct, "% of core", "-", None),
         _polls_row("site: polls, 200 meters on 4 endpoints", spread.polls_per_meter_s),
         _missed_row("site: missed boundaries, 200 on 4", spread.missed_boundaries),
