@@ -40,6 +40,10 @@ class MeterHealth:
     last_error: str | None = None
     last_read_ts_ms: int | None = None
     last_latency_s: float | None = None
+    #: How long after its boundary the last read got the line (seconds), and how many reads
+    #: started later than the on-time tolerance (stamped with their own start time).
+    last_lateness_s: float | None = None
+    late_reads: int = 0
     last_values: dict[str, float] = field(default_factory=dict)
     #: While offline: when the next (slower) retry is due, UTC epoch ms.
     next_attempt_ts_ms: int | None = None

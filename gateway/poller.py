@@ -2,10 +2,18 @@
 
 One task per meter: a slow or dead meter only delays itself (and, on a shared RTU line, the
 bus's turn-taking its driver owns), never a meter on another bus. A read that overruns the
-next boundary skips the ticks it missed (counted; logged at most once per OVERRUN_LOG_EVERY_S)
-rather than queueing reads.
-Samples are stamped with the scheduled boundary, in UTC, when the read started on time, so
-uplinks that want interval boundaries (Wattics, EnerKey) see exact ones. A reader that knows
+next boundary skips the ticks it missed (counted, logged once) rather than queueing reads.
+Samples are stamped with the scheduled boundary, in UTC, when the read started on time (its
+first request went out within `on_time_tolerance_secs` of the boundary; on a shared line a
+read starts when the meters before it are done), so uplinks that want interval boundaries
+(Wattics, EnerKey) see exact ones; a later read is stamped with its own start time and
+counted (`late_reads`), never silently given the boundary. Overrunning reads log once when a
+meter starts skipping ticks and once when it is back on schedule, counted in between.
+
+Samples of the meters read at one boundary are stored in ONE commit (gateway.poll_batch):
+committed once every read started for it has ended, or a short window after the first one
+finished, so a slow meter holds up no other; each meter's task goes on only after its sample
+is committed (commit before anything else sees it). A reader that knows
 when its device measured (drivers.stamped: a DSMR gas reading) is stamped with that time
 instead, and a reading no newer than its last one is not stored again.
 
@@ -50,16 +58,15 @@ from gateway.clock.sync import StepDetector, clock_for
 from gateway.config.schema import Config
 from gateway.counters import CounterGuard, report_counter_problems
 from gateway.plausibility import PlausibilityGuard
+from gateway.poll_batch import BoundaryBatches
 from gateway.store.async_store import AsyncStore
 from gateway.store.database import StoreFull
 
 log = logging.getLogger(__name__)
 
-#: Consecutive failures after which a meter counts as offline rather than degraded.
-#: A read starting later than this after its boundary is stamped with its real start time.
-ON_TIME_TOLERANCE_S = 1.0
-#: Skipped ticks of one meter are logged at most this often (always counted in health).
-OVERRUN_LOG_EVERY_S = 600.0
+#: Default of gateway.on_time_tolerance_secs: a read whose first request goes out later than
+#: this after its boundary is stamped with its real start time.
+ON_TIME_TOLERANCE_S = 0.25
 #: Waking this much before a planned boundary means the clock stepped back: plan again.
 EARLY_WAKE_S = 0.05
 #: Defaults of gateway.clock_hold_max_secs / clock_hold_max_samples.
@@ -80,6 +87,7 @@ class Poller:
         hold_max_secs: float = HOLD_MAX_SECS,
         hold_max_samples: int = HOLD_MAX_SAMPLES,
         plausible_ranges: Mapping[str, tuple[float, float]] | None = None,
+        on_time_tolerance_secs: float = ON_TIME_TOLERANCE_S,
     ) -> None:
         self.meters = meters
         self.readers = readers
@@ -95,12 +103,14 @@ class Poller:
         #: Each meter's scheduled boundary not yet read and committed (UTC ms; None: not
         #: planned on the wall clock). A command read stamped at or after it is not stored.
         self._due_ms: dict[str, int | None] = {}
-        #: Meter -> (monotonic time of its last overrun warning, ticks skipped since).
-        self._overruns: dict[str, tuple[float | None, int]] = {}
         #: Meters whose samples are being refused after a clock step back -> how many so far.
         self._refusing: dict[str, int] = {}
         self._loaded = False
         self._clock_warned = False
+        self._tolerance_s = on_time_tolerance_secs
+        self._batches = BoundaryBatches(self._commit)
+        #: Meters skipping ticks now -> ticks skipped since they started (logged on recovery).
+        self._skipping: dict[str, int] = {}
         check = getattr(self.clock, "check", None)
         describe = getattr(check, "describe", None)
         health.clock.check = describe() if callable(describe) else type(self.clock).__name__
@@ -178,22 +188,32 @@ class Poller:
             if trusted and plan_wall is not None and wall < plan_wall - EARLY_WAKE_S:
                 plan_wall = next_boundary(wall, interval)  # the clock stepped back: plan anew
                 continue
-            stamp = wall
-            if plan_wall is not None and wall - plan_wall <= ON_TIME_TOLERANCE_S:
-                stamp = plan_wall
             previous_ts_ms = health.last_read_ts_ms
             read_mono = clock.monotonic()
-            reading = await self._read(meter, health)
-            raise_if_cancelling()  # a driver's library may have lost our cancel (core.cancel)
-            if reading is not None:
-                values, device_ts_ms = reading
-                if device_ts_ms is not None:  # the device's own time: not ours to doubt
-                    if not self._repeated(meter, device_ts_ms, previous_ts_ms):
-                        await self._commit([Sample(meter.id, device_ts_ms, values)])
-                elif trusted:
-                    await self._commit([Sample(meter.id, round(stamp * 1000), values)])
-                else:
-                    await self._untrusted(HeldReading(meter.id, read_mono, values, interval))
+            batch = self._batches.join(plan_wall, interval) if trusted else None
+            try:
+                waited = time.monotonic()
+                reading = await self._read(meter, health)
+                raise_if_cancelling()  # a driver's library may have lost our cancel (core.cancel)
+                sample: Sample | None = None
+                if reading is not None:
+                    values, device_ts_ms = reading
+                    if device_ts_ms is not None:  # the device's own time: not ours to doubt
+                        if not self._repeated(meter, device_ts_ms, previous_ts_ms):
+                            sample = Sample(meter.id, device_ts_ms, values)
+                    elif trusted:
+                        started = wall + self._line_wait(meter, waited)
+                        stamp = self._stamp(health, plan_wall, started)
+                        sample = Sample(meter.id, round(stamp * 1000), values)
+                    else:
+                        await self._untrusted(HeldReading(meter.id, read_mono, values, interval))
+            except BaseException:
+                self._batches.leave(batch)
+                raise
+            if batch is not None:
+                await self._batches.store(batch, sample)
+            elif sample is not None:
+                await self._commit([sample])
             if health.state is MeterState.OFFLINE:
                 delay = offline_retry.next_delay()
                 if trusted:
@@ -221,28 +241,46 @@ class Poller:
                 now = clock.monotonic()
                 missed = max(0, math.ceil((now - plan_mono) / interval))
                 plan_mono += missed * interval
-            if missed > 0:
-                health.skipped_ticks += missed
-                self._overran(meter, interval, missed)
+            self._count_skipped(meter, interval, missed)
 
-    def _overran(self, meter: MeterConfig, interval: float, missed: int) -> None:
-        """Log skipped ticks at most once per OVERRUN_LOG_EVERY_S per meter (they are counted
-        in health every time): a meter too slow for its interval would otherwise log a line
-        on every tick."""
-        now = self.clock.monotonic()
-        since, skipped = self._overruns.get(meter.id, (None, 0))
-        skipped += missed
-        if since is not None and now - since < OVERRUN_LOG_EVERY_S:
-            self._overruns[meter.id] = (since, skipped)
-            return
-        self._overruns[meter.id] = (now, 0)
-        log.warning(
-            "meter %s: reads overrun its %gs interval, skipped %d tick(s)%s",
-            meter.id,
-            interval,
-            skipped,
-            "" if since is None else f" in the last {now - since:.0f} s",
-        )
+    def _count_skipped(self, meter: MeterConfig, interval: float, missed: int) -> None:
+        """One WARNING when a meter starts skipping ticks, one when it is back on schedule;
+        counted (health.skipped_ticks) in between."""
+        health = self.health.meter(meter.id)
+        if missed > 0:
+            health.skipped_ticks += missed
+            if meter.id not in self._skipping:
+                log.warning(
+                    "meter %s: read overran its %gs interval, skipping ticks (counted in "
+                    "skipped_ticks; next log when it keeps its schedule)",
+                    meter.id,
+                    interval,
+                )
+            self._skipping[meter.id] = self._skipping.get(meter.id, 0) + missed
+        elif meter.id in self._skipping:
+            log.warning(
+                "meter %s: on schedule again after %d skipped tick(s)",
+                meter.id,
+                self._skipping.pop(meter.id),
+            )
+
+    def _line_wait(self, meter: MeterConfig, waited: float) -> float:
+        """Seconds from the read's call to its first request (waiting for a shared line),
+        where the reader tells (drivers.modbus.reader: `turn_started_mono`), else 0."""
+        started = getattr(self.readers[meter.id], "turn_started_mono", None)
+        return max(0.0, started - waited) if isinstance(started, float) else 0.0
+
+    def _stamp(self, health: MeterHealth, boundary: float | None, started: float) -> float:
+        """The boundary when the read started within the tolerance of it, else its start."""
+        if boundary is None:
+            health.last_lateness_s = None
+            return started
+        lateness = started - boundary
+        health.last_lateness_s = round(lateness, 4)
+        if lateness <= self._tolerance_s:
+            return boundary
+        health.late_reads += 1
+        return started
 
     # -- the clock ---------------------------------------------------------------------------
 
@@ -501,4 +539,5 @@ def poller_for(
         hold_max_secs=gateway.clock_hold_max_secs,
         hold_max_samples=gateway.clock_hold_max_samples,
         plausible_ranges=gateway.plausible_ranges,
+        on_time_tolerance_secs=gateway.on_time_tolerance_secs,
     )

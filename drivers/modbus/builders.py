@@ -16,6 +16,16 @@ from drivers.registry import BuildOptions
 
 
 def tcp_bus(name: str, config: ModbusTcpBusConfig, **options: Unpack[BuildOptions]) -> ModbusTcpBus:
+    if config.max_in_flight > 1:
+        from drivers.modbus.pipelined import PipelinedTcpBus  # only where configured
+
+        return PipelinedTcpBus(
+            name,
+            config.host,
+            config.port,
+            max_in_flight=config.max_in_flight,
+            **_common(config, options),
+        )
     return ModbusTcpBus(name, config.host, config.port, **_common(config, options))
 
 

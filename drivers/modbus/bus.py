@@ -8,7 +8,10 @@ Invariants:
   run back to back under that lock (`exclusive()`), so its values come from one moment. Buses
   share nothing, so they run in parallel.
 - On an RTU line the next request waits for the inter-frame gap (3.5 character times) after the
-  previous answer or timeout, whichever meter it was for.
+  previous answer or timeout, whichever meter it was for. The line is paced to its baud rate
+  where the OS does not (a USB adapter buffers what we write): a transaction's timeout starts
+  once its request and answer can have crossed the wire, and after a timeout the next request
+  waits until an answer would have ended, so frames never run together.
 - Nothing connects at construction: the first read does, so `check-config` never touches
   hardware. A lost connection or vanished serial port is re-opened by a later read, never
   sooner than a core.backoff.Backoff delay after the last failed attempt (reconnect_initial_secs
@@ -168,6 +171,8 @@ class ModbusBus(AsyncClosable):
         self._ever_connected = False
         self._line_free_at = 0.0
         self._received = _Received()
+        #: Seconds one character takes on the wire (RTU lines; 0: not paced, e.g. TCP).
+        self.char_secs = 0.0
 
     @property
     def transactions(self) -> int:
@@ -222,7 +227,8 @@ class ModbusBus(AsyncClosable):
         reconnecting of its own (both are the bus's, without background tasks), the packet
         trace that tells faults apart."""
         return {
-            "timeout": self.timeout_secs,
+            # pymodbus' own bound leaves ours (the timeout plus the largest read's wire time).
+            "timeout": self.timeout_secs + (13 + 2 * 125) * self.char_secs,
             "retries": 0,
             "reconnect_delay": 0,
             "name": f"bus-{self.name}",
@@ -294,7 +300,9 @@ class ModbusBus(AsyncClosable):
         if table not in _FUNCTION_CODES:
             raise ValueError(f"unknown register table {table!r}")
         client = await self._connected_client()
-        limit = self.timeout_secs if timeout is None else timeout
+        # Request (8 bytes) and the answer (5 + 2 per register) at the line's baud rate.
+        wire = (13 + 2 * count) * self.char_secs
+        limit = (self.timeout_secs if timeout is None else timeout) + wire
         where = f"{self.describe()} unit {unit} {table} {address}+{count}"
         call = client.read_input_registers if table == "input" else client.read_holding_registers
         quiet = self._line_free_at - time.monotonic()
@@ -324,7 +332,7 @@ class ModbusBus(AsyncClosable):
         finally:
             ended = time.monotonic()
             self.health.busy_s += ended - started
-            self._line_free_at = ended + self.inter_frame_gap_secs
+            self._line_free_at = max(ended, started + wire) + self.inter_frame_gap_secs
         self._silent = 0
         raise_if_cancelling()  # pymodbus' wait_for may have lost our cancel (3.11)
         if isinstance(response, ExceptionResponse) or response.isError():

@@ -21,6 +21,9 @@ class ModbusTcpBusConfig(Strict):
     port: int = Field(default=502, ge=1, le=65535)
     timeout_secs: Seconds = 3.0
     reconnect_max_secs: Seconds = 60.0
+    #: Transactions kept outstanding on the one connection (matched by transaction id); 1
+    #: waits for each answer. More only for gateways and devices that queue requests.
+    max_in_flight: int = Field(default=1, ge=1, le=16)
 
 
 class ModbusRtuBusConfig(Strict):

@@ -11,6 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -83,6 +84,8 @@ class ModbusReader:
         self.absent: set[str] = set()
         self.register_map: RegisterMap | None = register_map
         self.plan: list[ReadRequest] = [] if register_map is None else self._make_plan()
+        #: time.monotonic() when the last read got the line (its first request went out).
+        self.turn_started_mono: float | None = None
 
     async def read(self) -> dict[str, float]:
         return (await self.read_detailed()).values
@@ -93,6 +96,8 @@ class ModbusReader:
         learnt = len(self.refused), len(self.absent)
         try:
             async with self.bus.exclusive() as turn:
+                # When the line became ours: on a shared line a read starts after the others.
+                self.turn_started_mono = time.monotonic()
                 if self.register_map is None:
                     await self._discover(turn)
                 for request in self.plan:

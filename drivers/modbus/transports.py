@@ -146,6 +146,9 @@ class ModbusRtuBus(ModbusBus):
         super().__init__(name, timeout_secs=timeout_secs, inter_frame_gap_secs=gap, **options)
         self.port = port
         self.baudrate = baudrate
+        self.char_secs = (
+            character_bits(bytesize=bytesize, parity=parity, stopbits=stopbits) / baudrate
+        )
         self.parity = parity
         self.stopbits = stopbits
         self.bytesize = bytesize

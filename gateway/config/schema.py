@@ -61,6 +61,10 @@ class GatewayConfig(Strict):
                 raise ValueError(f"{kind}: [min, max] must be finite numbers, min below max")
         return value
 
+    #: A read whose first request goes out later than this after its boundary is stamped with
+    #: its own start time (and counted as late), not with the boundary.
+    on_time_tolerance_secs: Seconds = 0.25
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

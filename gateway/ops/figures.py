@@ -8,6 +8,10 @@ Invariants:
   the next waits at least d / MAX_DUTY (a huge backlog is measured less often, not slower).
 - Rates come from the last `RATE_WINDOW_S` of measurements only; `passed_total` (samples a
   cursor moved past since start) only grows.
+- The backlog is what is not delivered yet: counted from the later of the stored cursor and
+  the position the uplink has acknowledged in memory (`acknowledged()`, Wattics' group
+  commits lag by up to commit_every_secs), so a sample sent and acknowledged but not yet
+  committed is not shown as waiting.
 """
 
 from __future__ import annotations
@@ -101,9 +105,14 @@ class StoreFigures:
     """The latest figures of the store and every configured stream (one per daemon)."""
 
     def __init__(
-        self, path: str | Path, streams: Mapping[str, Mapping[str, str]], budget: int | None
+        self,
+        path: str | Path,
+        streams: Mapping[str, Mapping[str, str]],
+        budget: int | None,
+        acknowledged: Callable[[], Mapping[tuple[str, str], int]] | None = None,
     ) -> None:
         self.path = Path(path)
+        self._acknowledged = acknowledged
         self.budget_bytes = budget
         self.store_bytes: int | None = None
         self.measured_ms: int | None = None
@@ -136,7 +145,10 @@ class StoreFigures:
                     if reader is not None:
                         reader.close()
                     reader = await loop.run_in_executor(executor, StoreReader, self.path)
-                measured = await loop.run_in_executor(executor, _measure, reader, self._positions())
+                acked = dict(self._acknowledged()) if self._acknowledged is not None else {}
+                measured = await loop.run_in_executor(
+                    executor, _measure, reader, self._positions(), acked
+                )
                 duration = time.monotonic() - started
                 self._apply(measured, time.monotonic())
                 self.last_duration_s = duration
@@ -182,11 +194,17 @@ class StoreFigures:
 
 
 def _measure(
-    reader: StoreReader, positions: Mapping[tuple[str, str], tuple[str, int | None]]
+    reader: StoreReader,
+    positions: Mapping[tuple[str, str], tuple[str, int | None]],
+    acked: Mapping[tuple[str, str], int],
 ) -> _Measured:
-    """One consistent read of everything (on the figures thread)."""
+    """One consistent read of everything (on the figures thread); a stream's position is
+    the later of its stored cursor and what its uplink acknowledged in memory."""
     with reader.snapshot():
-        cursors = {(c.uplink, c.stream): (c.meter, c.position) for c in reader.cursors()}
+        cursors = {
+            (c.uplink, c.stream): (c.meter, max(c.position, acked.get((c.uplink, c.stream), 0)))
+            for c in reader.cursors()
+        }
         backlogs: dict[tuple[str, str], tuple[int, int | None, int]] = {}
         for key, (_, before) in positions.items():
             cursor = cursors.get(key)
@@ -202,3 +220,21 @@ def _measure(
 def uplink_streams(uplinks: Sequence[Uplink]) -> dict[str, dict[str, str]]:
     """uplink name -> its streams (stream -> meter), from built uplinks."""
     return {uplink.name: dict(uplink.streams()) for uplink in uplinks}
+
+
+def acknowledged_positions(
+    uplinks: Sequence[Uplink],
+) -> Callable[[], dict[tuple[str, str], int]]:
+    """(uplink, stream) -> the position each uplink has acknowledged in memory, for uplinks
+    that commit their cursors in groups (an `acknowledged()` method; others: the cursor)."""
+
+    def positions() -> dict[tuple[str, str], int]:
+        found: dict[tuple[str, str], int] = {}
+        for uplink in uplinks:
+            acknowledged = getattr(uplink, "acknowledged", None)
+            if callable(acknowledged):
+                for stream, position in acknowledged().items():
+                    found[(uplink.name, stream)] = position
+        return found
+
+    return positions

@@ -56,6 +56,8 @@ def meter_state(meter: MeterHealth) -> dict[str, Any]:
         "last_error": meter.last_error,
         "last_read_ts": _iso(meter.last_read_ts_ms),
         "last_latency_s": _finite(meter.last_latency_s),
+        "last_lateness_s": _finite(meter.last_lateness_s),
+        "late_reads": meter.late_reads,
         "next_attempt_ts": _iso(getattr(meter, "next_attempt_ts_ms", None)),
         "values": {name: _finite(value) for name, value in meter.last_values.items()},
         "units": {name: CHANNEL_UNITS[name] for name in meter.last_values if name in CHANNEL_UNITS},

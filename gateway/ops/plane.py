@@ -19,7 +19,7 @@ from core.sample import StoredSample
 from gateway.config.schema import Config
 from gateway.ops.commands import CommandHandler
 from gateway.ops.discovery import Inventory, StoreLedger, describe_meters
-from gateway.ops.figures import StoreFigures, uplink_streams
+from gateway.ops.figures import StoreFigures, acknowledged_positions, uplink_streams
 from gateway.ops.monitor import Monitor
 from gateway.poller import Poller
 from gateway.store.async_store import AsyncStore
@@ -75,7 +75,12 @@ async def measure_forever(
     """Fill Health with what only the store knows (size, backlog per uplink, dead letters) and
     the clock's state, every `every_secs`, until cancelled (gateway.ops.figures: on a reader
     thread of its own, so the data path is not held up)."""
-    figures = StoreFigures(astore.store.path, uplink_streams(uplinks), astore.store.budget_bytes)
+    figures = StoreFigures(
+        astore.store.path,
+        uplink_streams(uplinks),
+        astore.store.budget_bytes,
+        acknowledged_positions(uplinks),
+    )
     await figures.measure_forever(health, every_secs=every_secs, clock_trusted=clock_trusted)
 
 

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 from core.health import Health
 from gateway.config.schema import Config
 from gateway.ops import snapshot
-from gateway.ops.figures import MEASURE_EVERY_S, StoreFigures, uplink_streams
+from gateway.ops.figures import (
+    MEASURE_EVERY_S,
+    StoreFigures,
+    acknowledged_positions,
+    uplink_streams,
+)
 from gateway.ops.history import History, record_forever
 from gateway.ops.status_facts import LiveState, live_facts
 from gateway.store.async_store import AsyncStore
@@ -36,7 +41,12 @@ def live_state(
     version: str,
     monitor: Monitor | None = None,
 ) -> LiveState:
-    figures = StoreFigures(astore.store.path, uplink_streams(uplinks), astore.store.budget_bytes)
+    figures = StoreFigures(
+        astore.store.path,
+        uplink_streams(uplinks),
+        astore.store.budget_bytes,
+        acknowledged_positions(uplinks),
+    )
     return LiveState(
         config=config,
         health=health,

@@ -4,6 +4,10 @@ Why a thread: an fsync with synchronous=FULL takes milliseconds on an SD card; t
 must keep polling meters meanwhile. Appends arriving while a commit runs are grouped into the
 next transaction (group commit), so many meters cost one fsync, not one each.
 
+Followers of the log (uplink streams, the MQTT values feed) wait per meter: an append wakes
+only those waiting for that meter's samples (or for any), and `has_after` tells from memory
+whether a follower at a position has anything new, so an idle follower queries nothing.
+
 Every Store operation has a coroutine of the same name here; an uplink's own operations on
 its own tables (functions taking the Store first) run on the same thread through `run`.
 """
@@ -12,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from core.sample import Sample
+from core.sample import Sample, StoredSample
 from gateway.store.database import Store
 
 P = ParamSpec("P")
@@ -49,6 +53,8 @@ class AsyncStore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._appended = asyncio.Event()
+        #: meter -> the event its next append sets (made by a waiter, dropped when set).
+        self._appended_of: dict[str, asyncio.Event] = {}
         self._closed = False
         #: Samples stored through this AsyncStore since it was opened, per meter.
         self.stored: Counter[str] = Counter()
@@ -67,6 +73,30 @@ class AsyncStore:
     def last_ts(self, meter: str) -> int | None:
         """The newest stored sample time of `meter` (kept in memory: no thread hop)."""
         return self.store.last_ts(meter)
+
+    def has_after(self, meter: str, position: int) -> bool:
+        """Whether `meter` has a sample stored after row `position` (memory: no thread hop)."""
+        return self.store.last_id(meter) > position
+
+    def newest_id(self, meter: str) -> int:
+        """The id of `meter`'s newest stored sample, 0 if none (memory: no thread hop)."""
+        return self.store.last_id(meter)
+
+    def requeue_generation(self) -> int:
+        """Changes when dead letters may have been re-queued (Store.requeue_generation)."""
+        return self.store.requeue_generation
+
+    async def read_new(
+        self, meter: str, after_id: int, limit: int = 500
+    ) -> tuple[list[StoredSample], int]:
+        """`meter`'s samples after `after_id` and the position read up to: no query at all
+        when nothing newer is stored. When the rows up to the newest are gone (pruned), the
+        position moves to the newest, so a follower does not ask again for nothing."""
+        newest = self.store.last_id(meter)
+        if newest <= after_id:
+            return [], after_id
+        rows = await self.read(meter, after_id, limit)
+        return rows, rows[-1].rowid if rows else newest
 
     # -- the Store's operations, by name, on the store's thread -------------------------------
 
@@ -126,19 +156,25 @@ class AsyncStore:
                 if any(i is not None for i in ids):
                     self._appended.set()
                     self._appended = asyncio.Event()
+                    for meter in {s.meter for s, i in zip(merged, ids, strict=True) if i}:
+                        event = self._appended_of.pop(meter, None)
+                        if event is not None:
+                            event.set()
         finally:
             self._flushing = False
             self._idle.set()
 
-    async def wait_appended(self, timeout: float | None = None) -> bool:
-        """Wait until some sample is appended (True) or the timeout passes (False)."""
-        event = self._appended
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            return False
-        return True
+    def wait_appended(
+        self, timeout: float | None = None, *, meter: str | None = None
+    ) -> Coroutine[Any, Any, bool]:
+        """Wait until a sample (of `meter`, when given) is appended (True) or the timeout
+        passes (False). Armed when called, not when first awaited: check `has_after`, then
+        call this, and no append in between is missed."""
+        if meter is None:
+            event = self._appended
+        else:
+            event = self._appended_of.setdefault(meter, asyncio.Event())
+        return _wait(event, timeout)
 
     async def aclose(self) -> None:
         """Let pending appends commit, then close the database; safe to call twice."""
@@ -148,3 +184,12 @@ class AsyncStore:
         await self._idle.wait()
         await self.call(self.store.close)
         self._executor.shutdown(wait=True)
+
+
+async def _wait(event: asyncio.Event, timeout: float | None) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -144,6 +144,13 @@ class Store(DeadLetterTable):
         self._last_ts: dict[str, int] = dict(
             self._db.execute("SELECT meter, last_ts_ms FROM meters").fetchall()
         )
+        #: Each meter's newest sample id: whether a reader has anything new, without a query.
+        newest = "SELECT COALESCE(MAX(id), 0) FROM samples WHERE meter = ?"
+        self._last_id = {m: self._db.execute(newest, (m,)).fetchone()[0] for m in self._last_ts}
+        #: Grows when dead letters may have been re-queued, here or by another connection (the
+        #: CLI; `read` notices it by PRAGMA data_version): uplinks look only when it changed.
+        self.requeue_generation = 0
+        self._data_version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
         self._streams: dict[tuple[str, str], str] = {}
         self._ensured: set[str] = set()
         self.refused_older: dict[str, int] = {}
@@ -351,20 +358,32 @@ class Store(DeadLetterTable):
         # AUTOINCREMENT with one writer: the batch got consecutive ids after the old maximum.
         for offset, index in enumerate(accepted, start=1):
             ids[index] = first + offset
+            self._last_id[rows[offset - 1][0]] = first + offset
         return ids
 
     def last_ts(self, meter: str) -> int | None:
         return self._last_ts.get(meter)
 
+    def last_id(self, meter: str) -> int:
+        """The id of `meter`'s newest stored sample (0: none), from memory."""
+        return int(self._last_id.get(meter, 0))
+
     # -- reading ---------------------------------------------------------------------------
 
     def read(self, meter: str, after_id: int, limit: int = 500) -> list[StoredSample]:
+        self._notice_outside_writes()
         rows = self._db.execute(
             "SELECT id, meter, ts_ms, vals, flags FROM samples "
             "WHERE meter = ? AND id > ? ORDER BY id LIMIT ?",
             (meter, after_id, limit),
         ).fetchall()
         return self._decoded(rows)
+
+    def _notice_outside_writes(self) -> None:
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self.requeue_generation += 1
 
     def read_all(self, after_id: int = 0, limit: int = 1000) -> list[StoredSample]:
         rows = self._db.execute(
@@ -582,14 +601,3 @@ def _stored(row: tuple[int, str, int, str, str | None]) -> StoredSample:
             meter, ts_ms, orjson.loads(vals), frozenset(flags.split(",")) if flags else frozenset()
         ),
     )
-
-
-def iter_batches(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
-    batch: list[Sample] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

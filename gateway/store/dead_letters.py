@@ -37,6 +37,8 @@ class DeadLetterTable:
     """Store's dead-letter operations (Store provides the connection and transactions)."""
 
     _db: sqlite3.Connection
+    #: Changes whenever dead letters may have been re-queued (the uplinks look only then).
+    requeue_generation: int
 
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError
@@ -117,6 +119,7 @@ class DeadLetterTable:
                 "UPDATE dead_letters SET requeued_at_ms = ? WHERE id = ?",
                 [(now_ms, row.id) for row in rows],
             )
+        self.requeue_generation += 1
         return rows
 
     def requeued_letters(self, uplink: str, stream: str) -> list[DeadLetter]:

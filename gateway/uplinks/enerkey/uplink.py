@@ -53,7 +53,6 @@ Invariants (every change must keep them):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections import deque
@@ -245,8 +244,9 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
             st.overflow.popleft()
         events: list[Event] = []
         while True:
-            batch = await self._astore.read(st.meter, st.read_after, READ_BATCH)
+            batch, read_to = await self._astore.read_new(st.meter, st.read_after, READ_BATCH)
             if not batch:
+                st.read_after = read_to
                 return message
             for stored in batch:
                 st.readings.feed(stored, events)
@@ -301,16 +301,9 @@ class EnerKeyUplink(StreamUplink[ekc.EnerKeyConfig, _Stream]):
 
     async def _wait_for_samples(self, st: _Stream) -> None:
         """Caught up: wait for an append (or a while), armed before re-checking the store."""
-        waiter = asyncio.get_running_loop().create_task(
-            self._astore.wait_appended(IDLE_RECHECK_SECS), name=f"{self.name}:{st.stream}:idle"
-        )
-        try:
-            await asyncio.sleep(0)
-            newer = await self._astore.read(st.meter, st.read_after, 1)
-            if not newer:
-                await self._clock.race(waiter)
-        finally:
-            waiter.cancel()
+        if not self._astore.has_after(st.meter, st.read_after):
+            # Only this meter's appends wake it; armed right after the check (no await between).
+            await self._clock.race(self._astore.wait_appended(IDLE_RECHECK_SECS, meter=st.meter))
 
     async def _drop_delivered(self, st: _Stream, message: _Message) -> None:
         """The duplicate guard: hours already recorded as delivered are not sent (summed)."""

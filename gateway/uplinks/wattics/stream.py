@@ -49,6 +49,8 @@ class WatticsStream(StreamProgress):
     #: Why Wattics refuses this datapoint (404, 403, every packet 400): it is paused.
     paused_reason: str | None = None
     pause_backoff: Backoff | None = None
+    #: The store's requeue generation when this stream last looked for re-queued letters.
+    requeue_seen: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

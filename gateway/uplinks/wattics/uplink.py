@@ -33,7 +33,6 @@ Invariants (every change must keep them):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Final, Unpack
@@ -138,6 +137,10 @@ class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
         """Wattics datapoint id -> the meter feeding it."""
         return {stream: point.meter for stream, point in self._points.items()}
 
+    def acknowledged(self) -> dict[str, int]:
+        """stream -> the position acknowledged so far, committed or not (backlog figures)."""
+        return {stream: st.acked for stream, st in self._live.items()}
+
     def _new_picker(self, point: WatticsDatapointConfig) -> IntervalPicker[StoredSample] | None:
         """The boundary picker of a datapoint with a registered interval (None: every sample)."""
         if point.interval_secs is None:
@@ -165,6 +168,7 @@ class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
         st.acked = st.committed = st.read_pos = position
         st.uncommitted = 0
         st.suspect, st.deferred_ack = None, 0
+        st.requeue_seen = None
         # A (re)start resumes the boundary picker from what was committed with the cursor.
         st.picker, st.skip_until_ms = self._new_picker(st.point), None
         await self._resume_picker(st, position)
@@ -207,7 +211,8 @@ class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
     # -- reading --------------------------------------------------------------------------------
 
     async def _read(self, st: WatticsStream) -> list[StoredSample]:
-        return await self._astore.read(st.meter, st.read_pos, self._read_batch)
+        batch, st.read_pos = await self._astore.read_new(st.meter, st.read_pos, self._read_batch)
+        return batch
 
     def _decide(
         self, st: WatticsStream, batch: list[StoredSample]
@@ -246,17 +251,10 @@ class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
         commit_due = self._commits.due_in()
         if commit_due is not None:
             timeout = min(timeout, commit_due + 0.01)
-        # Arm the wait BEFORE re-reading, so an append between the read and the wait is seen.
-        waiter = asyncio.get_running_loop().create_task(
-            self._astore.wait_appended(timeout), name=f"{self.name}:{st.stream}:idle"
-        )
-        try:
-            await asyncio.sleep(0)
-            batch = await self._read(st)
-            if not batch:
-                await self._clock.race(waiter)
-        finally:
-            waiter.cancel()
+        # Only this meter's appends wake it, armed right after the check (none missed).
+        if not self._astore.has_after(st.meter, st.read_pos):
+            await self._clock.race(self._astore.wait_appended(timeout, meter=st.meter))
+        batch = await self._read(st)
         if not batch:
             await self._commit(st)  # the group commit may have come due while waiting
         return self._decide(st, batch) if batch else self._expired(st)
@@ -513,6 +511,9 @@ class WatticsUplink(StreamUplink[WatticsConfig, WatticsStream]):
         oldest first, before new samples. Wattics discards a packet older than the stream's
         last one, so the CLI warns when a re-queued packet is older than what was sent since.
         """
+        if (generation := self._astore.requeue_generation()) == st.requeue_seen:
+            return  # nothing re-queued since the stream last looked: no query
+        st.requeue_seen = generation
         letters = await self._astore.requeued_letters(self.name, st.stream)
         for letter in letters:
             if self._stopping:

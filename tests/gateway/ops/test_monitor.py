@@ -395,6 +395,8 @@ async def test_meter_and_uplink_state_carry_health_values(mosquitto: MosquittoBr
             "last_error": "timeout after 3.0s",
             "last_read_ts": "2023-11-14T22:13:20.123Z",
             "last_latency_s": 0.25,
+            "last_lateness_s": None,
+            "late_reads": 0,
             "next_attempt_ts": None,
             "values": {"power_active": 1234.5, "frequency": None},
             "units": {"power_active": "W", "frequency": "Hz"},

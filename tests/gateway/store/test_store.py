@@ -197,3 +197,34 @@ async def test_async_store_group_commits_concurrent_appends(tmp_path: Path) -> N
     finally:
         await astore.aclose()
         await astore.aclose()
+
+
+async def test_async_store_wakes_per_meter_and_knows_what_is_new_without_a_query(
+    tmp_path: Path,
+) -> None:
+    """A waiter for one meter is woken by that meter's append only; `has_after` answers from
+    memory, also after reopening (the newest id per meter is loaded at open)."""
+    import asyncio
+
+    astore = AsyncStore(Store(tmp_path / "s.sqlite3"))
+    try:
+        (first,) = await astore.append([sample("a", T0)])
+        assert astore.has_after("a", 0) and not astore.has_after("a", first)
+        assert not astore.has_after("b", 0)
+        for_b = asyncio.create_task(astore.wait_appended(2.0, meter="b"))
+        for_a = asyncio.create_task(astore.wait_appended(2.0, meter="a"))
+        await astore.append([sample("a", T0 + 1)])
+        assert await for_a
+        assert not for_b.done()
+        await astore.append([sample("b", T0)])
+        assert await for_b
+        assert astore.has_after("a", first)
+    finally:
+        await astore.aclose()
+    reopened = AsyncStore(Store(tmp_path / "s.sqlite3"))
+    try:
+        assert reopened.has_after("a", first) and not reopened.has_after("a", first + 1)
+        rows, position = await reopened.read_new("a", first + 1)
+        assert rows == [] and position == first + 1
+    finally:
+        await reopened.aclose()

@@ -618,3 +618,33 @@ async def test_a_2xx_that_is_not_json_is_held_not_resent(
     assert health.uplink("enerkey").facts["unexpected_answers"] == 1
     (letter,) = await astore.run(lambda store: store.dead_letters("enerkey"))
     assert "not JSON" in letter.body
+
+
+async def test_an_append_wakes_only_its_meters_stream_and_idle_streams_query_nothing(
+    fake_enerkey: FakeEnerKey, astore: AsyncStore
+) -> None:
+    """Issue 19 #1: caught up, three meters' streams wait; ten appends of `incomer` alone make
+    no store read for the other two (today each append woke every stream to read)."""
+    meters = {"incomer": 4711, "pv": 4712, "heat": 4713}
+    for meter in meters:
+        await append(astore, samples(meter, T0, hour(1) + MIN))
+    uplink = uplink_for(fake_enerkey, astore, Health(), meters)
+    async with running(uplink):
+        for meter_id in meters.values():
+            await fake_enerkey.wait_hours(meter_id, 1)
+        await asyncio.sleep(0.2)
+        reads: list[str] = []
+        original = astore.store.read
+
+        def counted(meter: str, *args: Any, **kwargs: Any) -> Any:
+            reads.append(meter)
+            return original(meter, *args, **kwargs)
+
+        astore.store.read = counted  # type: ignore[method-assign]
+        for minute in range(1, 11):
+            await append(
+                astore, samples("incomer", hour(1) + minute * MIN, hour(1) + (minute + 1) * MIN)
+            )
+        await eventually(lambda: "incomer" in reads, what="incomer's stream read")
+        await asyncio.sleep(0.2)
+    assert set(reads) == {"incomer"}, reads
