@@ -157,7 +157,7 @@ uplinks:
     base_url: "{url}/enerkey"
     api_keys: ["${{ENERKEY_KEY_A}}", "${{ENERKEY_KEY_B}}"]
     retry_initial_secs: 0.05
-    meters: {{m1: {{meter_id: 4711}}}}
+    meters: {{m1: {{meter_id: 4711, unit: kWh}}}}
   pts:
     subscription_key: ${{PTS_KEY}}
     base_url: "{url}/pts"
