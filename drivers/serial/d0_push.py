@@ -24,6 +24,7 @@ from drivers.base import MeterReadError
 from drivers.config import MeterConfig
 from drivers.registry import BuildOptions
 from drivers.serial.config import Iec62056BusConfig
+from drivers.serial.framing import StartSyncedFramer
 from drivers.serial.iec62056 import (
     ETX,
     STX,
@@ -46,13 +47,10 @@ DEFAULT_WAIT_SECS: Final = 5.0
 _STRICTNESS: Final[dict[BccPolicy, int]] = {"off": 0, "warn": 1, "strict": 2}
 
 
-class D0PushFramer:
+class D0PushFramer(StartSyncedFramer):
     """Bytes -> complete data blocks (`/` .. `!` line end [ETX BCC]); problems reported."""
 
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._synced = False
-        self._garbage = 0
+    FRAME_NAME = "blocks"
 
     def feed(self, data: bytes) -> list[bytes | FrameProblem]:
         self._buffer += data
@@ -67,10 +65,7 @@ class D0PushFramer:
             if start > 0:
                 self._skip(buffer[:start])
                 del buffer[:start]
-            if self._garbage:
-                found.append(FrameProblem("garbage", f"{self._garbage} byte(s) between blocks"))
-                self._garbage = 0
-            self._synced = True
+            self._at_start(found)
             end = self._block_end(buffer, found)
             if end == 0:
                 continue  # a problem was reported and the buffer moved on

@@ -14,6 +14,9 @@ from drivers.serial.lines import FrameProblem
 class StartSyncedFramer:
     """State of a framer that resynchronises on a start sequence (subclasses: `feed`)."""
 
+    #: What one frame is called in the gap report.
+    FRAME_NAME = "telegrams"
+
     def __init__(self) -> None:
         self._buffer = bytearray()
         #: Until the first start: skipping is no error.
@@ -24,6 +27,7 @@ class StartSyncedFramer:
     def _at_start(self, found: list[bytes | FrameProblem]) -> None:
         """The buffer now begins with a frame start: report the gap before it, if any."""
         if self._garbage:
-            found.append(FrameProblem("garbage", f"{self._garbage} byte(s) between telegrams"))
+            gap = f"{self._garbage} byte(s) between {self.FRAME_NAME}"
+            found.append(FrameProblem("garbage", gap))
             self._garbage = 0
         self._synced = True
