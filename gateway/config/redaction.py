@@ -8,7 +8,7 @@ base64 token, which holds the password.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import BaseModel, SecretStr
@@ -25,37 +25,30 @@ def _plain(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _models(value: Any) -> Iterator[BaseModel]:
+def _nodes(value: Any) -> Iterator[Any]:
+    """`value` and everything inside it: model fields, dict values, list items, at any depth."""
+    yield value
     if isinstance(value, BaseModel):
-        yield value
-        for name in type(value).model_fields:
-            yield from _models(getattr(value, name))
+        children: Iterable[Any] = (getattr(value, name) for name in type(value).model_fields)
     elif isinstance(value, dict):
-        for item in value.values():
-            yield from _models(item)
+        children = value.values()
     elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _models(item)
+        children = value
+    else:
+        return
+    for child in children:
+        yield from _nodes(child)
+
+
+def _models(value: Any) -> Iterator[BaseModel]:
+    return (node for node in _nodes(value) if isinstance(node, BaseModel))
 
 
 def secret_values(model: BaseModel) -> list[str]:
     """Every secret value in a config (SecretStr fields, at any depth), longest first."""
     found: set[str] = set()
-
-    def walk(value: Any) -> Iterator[str]:
-        if isinstance(value, SecretStr):
-            yield value.get_secret_value()
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                yield from walk(getattr(value, name))
-        elif isinstance(value, dict):
-            for item in value.values():
-                yield from walk(item)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                yield from walk(item)
-
-    found.update(secret for secret in walk(model) if secret)
+    walked = (node.get_secret_value() for node in _nodes(model) if isinstance(node, SecretStr))
+    found.update(secret for secret in walked if secret)
     return sorted(found, key=len, reverse=True)
 
 
