@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from core import redact
 from tests.helpers.eventually import eventually, eventually_sync
 
 pytest_plugins = [
@@ -22,6 +23,14 @@ pytest_plugins = [
     "tests.fixtures.tmpfs",
     "tests.fixtures.wheelhouse",
 ]
+
+
+@pytest.fixture(autouse=True)
+def fresh_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's redactor learns every secret of every config loaded in this process: each
+    test starts with one that knows none (else a short secret of one test, say "p", masks a
+    whole value of the next)."""
+    monkeypatch.setattr(redact, "PROCESS", redact.Redactor())
 
 
 @pytest.fixture(autouse=True)
