@@ -66,6 +66,7 @@ uplinks:
     commit_every_secs: 0.1
     resync_on_start: false
     meters: {{m1: {{id: s-m1}}}}
+http: {{listen: "127.0.0.1:0"}}  # the alerts asserted are the store's, not a "port in use"
 {extra}"""
     )
     return path
