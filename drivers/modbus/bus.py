@@ -337,16 +337,7 @@ class ModbusBus(AsyncClosable):
         raise_if_cancelling()  # pymodbus' wait_for may have lost our cancel (3.11)
         if isinstance(response, ExceptionResponse) or response.isError():
             code = int(getattr(response, "exception_code", 0))
-            name = _EXCEPTION_NAMES.get(code, "unknown exception")
-            raise self._count(
-                ModbusExceptionError(
-                    f"{where}: exception {code} ({name})",
-                    code=code,
-                    table=table,
-                    address=address,
-                    count=count,
-                )
-            )
+            raise self._refused(where, code, table, address, count)
         words = list(getattr(response, "registers", []))
         if len(words) != count:
             raise self._count(
@@ -388,6 +379,16 @@ class ModbusBus(AsyncClosable):
             log.warning("bus %s: %d transactions unanswered, reconnecting", self.name, self._silent)
             self._drop_client()
         return self._count(MeterReadError("timeout", message))
+
+    def _refused(
+        self, where: str, code: int, table: str, address: int, count: int
+    ) -> ModbusExceptionError:
+        """The device answered Modbus exception `code` (counted; its name in the message)."""
+        name = _EXCEPTION_NAMES.get(code, "unknown exception")
+        message = f"{where}: exception {code} ({name})"
+        error = ModbusExceptionError(message, code=code, table=table, address=address, count=count)
+        self._count(error)
+        return error
 
     def _count(self, error: MeterReadError) -> MeterReadError:
         self.health.errors[error.kind] += 1

@@ -30,12 +30,10 @@ from typing import Unpack
 from core.health import BusState
 from drivers.base import MeterReadError
 from drivers.modbus.bus import (
-    _EXCEPTION_NAMES,
     _FUNCTION_CODES,
     MAX_SILENT_TRANSACTIONS,
     BusOptions,
     BusTurn,
-    ModbusExceptionError,
 )
 from drivers.modbus.transports import ModbusTcpBus
 
@@ -210,16 +208,7 @@ class PipelinedTcpBus(ModbusTcpBus):
         self._silent = 0
         if pdu[0] & 0x80:
             code = pdu[1] if len(pdu) > 1 else 0
-            name = _EXCEPTION_NAMES.get(code, "unknown exception")
-            raise self._count(
-                ModbusExceptionError(
-                    f"{where}: exception {code} ({name})",
-                    code=code,
-                    table=table,
-                    address=address,
-                    count=count,
-                )
-            )
+            raise self._refused(where, code, table, address, count)
         if len(pdu) != 2 + 2 * count or pdu[1] != 2 * count:
             raise self._count(MeterReadError("garbage", f"{where}: answered {len(pdu)} bytes"))
         return list(struct.unpack(f">{count}H", pdu[2:]))
