@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -128,6 +129,28 @@ async def _state_watch(broker: MosquittoBroker) -> AsyncIterator[list[dict[str, 
         await asyncio.gather(task, return_exceptions=True)
 
 
+def _alerted(states: list[dict[str, object]], words: str) -> bool:
+    """Whether any published state's last alert says `words`."""
+    return any(
+        words in str((state.get("last_alert") or {}).get("message"))  # type: ignore[union-attr]
+        for state in states
+    )
+
+
+async def _started(
+    factory: Callable[[Path, dict[str, str]], DaemonProcess],
+    tmp_path: Path,
+    data_dir: Path,
+    **site: Any,
+) -> DaemonProcess:
+    """The daemon on `_site(...)`, running."""
+    config = _site(tmp_path / "site.yaml", data_dir, **site)
+    daemon = factory(config, {"WATTICS_PASSWORD": PASSWORD})
+    await daemon.start()
+    await daemon.wait_running()
+    return daemon
+
+
 async def _exits_with_store_error(daemon: DaemonProcess) -> str:
     await daemon.start()
     assert daemon.process is not None
@@ -198,17 +221,15 @@ async def test_a_really_full_disk_refuses_loudly_keeps_running_and_resumes(
         _state_watch(mosquitto) as states,
     ):
         wattics.fail_for(3600)  # the cloud is down: the backlog grows
-        site = _site(
-            tmp_path / "site.yaml",
+        daemon = await _started(
+            daemon_factory,
+            tmp_path,
             disk.path,
             modbus_port=modbus.port,
             wattics_url=wattics.url,
             extra=_mqtt(mosquitto),
             gateway="clock_check: none, retention_hours: 0",  # delivered may go at once
         )
-        daemon = daemon_factory(site, {"WATTICS_PASSWORD": PASSWORD})
-        await daemon.start()
-        await daemon.wait_running()
         await eventually(lambda: _ever_stored(db) >= 20, timeout=10, what="samples stored")
         filler = disk.fill()  # the SD card is full (another program's log, say)
         await eventually(
@@ -275,17 +296,15 @@ async def test_readings_held_for_an_untrusted_clock_are_stored_flagged_at_sigter
         serve_modbus_tcp(sdm630_meters(1)) as modbus,
         _state_watch(mosquitto) as states,
     ):
-        site = _site(
-            tmp_path / "site.yaml",
+        daemon = await _started(
+            daemon_factory,
+            tmp_path,
             data_dir,
             modbus_port=modbus.port,
             extra=_mqtt(mosquitto),
             gateway=f'clock_check: file, clock_sync_file: "{never_synced}"',
             interval="200ms",
         )
-        daemon = daemon_factory(site, {"WATTICS_PASSWORD": PASSWORD})
-        await daemon.start()
-        await daemon.wait_running()
 
         def held() -> int:
             clock = states[-1]["clock"] if states else {}
@@ -326,23 +345,18 @@ async def test_a_row_that_no_longer_decodes_is_quarantined_and_its_stream_goes_o
         serve_modbus_tcp(sdm630_meters(1)) as modbus,
         _state_watch(mosquitto) as states,
     ):
-        site = _site(
-            tmp_path / "site.yaml",
+        daemon = await _started(
+            daemon_factory,
+            tmp_path,
             data_dir,
             modbus_port=modbus.port,
             wattics_url=wattics.url,
             extra=_mqtt(mosquitto),
         )
-        daemon = daemon_factory(site, {"WATTICS_PASSWORD": PASSWORD})
-        await daemon.start()
-        await daemon.wait_running()
         # The backlog past the damaged row and live samples arrive: the stream goes on.
         await wattics.wait_accepted(59 + 5, timeout=20)
         await eventually(
-            lambda: any(
-                "quarantine" in str((s.get("last_alert") or {}).get("message"))  # type: ignore[union-attr]
-                for s in states
-            ),
+            lambda: _alerted(states, "quarantine"),
             timeout=10,
             what="the quarantine alert on MQTT",
         )
@@ -376,25 +390,20 @@ async def test_wal_deleted_while_running_is_saved_before_a_kill_9(
         _state_watch(mosquitto) as states,
     ):
         wattics.fail_for(3600)  # nothing delivered: everything is in the store (in its WAL)
-        site = _site(
-            tmp_path / "site.yaml",
+        daemon = await _started(
+            daemon_factory,
+            tmp_path,
             data_dir,
             modbus_port=modbus.port,
             wattics_url=wattics.url,
             extra=_mqtt(mosquitto),
         )
-        daemon = daemon_factory(site, {"WATTICS_PASSWORD": PASSWORD})
-        await daemon.start()
-        await daemon.wait_running()
         await eventually(lambda: _ever_stored(db) >= 10, timeout=10, what="samples stored")
         before = _ever_stored(db)
         Path(f"{db}-wal").unlink()  # noqa: ASYNC240 an operator clears "junk" files
         Path(f"{db}-shm").unlink()  # noqa: ASYNC240
         await eventually(
-            lambda: any(
-                "deleted while it ran" in str((s.get("last_alert") or {}).get("message"))  # type: ignore[union-attr]
-                for s in states
-            ),
+            lambda: _alerted(states, "deleted while it ran"),
             timeout=10,
             what="the alert on MQTT",
         )
