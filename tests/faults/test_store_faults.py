@@ -111,15 +111,25 @@ def _undelivered(db: Path) -> int:
 
 
 @asynccontextmanager
-async def _state_watch(broker: MosquittoBroker) -> AsyncIterator[list[dict[str, object]]]:
-    """Every `mg/faults/state` the daemon publishes, newest last, while the block runs."""
+async def _state_watch(
+    broker: MosquittoBroker, alerts: list[dict[str, object]] | None = None
+) -> AsyncIterator[list[dict[str, object]]]:
+    """Every `mg/faults/state` the daemon publishes, newest last, while the block runs; and,
+    given `alerts`, every message on `mg/faults/alerts` into it (`state` shows only the last
+    alert, and another may follow within one publish interval)."""
     seen: list[dict[str, object]] = []
 
     async def watch() -> None:
         async with aiomqtt.Client(broker.host, broker.port, identifier="store-probe") as client:
             await client.subscribe("mg/faults/state", qos=1)
+            if alerts is not None:
+                await client.subscribe("mg/faults/alerts", qos=1)
             async for message in client.messages:
-                seen.append(json.loads(bytes(message.payload)))  # type: ignore[arg-type]
+                payload = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                if message.topic.matches("mg/faults/state"):
+                    seen.append(payload)
+                elif alerts is not None:
+                    alerts.append(payload)
 
     task = asyncio.get_running_loop().create_task(watch(), name="state-watch")
     try:
@@ -129,12 +139,9 @@ async def _state_watch(broker: MosquittoBroker) -> AsyncIterator[list[dict[str, 
         await asyncio.gather(task, return_exceptions=True)
 
 
-def _alerted(states: list[dict[str, object]], words: str) -> bool:
-    """Whether any published state's last alert says `words`."""
-    return any(
-        words in str((state.get("last_alert") or {}).get("message"))  # type: ignore[union-attr]
-        for state in states
-    )
+def _alerted(alerts: list[dict[str, object]], words: str) -> bool:
+    """Whether an alert published on MQTT says `words`."""
+    return any(words in str(alert.get("message")) for alert in alerts)
 
 
 async def _started(
@@ -340,10 +347,11 @@ async def test_a_row_that_no_longer_decodes_is_quarantined_and_its_stream_goes_o
         connection.execute("UPDATE samples SET vals = '{\"power_act\x01' WHERE id = 20")
         assert connection.execute("PRAGMA quick_check").fetchone() == ("ok",)
     connection.close()
+    alerts: list[dict[str, object]] = []
     async with (
         FakeWattics("disk", PASSWORD, {"s-m1"}) as wattics,
         serve_modbus_tcp(sdm630_meters(1)) as modbus,
-        _state_watch(mosquitto) as states,
+        _state_watch(mosquitto, alerts),
     ):
         daemon = await _started(
             daemon_factory,
@@ -356,7 +364,7 @@ async def test_a_row_that_no_longer_decodes_is_quarantined_and_its_stream_goes_o
         # The backlog past the damaged row and live samples arrive: the stream goes on.
         await wattics.wait_accepted(59 + 5, timeout=20)
         await eventually(
-            lambda: _alerted(states, "quarantine"),
+            lambda: _alerted(alerts, "quarantine"),
             timeout=10,
             what="the quarantine alert on MQTT",
         )
@@ -384,10 +392,11 @@ async def test_wal_deleted_while_running_is_saved_before_a_kill_9(
 ) -> None:
     data_dir = tmp_path / "data"
     db = data_dir / DB_FILE
+    alerts: list[dict[str, object]] = []
     async with (
         FakeWattics("disk", PASSWORD, {"s-m1"}) as wattics,
         serve_modbus_tcp(sdm630_meters(1)) as modbus,
-        _state_watch(mosquitto) as states,
+        _state_watch(mosquitto, alerts),
     ):
         wattics.fail_for(3600)  # nothing delivered: everything is in the store (in its WAL)
         daemon = await _started(
@@ -403,7 +412,7 @@ async def test_wal_deleted_while_running_is_saved_before_a_kill_9(
         Path(f"{db}-wal").unlink()  # noqa: ASYNC240 an operator clears "junk" files
         Path(f"{db}-shm").unlink()  # noqa: ASYNC240
         await eventually(
-            lambda: _alerted(states, "deleted while it ran"),
+            lambda: _alerted(alerts, "deleted while it ran"),
             timeout=10,
             what="the alert on MQTT",
         )
